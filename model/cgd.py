@@ -1,0 +1,105 @@
+"""CGD: Combination of multiple Global Descriptors (Jun et al., arXiv 1903.10663).
+
+backbone map (B, C, h, w) -> n global descriptors (B, C) -> per-branch FC without bias (C -> d/n)
+-> L2-normalise each -> concatenate -> L2-normalise: the (B, d) embedding. An auxiliary
+classifier (BatchNorm1d(C) -> Linear(C, classes)) reads the FIRST descriptor before its FC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.backbones import Backbone, Pretrained, create_backbone
+from model.config import CGDConfig
+from model.pooling import create_pool
+
+
+class CGDOutput(NamedTuple):
+    """What one training forward pass yields.
+
+    embedding: (B, d) L2-normalised; raw: (B, d) concatenated branch projections before any
+    normalisation (what MDR regularises); logits: (B, num_classes) or None without a classifier.
+    """
+
+    embedding: torch.Tensor
+    raw: torch.Tensor
+    logits: torch.Tensor | None
+
+
+class AuxClassifier(nn.Module):
+    """BatchNorm1d(C) -> Linear(C, num_classes), on the first descriptor."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_features)
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(x))
+
+
+class CGD(nn.Module):
+    """The CGD network for one `CGDConfig` over one `Backbone`."""
+
+    def __init__(self, config: CGDConfig, backbone: Backbone) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        channels = backbone.num_features
+        self.pools = nn.ModuleList(
+            create_pool(letter, gem_p=config.gem_p, learn_gem_p=config.learn_gem_p)
+            for letter in config.descriptors
+        )
+        self.projections = nn.ModuleList(
+            nn.Linear(channels, config.branch_dim, bias=False) for _ in config.descriptors
+        )
+        self.classifier = AuxClassifier(channels, config.num_classes) if config.num_classes else None
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embedding_dim
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> backbone map (B, C, h, w)."""
+        return self.backbone(x)
+
+    def forward_descriptors(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> one (B, C) global descriptor per configured letter."""
+        features = self.forward_features(x)
+        return [pool(features) for pool in self.pools]
+
+    def forward_train(self, x: torch.Tensor) -> CGDOutput:
+        """Embedding, raw concatenation and auxiliary logits for one batch."""
+        descriptors = self.forward_descriptors(x)
+        branches = [proj(desc) for proj, desc in zip(self.projections, descriptors, strict=True)]
+        raw = torch.cat(branches, dim=1)
+        embedding = F.normalize(torch.cat([F.normalize(b, dim=1) for b in branches], dim=1), dim=1)
+        logits = self.classifier(descriptors[0]) if self.classifier is not None else None
+        return CGDOutput(embedding, raw, logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, d) unit-norm embedding."""
+        return self.forward_train(x).embedding
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the auxiliary classifier (0 removes it) and record it in the config."""
+        self.config = self.config.with_changes(num_classes=num_classes)
+        channels = self.backbone.num_features
+        self.classifier = AuxClassifier(channels, num_classes) if num_classes else None
+
+
+def create_cgd(config: CGDConfig, pretrained: Pretrained = False) -> CGD:
+    """Build a CGD model; the backbone's preprocessing defaults fill the config's normalisation."""
+    backbone = create_backbone(config.backbone, pretrained=pretrained)
+    pre = backbone.preprocessing
+    resolved = config.with_changes(
+        preprocessing=replace(
+            config.preprocessing, interpolation=pre.interpolation, mean=pre.mean, std=pre.std
+        )
+    )
+    return CGD(resolved, backbone)

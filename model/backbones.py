@@ -138,9 +138,9 @@ def tf_efficientnet_lite0(pretrained: Pretrained = False) -> Backbone:
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if pretrained is True:
         model.load_state_dict(lite0_timm_state_dict(), strict=True)
-    elif pretrained:
-        _load_local(model, pretrained)
     model.reset_classifier(0, "")
+    if isinstance(pretrained, str | Path):
+        _load_local(model, pretrained)
     return _timm_backbone(model, Preprocessing(interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3))
 
 

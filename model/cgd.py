@@ -69,17 +69,21 @@ class CGD(nn.Module):
         return self.backbone(x)
 
     def forward_descriptors(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) -> one (B, C) global descriptor per configured letter."""
+        """(B, 3, H, W) -> one (B, C) float32 global descriptor per configured letter."""
         features = self.forward_features(x)
-        return [pool(features) for pool in self.pools]
+        # Pooling and head run in float32 even under autocast: they are cheap, and x^p or a
+        # 1000-channel projection in bf16 would cost embedding fidelity.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return [pool(features.float()) for pool in self.pools]
 
     def forward_train(self, x: torch.Tensor) -> CGDOutput:
         """Embedding, raw concatenation and auxiliary logits for one batch."""
         descriptors = self.forward_descriptors(x)
-        branches = [proj(desc) for proj, desc in zip(self.projections, descriptors, strict=True)]
-        raw = torch.cat(branches, dim=1)
-        embedding = F.normalize(torch.cat([F.normalize(b, dim=1) for b in branches], dim=1), dim=1)
-        logits = self.classifier(descriptors[0]) if self.classifier is not None else None
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            branches = [proj(desc) for proj, desc in zip(self.projections, descriptors, strict=True)]
+            raw = torch.cat(branches, dim=1)
+            embedding = F.normalize(torch.cat([F.normalize(b, dim=1) for b in branches], dim=1), dim=1)
+            logits = self.classifier(descriptors[0]) if self.classifier is not None else None
         return CGDOutput(embedding, raw, logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -52,8 +52,7 @@ class GeM(nn.Module):
             self.register_buffer("p", p_tensor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The power is computed in float32 even under autocast: x^p overflows bf16/fp16 quickly.
-        return gem(x.float(), self.p, self.eps).to(x.dtype)
+        return gem(x, self.p, self.eps)
 
     def extra_repr(self) -> str:
         return f"p={float(self.p):.2f}, eps={self.eps}"

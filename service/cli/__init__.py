@@ -7,9 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.cli import embed
+from service.cli import embed, train
 
-COMMAND_MODULES = (embed,)
+COMMAND_MODULES = (embed, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

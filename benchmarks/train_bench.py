@@ -1,0 +1,168 @@
+"""Training benchmark: `cgd eval` of the embedded default, `cgd train` with its defaults, and
+comparison recipes on a fixed time budget, on each development set; writes docs/RESULTS.md.
+
+Every row runs the real CLI in a subprocess and is cached as JSON under --work (finished rows are
+skipped, interrupted trainings resume), so the script can be stopped and run again.
+
+    nice -n 10 .venv/bin/python benchmarks/train_bench.py --sets gtsrb32,caltech101
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+LOG = logging.getLogger("train_bench")
+KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark row: `train_args` None means the embedded default model, evaluated only."""
+
+    name: str
+    label: str
+    train_args: tuple[str, ...] | None
+    fixed_budget: bool = False
+
+
+def rows(budget: float) -> list[Row]:
+    b = f"{budget:g}"
+    return [
+        Row("default_model", "embedded default (no training)", None),
+        Row("default_recipe", "`cgd train` defaults (triplet+aux, SG)", ()),
+        Row("triplet_sg", f"CGD triplet+aux, SG ({b} min)", ("--max-minutes", b), True),
+        Row("proxy_anchor", f"Proxy Anchor, SG ({b} min)",
+            ("--loss", "proxy_anchor", "--max-minutes", b), True),
+        Row("triplet_mdr", f"triplet+MDR, SG ({b} min)",
+            ("--loss", "triplet_mdr", "--max-minutes", b), True),
+        Row("desc_g", f"triplet+aux, G ({b} min)", ("--descriptors", "G", "--max-minutes", b), True),
+        Row("desc_mg", f"triplet+aux, MG ({b} min)", ("--descriptors", "MG", "--max-minutes", b), True),
+        Row("desc_gsm", f"triplet+aux, GSM ({b} min)", ("--descriptors", "GSM", "--max-minutes", b), True),
+    ]
+
+
+def cgd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "service.cli", *args]
+
+
+def run_row(row: Row, data: Path, work: Path) -> dict:
+    """Train (unless the row is the default model), then `cgd eval --json` on the test split."""
+    record: dict = {"row": row.name, "label": row.label, "data": data.name,
+                    "stand_ins": os.environ.get("CGD_STANDINS", "")}
+    checkpoint = work / f"{data.name}__{row.name}.pt"
+    train_cmd: list[str] | None = None
+    if row.train_args is not None:
+        train_cmd = cgd("train", "--data", str(data), "--out", str(checkpoint), "--resume", "--no-progress",
+                        *row.train_args)
+        began = time.perf_counter()
+        done = subprocess.run(train_cmd, cwd=REPO, check=True, capture_output=True, text=True)
+        record["train_wall_s"] = round(time.perf_counter() - began, 1)
+        record["train_summary"] = json.loads(done.stdout.strip().splitlines()[-1])
+        curves = json.loads(checkpoint.with_suffix(".curves.json").read_text())
+        speeds = [h["images_per_s"] for h in curves["history"] if h.get("images_per_s")]
+        record["images_per_s"] = round(sorted(speeds)[len(speeds) // 2], 1) if speeds else None
+    eval_cmd = cgd("eval", "--data", str(data), "--split", "test", "--json",
+                   *(("--checkpoint", str(checkpoint)) if train_cmd else ()))
+    began = time.perf_counter()
+    done = subprocess.run(eval_cmd, cwd=REPO, check=True, capture_output=True, text=True)
+    record["eval_wall_s"] = round(time.perf_counter() - began, 1)
+    record["test"] = json.loads(done.stdout.strip().splitlines()[-1])
+    shown = [c.replace(sys.executable, "python").replace(str(data.parent), "../shared/data")
+             for c in (train_cmd or eval_cmd)]
+    command = " ".join(shown[1:] if shown[0] == "python" else shown)
+    record["command"] = command.replace("-m service.cli", "cgd")
+    return record
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def table(data_name: str, all_rows: list[Row], work: Path) -> list[str]:
+    lines = [f"### {data_name} (test split)", "",
+             "| row | R@1 | R@2 | R@4 | R@8 | MAP@R | val MAP@R start -> best | kept start | train wall | "
+             "images/s | command |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in all_rows:
+        path = work / f"{data_name}__{row.name}.json"
+        if not path.is_file():
+            lines.append(f"| {row.label} | not run | | | | | | | | | |")
+            continue
+        rec = json.loads(path.read_text())
+        test = rec["test"]
+        summary = rec.get("train_summary")
+        val = "-"
+        kept = "-"
+        if summary:
+            val = (f"{pct(summary['validation_start_model']['map@r'])} -> "
+                   f"{pct(summary['validation_best_trained']['map@r'])}")
+            kept = "yes" if summary["kept_start_model"] else "no"
+        if "train_wall_s" in rec:
+            wall = f"{rec['train_wall_s'] / 60:.1f} min"
+        else:
+            wall = f"eval {rec['eval_wall_s']:.0f} s"
+        speed = rec.get("images_per_s") or "-"
+        lines.append(f"| {row.label} | " + " | ".join(pct(test.get(k)) for k in KEYS)
+                     + f" | {val} | {kept} | {wall} | {speed} | `{rec['command']}` |")
+    return [*lines, ""]
+
+
+def write_results(sets: list[Path], all_rows: list[Row], work: Path, notes: Path, out: Path) -> None:
+    header = [
+        "# Training benchmark results", "",
+        "Produced by `benchmarks/train_bench.py` (figures in %, test split = classes never seen in "
+        "training; every test image queries all other test images). Machine: 2 shared CPU cores, "
+        f"torch {torch.__version__}, bf16 autocast. Rows marked 'not run' did not fit in the session.", "",
+    ]
+    body = [line for data in sets for line in table(data.name, all_rows, work)]
+    extra = notes.read_text().splitlines() if notes.is_file() else []
+    out.write_text("\n".join([*header, *body, *extra]) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--sets", default="gtsrb32,caltech101")
+    parser.add_argument("--rows", default=None, help="comma-separated row names (default: all, in order)")
+    parser.add_argument("--budget", type=float, default=5.0, help="minutes for each comparison row")
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "runs")
+    parser.add_argument("--notes", type=Path, default=REPO / "benchmarks" / "results_notes.md")
+    parser.add_argument("--results", type=Path, default=REPO / "docs" / "RESULTS.md")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite RESULTS.md from the cache")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    sets = [args.data_root / name for name in args.sets.split(",")]
+    all_rows = rows(args.budget)
+    wanted = set(args.rows.split(",")) if args.rows else {r.name for r in all_rows}
+    args.work.mkdir(parents=True, exist_ok=True)
+    for row in (r for r in all_rows if r.name in wanted and not args.report_only):
+        for data in sets:
+            cached = args.work / f"{data.name}__{row.name}.json"
+            if cached.is_file():
+                continue
+            LOG.info("running %s on %s", row.name, data.name)
+            try:
+                record = run_row(row, data, args.work)
+            except subprocess.CalledProcessError as exc:
+                LOG.error("%s on %s failed:\n%s", row.name, data.name, exc.stderr[-3000:])
+                continue
+            cached.write_text(json.dumps(record, indent=2))
+            LOG.info("%s on %s: %s", row.name, data.name, record["test"])
+            write_results(sets, all_rows, args.work, args.notes, args.results)
+    write_results(sets, all_rows, args.work, args.notes, args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

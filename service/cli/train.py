@@ -1,0 +1,104 @@
+"""`cgd train` and `cgd eval`: fine-tune on a labelled image folder, and measure retrieval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_MAX_MINUTES = 15.0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser("train", help="fine-tune on a folder (labels.csv or class folders)")
+    train.add_argument("--data", type=Path, required=True, help="folder with labels.csv, or <class>/<image>")
+    train.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    train.add_argument("--split", default="train", help="labels.csv split to train on (default: train)")
+    train.add_argument("--start", type=Path, default=None,
+                       help="checkpoint to start from (default: embedded model)")
+    train.add_argument("--loss", default="triplet", help="triplet | contrastive | proxy_anchor | triplet_mdr")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--max-minutes", type=float, default=DEFAULT_MAX_MINUTES,
+                       help=f"time budget in minutes (default {DEFAULT_MAX_MINUTES:g}; 0 = epochs only)")
+    train.add_argument("--image-size", type=int, default=None, help="default: from the images' resolution")
+    train.add_argument("--batch-size", type=int, default=64, help="P classes x K images per batch")
+    train.add_argument("--images-per-class", type=int, default=4, help="K")
+    train.add_argument("--descriptors", default=None, help="e.g. SG, MG, G (default: the start model's)")
+    train.add_argument("--embedding-dim", type=int, default=None)
+    train.add_argument("--lr", type=float, default=1e-4, help="base (backbone) learning rate")
+    train.add_argument("--backbone-lr", type=float, default=None)
+    train.add_argument("--head-lr", type=float, default=None, help="default: 10 x --lr")
+    train.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw")
+    train.add_argument("--warmup-epochs", type=int, default=1)
+    train.add_argument("--no-freeze-bn", dest="freeze_bn", action="store_false")
+    train.add_argument("--grad-clip", type=float, default=10.0, help="0 disables clipping")
+    train.add_argument("--hflip", action="store_true", help="random horizontal flips (off: mirrors differ)")
+    train.add_argument("--val-fraction", type=float, default=0.2)
+    train.add_argument("--val-mode", choices=("auto", "classes", "images"), default="auto")
+    train.add_argument("--patience", type=int, default=4, help="epochs without improvement; 0 = never stop")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run into --out")
+    train.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    train.set_defaults(handler=run_train)
+
+    evaluate = subparsers.add_parser("eval", help="Recall@K and MAP@R of a model on a folder's split")
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--checkpoint", type=Path, default=None, help="default: the embedded model")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--ks", default="1,2,4,8", help="comma-separated K of Recall@K")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=run_eval)
+
+
+def _images(root: Path, split: str) -> list:
+    from model.data import load_dataset, read_class_folders
+
+    if (root / "labels.csv").is_file() or (root / split).is_dir():
+        return load_dataset(root, split)
+    return read_class_folders(root)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from model.trainer import TrainConfig, train
+
+    config = TrainConfig(
+        loss=args.loss, epochs=args.epochs, max_minutes=args.max_minutes or None, optimizer=args.optimizer,
+        lr=args.lr, backbone_lr=args.backbone_lr, head_lr=args.head_lr, batch_size=args.batch_size,
+        images_per_class=args.images_per_class, image_size=args.image_size, descriptors=args.descriptors,
+        embedding_dim=args.embedding_dim, warmup_epochs=args.warmup_epochs, freeze_bn=args.freeze_bn,
+        grad_clip=args.grad_clip or None, hflip=args.hflip, val_fraction=args.val_fraction,
+        val_mode=args.val_mode, patience=args.patience or None, seed=args.seed, num_workers=args.workers,
+        device=args.device, precision=args.precision, progress_bar=args.progress,
+    )
+    result = train(_images(args.data, args.split), config, out=args.out, start=args.start, resume=args.resume)
+    summary = {
+        "checkpoint": str(result.checkpoint), "version": result.version, "improved": result.improved,
+        "kept_start_model": result.kept_start_model, "stopped": result.stopped, "val_mode": result.val_mode,
+        "image_size": result.image_size, "epochs_run": len(result.history),
+        "validation_start_model": result.baseline, "validation_best_trained": result.best,
+    }
+    if result.kept_start_model:
+        sys.stdout.write("training did not beat the start model on validation: the start model was kept\n")
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from model.embedder import Embedder
+    from model.evaluation import evaluate
+
+    ks = tuple(int(k) for k in args.ks.split(","))
+    embedder = Embedder.load(args.checkpoint, device=args.device)
+    metrics = evaluate(embedder, _images(args.data, args.split), ks=ks, batch_size=args.batch_size)
+    if args.json:
+        sys.stdout.write(json.dumps(metrics) + "\n")
+    else:
+        figures = "  ".join(f"{key} {100 * value:.2f}" for key, value in metrics.items())
+        sys.stdout.write(f"{embedder.version} on {args.data} [{args.split}]: {figures}\n")
+    return 0

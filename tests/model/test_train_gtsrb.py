@@ -1,0 +1,70 @@
+"""A short real training on a few gtsrb32 classes (32 px, a few steps), through `train()`."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.curves import curve_paths
+from model.data import read_labels_csv
+from model.trainer import Progress, TrainConfig, train
+
+CLASSES = ("00_", "01_", "12_", "14_")
+
+
+@pytest.fixture(scope="module")
+def few_classes(gtsrb_dir: Path):
+    images = [i for i in read_labels_csv(gtsrb_dir, "train") if i.label.startswith(CLASSES)]
+    return images[::2]
+
+
+def _config(**changes) -> TrainConfig:
+    base = dict(epochs=4, image_size=32, batch_size=16, images_per_class=4, descriptors="G",
+                embedding_dim=64, warmup_epochs=1, lr=3e-4, patience=None, progress_bar=False, seed=1)
+    return TrainConfig(**{**base, **changes})
+
+
+def test_training_loss_falls_and_the_checkpoint_reloads(few_classes, tmp_path: Path) -> None:
+    reports: list[Progress] = []
+    out = tmp_path / "run" / "model.pt"
+    result = train(few_classes, _config(), out=out, on_progress=reports.append)
+    losses = [row["loss"] for row in result.history]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert result.stopped == "completed" and result.val_mode == "images"
+    assert [r.step for r in reports] == list(range(1, len(reports) + 1))
+    assert reports[-1].steps == reports[-1].step and reports[-1].images_per_s > 0
+    loaded = load_checkpoint(out)
+    assert loaded.version == result.version
+    assert loaded.extra["improved"] == result.improved == (not result.kept_start_model)
+    if result.improved:
+        assert loaded.config.descriptors == "G" and loaded.config.image_size == 32
+        assert loaded.metrics == result.best
+    else:
+        assert loaded.config.descriptors == "SG" and loaded.metrics == result.baseline
+    json_path, png_path = curve_paths(out)
+    assert png_path.stat().st_size > 1000
+    assert [row["loss"] for row in json.loads(json_path.read_text())["history"]] == losses
+    with torch.inference_mode():
+        assert loaded.model(torch.rand(2, 3, 32, 32)).shape == (2, loaded.config.embedding_dim)
+
+
+def test_cancel_stops_at_once_and_still_writes_a_loadable_model(few_classes, tmp_path: Path) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    out = tmp_path / "cancelled.pt"
+    result = train(few_classes, _config(), out=out, cancel=cancel)
+    assert result.stopped == "cancelled" and result.history == []
+    assert result.kept_start_model and not result.improved
+    assert load_checkpoint(out).version == result.version
+
+
+def test_same_seed_same_losses(few_classes, tmp_path: Path) -> None:
+    config = _config(epochs=2, precision="fp32")
+    first = train(few_classes, config, out=tmp_path / "a.pt")
+    second = train(few_classes, config, out=tmp_path / "b.pt")
+    assert [r["loss"] for r in first.history] == pytest.approx([r["loss"] for r in second.history], rel=1e-4)

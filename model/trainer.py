@@ -185,7 +185,8 @@ class _Run:
                                          embedding_dim=self.model.embedding_dim).to(self.device)
         groups = parameter_groups(self.model, backbone_lr=config.resolved_backbone_lr,
                                   head_lr=config.resolved_head_lr, freeze_bn=config.freeze_bn)
-        groups += list(self.criterion.param_groups(config.resolved_head_lr))
+        # The criterion scales its own groups from the model's base lr (Proxy Anchor: proxies x100).
+        groups += list(self.criterion.param_groups(config.resolved_backbone_lr))
         for group in groups:
             group["initial_lr"] = group["lr"]
         optimiser_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam

@@ -68,3 +68,35 @@ def test_same_seed_same_losses(few_classes, tmp_path: Path) -> None:
     first = train(few_classes, config, out=tmp_path / "a.pt")
     second = train(few_classes, config, out=tmp_path / "b.pt")
     assert [r["loss"] for r in first.history] == pytest.approx([r["loss"] for r in second.history], rel=1e-4)
+
+
+def test_time_budget_stops_training(few_classes, tmp_path: Path) -> None:
+    result = train(few_classes, _config(epochs=50, max_minutes=0.02), out=tmp_path / "budget.pt")
+    assert result.stopped == "budget"
+    assert 1 <= len(result.history) < 50
+    assert load_checkpoint(tmp_path / "budget.pt").version == result.version
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_resume_continues_an_interrupted_run(few_classes, tmp_path: Path) -> None:
+    config = _config(epochs=3, precision="fp32")
+    out = tmp_path / "resumed.pt"
+    steps_per_epoch: list[int] = []
+
+    def crash_in_second_epoch(progress: Progress) -> None:
+        if progress.epoch == 2:
+            steps_per_epoch.append(progress.step - 1)
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(few_classes, config, out=out, on_progress=crash_in_second_epoch)
+    assert out.with_suffix(".resume.pt").is_file() and not out.exists()
+    seen: list[Progress] = []
+    result = train(few_classes, config, out=out, resume=True, on_progress=seen.append)
+    assert seen[0].epoch == 2 and seen[0].step == steps_per_epoch[0] + 1
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert not out.with_suffix(".resume.pt").exists()
+    assert load_checkpoint(out).version == result.version

@@ -1,0 +1,140 @@
+"""`Settings`: every knob of the service, read once from `CGD_*` variables and an optional file.
+
+Build it once, where the app is made (`create_app(Settings())`), and pass it on; tests build
+their own with keyword arguments. Nothing is read at import.
+
+Sources, strongest first: keyword arguments, `CGD_*` environment variables, the .env-style file
+named by `CGD_SETTINGS_FILE` (or `Settings(_env_file=path)`), then the defaults below. The file
+uses the same `CGD_*` names, e.g. `CGD_MAX_BATCH_SIZE=16`. Values that cannot work (a batch size
+of 0, a checkpoint that does not exist, `default_k > max_k`, ...) fail at start-up with a
+`pydantic.ValidationError` naming the field.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from service.errors import InvalidParameter
+
+LOG = logging.getLogger(__name__)
+
+SETTINGS_FILE_VARIABLE = "CGD_SETTINGS_FILE"
+
+
+class Settings(BaseSettings):
+    """The service's configuration; immutable once built."""
+
+    model_config = SettingsConfigDict(env_prefix="CGD_", frozen=True, extra="forbid")
+
+    # Storage and model
+    data_dir: Path = Field(Path("cgd-data"), description="gallery, model checkpoints and training jobs")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="inference autocast dtype (auto: fp16 on CUDA, bf16 on CPUs that have it)")
+    checkpoint: Path | None = Field(None, description="serve this checkpoint; None: the embedded default")
+    index_kind: str = Field("Flat", description='FAISS factory string: "Flat", "HNSW32", "IVF1024,PQ64", ...')
+
+    # Inference worker (dynamic batching)
+    max_batch_size: int = Field(32, ge=1, description="images per forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits to fill up")
+    max_queue_size: int = Field(256, ge=1, description="images waiting for the model; beyond: 503")
+    decode_threads: int = Field(4, ge=1, description="threads that preprocess images for the model")
+    inference_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's")
+    train_threads: int = Field(1, ge=1, description="threads of the training process")
+    train_max_minutes: float = Field(30.0, gt=0, description="time budget of a training job by default")
+
+    # Request limits
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="bytes per uploaded file")
+    max_files_per_request: int = Field(64, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="width x height; guards decompression bombs")
+    default_k: int = Field(10, ge=1, description="results per query when the client gives no k")
+    max_k: int = Field(1000, ge=1, description="most results per query")
+
+    # Access
+    api_key: SecretStr | None = Field(None, description="X-API-Key required on state-changing endpoints")
+    read_api_key: SecretStr | None = Field(None, description="X-API-Key required on reads and searches")
+
+    # HTTP server
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Adds the file named by `CGD_SETTINGS_FILE`, read when the settings are built."""
+        named = os.environ.get(SETTINGS_FILE_VARIABLE)
+        if not named:
+            return init_settings, env_settings, dotenv_settings, file_secret_settings
+        path = Path(named)
+        if not path.is_file():
+            raise SettingsError(f"{SETTINGS_FILE_VARIABLE}={named}: no such file")
+        settings_file = DotEnvSettingsSource(settings_cls, env_file=path)
+        return init_settings, env_settings, settings_file, dotenv_settings, file_secret_settings
+
+    @field_validator("index_kind", "host")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip() or value != value.strip():
+            raise ValueError("must be non-empty, without surrounding spaces")
+        return value
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no checkpoint file at {value}")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_usable(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory")
+        return value
+
+    @field_validator("api_key", "read_api_key")
+    @classmethod
+    def _key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("an API key must not be empty; leave it unset to disable the check")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        if self.max_queue_size < self.max_files_per_request:
+            raise ValueError(f"max_queue_size ({self.max_queue_size}) must hold one full request "
+                             f"(max_files_per_request = {self.max_files_per_request})")
+        if (self.api_key is not None and self.read_api_key is not None
+                and self.api_key.get_secret_value() == self.read_api_key.get_secret_value()):
+            raise ValueError("read_api_key must differ from api_key (the write key already grants reads)")
+        if self.read_api_key is not None and self.api_key is None:
+            LOG.warning("read_api_key is set but api_key is not: state-changing endpoints are open")
+        return self
+
+    def bounded_k(self, k: int | None) -> int:
+        """The number of results to return: `default_k` when None, at most `max_k`."""
+        if k is None:
+            return self.default_k
+        if k < 1:
+            raise InvalidParameter(f"k must be at least 1, got {k}")
+        return min(k, self.max_k)

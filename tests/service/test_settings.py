@@ -1,0 +1,129 @@
+"""Settings: defaults, CGD_* variables, the settings file, and refusal of values that cannot work."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from service.errors import InvalidParameter
+from service.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("CGD_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert settings.data_dir == Path("cgd-data")
+    assert settings.device == "auto" and settings.checkpoint is None and settings.index_kind == "Flat"
+    assert (settings.max_batch_size, settings.max_wait_ms, settings.max_queue_size) == (32, 5.0, 256)
+    assert settings.max_upload_bytes == 20 * 1024 * 1024 and settings.max_image_pixels == 40_000_000
+    assert (settings.default_k, settings.max_k) == (10, 1000)
+    assert settings.api_key is None and settings.read_api_key is None
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.inference_threads is None and settings.train_threads == 1
+
+
+def test_environment_variables_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CGD_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("CGD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CGD_API_KEY", "write-secret")
+    monkeypatch.setenv("CGD_INDEX_KIND", "IVF1024,PQ64")
+    settings = Settings()
+    assert settings.max_batch_size == 8
+    assert settings.data_dir == tmp_path
+    assert settings.api_key.get_secret_value() == "write-secret"
+    assert "write-secret" not in repr(settings)
+    assert settings.index_kind == "IVF1024,PQ64"
+
+
+def test_settings_file_under_environment_and_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings_file = tmp_path / "cgd.env"
+    settings_file.write_text("CGD_MAX_BATCH_SIZE=4\nCGD_PORT=9001\nCGD_DEVICE=cpu\n")
+    monkeypatch.setenv("CGD_SETTINGS_FILE", str(settings_file))
+    monkeypatch.setenv("CGD_PORT", "9002")
+    settings = Settings(device="auto")
+    assert settings.max_batch_size == 4  # from the file
+    assert settings.port == 9002  # the environment beats the file
+    assert settings.device == "auto"  # arguments beat both
+
+
+def test_settings_file_must_exist_and_hold_known_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CGD_SETTINGS_FILE", str(tmp_path / "absent.env"))
+    with pytest.raises(SettingsError, match="absent.env"):
+        Settings()
+    typo = tmp_path / "typo.env"
+    typo.write_text("CGD_MAX_BACH_SIZE=4\n")
+    monkeypatch.setenv("CGD_SETTINGS_FILE", str(typo))
+    with pytest.raises(ValidationError, match="max_bach_size"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"max_batch_size": 0},
+        {"max_wait_ms": -1},
+        {"max_queue_size": 0},
+        {"decode_threads": 0},
+        {"inference_threads": 0},
+        {"train_threads": 0},
+        {"max_upload_bytes": 0},
+        {"max_files_per_request": 0},
+        {"max_image_pixels": 0},
+        {"default_k": 0},
+        {"default_k": 20, "max_k": 10},
+        {"max_queue_size": 16, "max_files_per_request": 32},
+        {"port": 70000},
+        {"device": "tpu"},
+        {"index_kind": " "},
+        {"host": ""},
+        {"api_key": ""},
+        {"read_api_key": "   "},
+        {"api_key": "same", "read_api_key": "same"},
+        {"checkpoint": "/nonexistent/model.pt"},
+        {"unknown_setting": 1},
+    ],
+)
+def test_nonsense_is_refused_at_start_up(values: dict) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**values)
+
+
+def test_data_dir_must_not_be_a_file(tmp_path: Path) -> None:
+    a_file = tmp_path / "data"
+    a_file.write_text("")
+    with pytest.raises(ValidationError, match="not a directory"):
+        Settings(data_dir=a_file)
+    assert Settings(data_dir=tmp_path / "created-later").data_dir == tmp_path / "created-later"
+
+
+def test_existing_checkpoint_and_read_key_alone_are_accepted(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights")
+    settings = Settings(checkpoint=checkpoint, read_api_key="reader")
+    assert settings.checkpoint == checkpoint
+    assert settings.api_key is None
+
+
+def test_settings_are_immutable() -> None:
+    settings = Settings()
+    with pytest.raises(ValidationError):
+        settings.max_k = 5
+
+
+def test_bounded_k() -> None:
+    settings = Settings(default_k=5, max_k=50)
+    assert settings.bounded_k(None) == 5
+    assert settings.bounded_k(7) == 7
+    assert settings.bounded_k(500) == 50
+    with pytest.raises(InvalidParameter):
+        settings.bounded_k(0)

@@ -45,7 +45,9 @@ def test_environment_variables_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_
     assert settings.index_kind == "IVF1024,PQ64"
 
 
-def test_settings_file_under_environment_and_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_settings_file_ranks_below_environment_and_arguments(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     settings_file = tmp_path / "cgd.env"
     settings_file.write_text("CGD_MAX_BATCH_SIZE=4\nCGD_PORT=9001\nCGD_DEVICE=cpu\n")
     monkeypatch.setenv("CGD_SETTINGS_FILE", str(settings_file))
@@ -56,9 +58,11 @@ def test_settings_file_under_environment_and_arguments(monkeypatch: pytest.Monke
     assert settings.device == "auto"  # arguments beat both
 
 
-def test_settings_file_must_exist_and_hold_known_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_settings_file_must_exist_and_hold_known_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("CGD_SETTINGS_FILE", str(tmp_path / "absent.env"))
-    with pytest.raises(SettingsError, match="absent.env"):
+    with pytest.raises(SettingsError, match=r"absent\.env"):
         Settings()
     typo = tmp_path / "typo.env"
     typo.write_text("CGD_MAX_BACH_SIZE=4\n")

@@ -1,0 +1,126 @@
+"""Uploaded bytes -> an upright RGB `PIL.Image`, or a typed error naming the file.
+
+Accepted formats: JPEG (MPO camera files too, first picture), PNG, WebP, BMP and GIF (first
+frame). The pixel limit is checked from the header, before any pixel data is decoded, and
+Pillow's global `Image.MAX_IMAGE_PIXELS` is left alone (its own, larger, decompression-bomb limit
+still applies as a hard cap).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from service.errors import InvalidImage, PayloadTooLarge, UnsupportedFormat
+
+LOG = logging.getLogger(__name__)
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+# Formats Pillow reports for files of an accepted kind: MPO is a multi-picture JPEG.
+_DECODED_FORMATS = {*ACCEPTED_FORMATS, "MPO"}
+_ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP or GIF"
+# Common image files that Pillow cannot open: (offset, magic bytes, name).
+_FOREIGN_MAGIC = (
+    (4, b"ftypheic", "HEIC"), (4, b"ftypheix", "HEIC"), (4, b"ftypmif1", "HEIF"),
+    (4, b"ftypmsf1", "HEIF"), (0, b"%PDF-", "PDF"), (0, b"<svg", "SVG"),
+)
+_WHITE = (255, 255, 255)
+_SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def decode_image(data: bytes, *, filename: str, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Decode one uploaded image to RGB, EXIF orientation applied, alpha composited on white.
+
+    Raises `InvalidImage` (400; codes `empty_file`, `not_an_image`, `truncated_image`,
+    `corrupt_image`), `UnsupportedFormat` (415) or `PayloadTooLarge` (413; `too_large` for
+    bytes, `image_too_large` when width x height exceeds `max_pixels`).
+    """
+    if not data:
+        raise InvalidImage(f"{filename}: the file is empty", code="empty_file")
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"{filename}: {len(data)} bytes, more than the limit of {max_bytes}")
+    image = _open(data, filename)
+    try:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise PayloadTooLarge(f"{filename}: {width}x{height} = {width * height} pixels, "
+                                  f"more than the limit of {max_pixels}", code="image_too_large")
+        _load(image, filename)
+        upright = _upright(image, filename)
+    finally:
+        image.close()
+    return to_rgb(upright)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB: alpha and transparency composited on white, 16-bit scaled to 8."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        levels = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0
+        image = Image.fromarray(np.round(levels).astype(np.uint8), mode="L")
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _open(data: bytes, filename: str) -> ImageFile.ImageFile:
+    """Read the header with the accepted formats' decoders only."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        foreign = _identify(data)
+        if foreign is None:
+            raise InvalidImage(f"{filename}: not an image ({_ACCEPTED_TEXT} expected)") from None
+        raise UnsupportedFormat(_unsupported(filename, foreign)) from None
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"{filename}: too many pixels to decode safely ({exc})",
+                              code="image_too_large") from exc
+    except Exception as exc:  # Pillow raises many types on a malformed header
+        raise InvalidImage(f"{filename}: not a readable image, its header is damaged ({exc})") from exc
+    if image.format not in _DECODED_FORMATS:  # a decoder of the accepted list reporting another name
+        image.close()
+        raise UnsupportedFormat(_unsupported(filename, image.format))
+    return image
+
+
+def _unsupported(filename: str, image_format: str | None) -> str:
+    return f"{filename}: {image_format} images are not supported; send {_ACCEPTED_TEXT}"
+
+
+def _identify(data: bytes) -> str | None:
+    """The format of a file the accepted decoders refused, if it is an image at all."""
+    for offset, magic, name in _FOREIGN_MAGIC:
+        if data[offset:offset + len(magic)] == magic:
+            return name
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # every Pillow plugin, header only
+            return image.format
+    except Exception:  # not an image Pillow knows either
+        return None
+
+
+def _load(image: Image.Image, filename: str) -> None:
+    """Decode the pixel data (the first frame of an animation)."""
+    try:
+        image.load()
+    except Exception as exc:  # Pillow raises many types on damaged pixel data
+        message = str(exc)
+        if isinstance(exc, EOFError) or "truncat" in message.lower():
+            raise InvalidImage(f"{filename}: the image data is truncated ({message})",
+                               code="truncated_image") from exc
+        raise InvalidImage(f"{filename}: the image data is corrupt ({message})",
+                           code="corrupt_image") from exc
+
+
+def _upright(image: Image.Image, filename: str) -> Image.Image:
+    """A copy turned as the EXIF Orientation tag says; a damaged EXIF block is ignored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as exc:  # broken EXIF metadata, the pixels themselves are fine
+        LOG.warning("%s: ignoring unreadable EXIF orientation (%s)", filename, exc)
+        return image.copy()

@@ -375,3 +375,22 @@ def test_embed_before_start_is_not_ready() -> None:
     worker = InferenceWorker(V1, settings())
     with pytest.raises(NotReady):
         asyncio.run(worker.embed(images(1)))
+
+
+def test_the_project_embedder_through_the_worker() -> None:
+    from model import CGDConfig, Embedder, Preprocessing, create_cgd
+
+    config = CGDConfig(backbone="shufflenet_v2", embedding_dim=32, preprocessing=Preprocessing(image_size=64))
+    embedder = Embedder(create_cgd(config), "shufflenet-test", device="cpu", precision="fp32")
+    requests = [images(3, seed=30), images(1, seed=31), images(2, seed=32)]
+
+    async def scenario():
+        worker = InferenceWorker(embedder, settings(max_batch_size=4, max_wait_ms=20))
+        await worker.start()
+        results = await asyncio.gather(*(worker.embed(r) for r in requests))
+        await worker.stop()
+        return results
+
+    for pictures, result in zip(requests, asyncio.run(scenario()), strict=True):
+        assert result.version == "shufflenet-test" and result.vectors.shape == (len(pictures), 32)
+        np.testing.assert_allclose(result.vectors, embedder.embed_images(pictures, batch_size=1), atol=1e-5)

@@ -9,6 +9,7 @@ this venv. The embedded default model needs no network, as in the image.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,6 +102,8 @@ def test_image_start_command_serves_health_and_search(tmp_path):
     data_dir = tmp_path / "data"
     env = image_environment(dockerfile, data_dir, port)
     command = start_command(dockerfile, port)
+    resolved = shutil.which(command[0], path=env["PATH"])
+    assert resolved and Path(resolved).resolve() == (VENV_BIN / command[0]).resolve(), resolved
     log = tmp_path / "service.log"
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT)

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -56,6 +57,14 @@ def cgd(*args: str) -> list[str]:
     return [sys.executable, "-m", "service.cli", *args]
 
 
+def median_speed(history: list[dict]) -> float | None:
+    """Median training images/s over the epochs after the first (warm-up epochs skip the backbone's
+    backward pass and are faster); the first epoch's when there is no other."""
+    speeds = [h["images_per_s"] for h in history[1:] if h.get("images_per_s")] or [
+        h["images_per_s"] for h in history[:1] if h.get("images_per_s")]
+    return round(statistics.median(speeds), 1) if speeds else None
+
+
 def run_row(row: Row, data: Path, work: Path) -> dict:
     """Train (unless the row is the default model), then `cgd eval --json` on the test split."""
     record: dict = {"row": row.name, "label": row.label, "data": data.name,
@@ -70,8 +79,7 @@ def run_row(row: Row, data: Path, work: Path) -> dict:
         record["train_wall_s"] = round(time.perf_counter() - began, 1)
         record["train_summary"] = json.loads(done.stdout.strip().splitlines()[-1])
         curves = json.loads(checkpoint.with_suffix(".curves.json").read_text())
-        speeds = [h["images_per_s"] for h in curves["history"] if h.get("images_per_s")]
-        record["images_per_s"] = round(sorted(speeds)[len(speeds) // 2], 1) if speeds else None
+        record["images_per_s"] = median_speed(curves["history"])
     eval_cmd = cgd("eval", "--data", str(data), "--split", "test", "--json",
                    *(("--checkpoint", str(checkpoint)) if train_cmd else ()))
     began = time.perf_counter()
@@ -79,7 +87,7 @@ def run_row(row: Row, data: Path, work: Path) -> dict:
     record["eval_wall_s"] = round(time.perf_counter() - began, 1)
     record["test"] = json.loads(done.stdout.strip().splitlines()[-1])
     shown = [c.replace(sys.executable, "python").replace(str(data.parent), "../shared/data")
-             for c in (train_cmd or eval_cmd)]
+             .replace(f"{REPO}/", "") for c in (train_cmd or eval_cmd)]
     command = " ".join(shown[1:] if shown[0] == "python" else shown)
     record["command"] = command.replace("-m service.cli", "cgd")
     return record

@@ -1,0 +1,63 @@
+"""The gallery: durable items, images and per-model-version vectors, searchable with FAISS.
+
+No torch and no HTTP here: numpy arrays and plain records in and out. `Gallery` is the facade; it
+composes an `ItemStore` (`SQLiteItemStore`) and, per model version, a `VectorIndex` (`FaissVectorIndex`).
+"""
+
+from index.errors import (
+    DimensionMismatch,
+    GalleryError,
+    GalleryLocked,
+    GpuUnavailable,
+    InvalidFilter,
+    InvalidIndexKind,
+    InvalidItem,
+    InvalidQuery,
+    InvalidVectors,
+    ItemNotFound,
+    MissingVectors,
+    NotEnoughData,
+    SnapshotCorrupt,
+    StorageCorrupted,
+    UnknownVersion,
+    VectorNotFound,
+    VersionInUse,
+)
+from index.faiss_index import FaissVectorIndex
+from index.gallery import Gallery
+from index.kinds import IndexSpec
+from index.protocols import ItemStore, VectorIndex
+from index.records import UNSET, Hit, IndexStats, Item, NewItem, VersionInfo
+from index.store import SQLiteItemStore
+
+__all__ = [
+    "UNSET",
+    "DimensionMismatch",
+    "FaissVectorIndex",
+    "Gallery",
+    "GalleryError",
+    "GalleryLocked",
+    "GpuUnavailable",
+    "Hit",
+    "IndexSpec",
+    "IndexStats",
+    "InvalidFilter",
+    "InvalidIndexKind",
+    "InvalidItem",
+    "InvalidQuery",
+    "InvalidVectors",
+    "Item",
+    "ItemNotFound",
+    "ItemStore",
+    "MissingVectors",
+    "NewItem",
+    "NotEnoughData",
+    "SQLiteItemStore",
+    "SnapshotCorrupt",
+    "StorageCorrupted",
+    "UnknownVersion",
+    "VectorIndex",
+    "VectorNotFound",
+    "VersionInUse",
+    "VersionInfo",
+]

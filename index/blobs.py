@@ -1,0 +1,81 @@
+"""Content-addressed image bytes on disk: `root/ab/cdef...` named by sha256, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from index.errors import StorageCorrupted
+
+LOG = logging.getLogger(__name__)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a rename or unlink inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """Immutable blobs keyed by their sha256. Writes go to `root/.tmp`, are fsynced, then renamed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._tmp = root / ".tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        for leftover in self._tmp.iterdir():  # a write interrupted by a crash
+            leftover.unlink(missing_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256[2:]
+
+    def put_many(self, blobs: Iterable[tuple[str, bytes]]) -> None:
+        """Durably store each (sha256, data) not yet present; the caller computed the hashes."""
+        written: set[Path] = set()
+        for sha256, data in blobs:
+            final = self.path(sha256)
+            if final.exists() or final in written:
+                continue
+            final.parent.mkdir(exist_ok=True)
+            tmp = self._tmp / uuid.uuid4().hex
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+            written.add(final)
+        for directory in {path.parent for path in written}:
+            fsync_directory(directory)
+
+    def get(self, sha256: str) -> bytes:
+        """The bytes of a blob, checked against its hash."""
+        try:
+            data = self.path(sha256).read_bytes()
+        except FileNotFoundError as exc:
+            raise StorageCorrupted(f"image {sha256} is missing from {self.root}") from exc
+        if sha256_hex(data) != sha256:
+            raise StorageCorrupted(f"image {sha256} does not match its hash")
+        return data
+
+    def delete(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(sha256).unlink()
+
+    def hashes(self) -> Iterator[str]:
+        """Every stored sha256 (walks the directory tree)."""
+        for directory in self.root.iterdir():
+            if directory.is_dir() and len(directory.name) == 2:
+                for blob in directory.iterdir():
+                    yield directory.name + blob.name

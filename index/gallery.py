@@ -1,0 +1,438 @@
+"""`Gallery`: the thread-safe facade the service uses over an `ItemStore` and one index per model version.
+
+Layout under `root`: `items.sqlite3` (items, vectors, versions), `blobs/ab/cdef...` (images),
+`faiss/<version>.index` (snapshots: a cache rebuilt from the store when needed), `.lock` (one process).
+
+Concurrency: one writer at a time (`_writer`). Readers share `_state`; a writer holds it exclusively only
+while it commits to SQLite and applies the same change to FAISS, so a search never sees half a batch, nor
+an item in one and not the other. Image files are written before that, under `_writer` alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.errors import (
+    DimensionMismatch,
+    GalleryError,
+    InvalidQuery,
+    InvalidVectors,
+    ItemNotFound,
+    MissingVectors,
+    UnknownVersion,
+    VectorNotFound,
+    VersionInUse,
+)
+from index.faiss_index import configure_faiss, resolve_gpu
+from index.kinds import IndexSpec
+from index.locking import ProcessLock, ReadWriteLock
+from index.postprocess import WHITENING_KINDS, fit_learned_whitening, fit_pca_whitening
+from index.protocols import ItemStore
+from index.records import UNSET, Hit, IndexStats, Item, NewItem, VersionInfo
+from index.registry import IndexRegistry
+from index.store import SQLiteItemStore
+from index.vectors import quantize
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_BLAS_THRESHOLD = 8
+UNIT_TOLERANCE = 1e-2  # stored vectors must have |norm - 1| below this
+PCA_SAMPLE = 100_000
+
+
+def check_vectors(vectors: np.ndarray, rows: int | None = None, *, unit: bool = False) -> np.ndarray:
+    """Validate a (N,d) float array (N = rows if given) and return it as C-contiguous float32."""
+    array = np.asarray(vectors)
+    if array.ndim != 2 or (rows is not None and array.shape[0] != rows):
+        expected = f"({rows},d)" if rows is not None else "(N,d)"
+        raise DimensionMismatch(f"expected vectors of shape {expected}, got {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InvalidVectors(f"vectors must be floats, got {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise InvalidVectors("vectors contain NaN or infinity")
+    if unit and len(array) and float(np.abs(np.linalg.norm(array, axis=1) - 1).max()) > UNIT_TOLERANCE:
+        raise InvalidVectors("gallery vectors must be L2-normalised")
+    return array
+
+
+def _check_search(k: int, qe_n: int, qe_alpha: float) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidQuery(f"k must be a positive integer, got {k!r}")
+    if isinstance(qe_n, bool) or not isinstance(qe_n, int) or qe_n < 0:
+        raise InvalidQuery(f"qe_n must be an integer >= 0, got {qe_n!r}")
+    if not math.isfinite(qe_alpha) or qe_alpha < 0:
+        raise InvalidQuery(f"qe_alpha must be finite and >= 0, got {qe_alpha!r}")
+
+
+class Gallery:
+    """Items, images and per-version vectors, searchable by inner product. Thread-safe."""
+
+    def __init__(self, root: Path, store: ItemStore, spec: IndexSpec, *, gpu: bool = False,
+                 process_lock: ProcessLock | None = None) -> None:
+        self.root = root
+        self._store = store
+        self._process_lock = process_lock
+        self._writer = threading.Lock()
+        self._state = ReadWriteLock()
+        self._registry = IndexRegistry(root / "faiss", store, spec, gpu=gpu, writer=self._writer,
+                                       state=self._state)
+        self._indexes = self._registry.indexes
+        self._live = store.live_version()
+        self._closed = False
+
+    @classmethod
+    def open(cls, root: Path, *, index_kind: str = "Flat", use_gpu: str = "auto", nprobe: int | None = None,
+             ef_search: int | None = None, k_factor: int | None = None,
+             blas_threshold: int = DEFAULT_BLAS_THRESHOLD) -> Gallery:
+        """Open (or create) the gallery at `root` and load the live version's index (its snapshot
+        reconciled with the store, or a build from the store if the snapshot is missing or unusable).
+
+        `index_kind`: see `index.kinds` (Flat, SQfp16, SQ8, HNSW, HNSW-SQ8, IVF-Flat, IVF-SQ8, IVF-PQ or a
+        FAISS factory string); `nprobe`, `ef_search`, `k_factor` override the kind's search settings.
+        """
+        root = Path(root)
+        spec = IndexSpec.parse(index_kind, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor)
+        gpu = resolve_gpu(use_gpu)
+        configure_faiss(blas_threshold)
+        root.mkdir(parents=True, exist_ok=True)
+        lock = ProcessLock(root / ".lock")
+        store = None
+        try:
+            store = SQLiteItemStore.open(root)
+            gallery = cls(root, store, spec, gpu=gpu, process_lock=lock)
+            if gallery._live is not None and gallery._live in store.versions():
+                gallery._registry.ensure(gallery._live)
+        except BaseException:
+            if store is not None:
+                store.close()
+            lock.release()
+            raise
+        return gallery
+
+    def close(self) -> None:
+        """Write snapshots of the changed indexes, then release the store and the lock. Idempotent."""
+        with self._writer:
+            if self._closed:
+                return
+            self._registry.save_all()
+            with self._state.write():
+                self._closed = True
+                self._indexes.clear()
+                self._store.close()
+            if self._process_lock is not None:
+                self._process_lock.release()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._state.read():
+            if self._closed:
+                raise GalleryError("the gallery is closed")
+            yield
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        with self._state.write():
+            if self._closed:
+                raise GalleryError("the gallery is closed")
+            yield
+
+    # items
+
+    def add(self, items: Sequence[NewItem], vectors: Mapping[str, np.ndarray]) -> list[Item]:
+        """Store items with their unit vectors (N,d) per model version, all or nothing, and index them.
+
+        Returns the items in input order. An item whose external id exists is returned unchanged and its
+        vectors are ignored. When a version is live, `vectors` must include it; with none live yet, the
+        first version given becomes live.
+        """
+        items = list(items)
+        checked = {version: quantize(check_vectors(array, len(items), unit=True))
+                   for version, array in vectors.items()}
+        if not items:
+            return []
+        with self._writer:
+            if self._live is not None and self._live not in checked:
+                raise MissingVectors(f"add() needs vectors for the live version {self._live!r}")
+            hashes = self._store.put_images([item.image for item in items])
+            with self._writing():
+                stored, created = self._store.add(items, hashes, checked)
+                rows = np.flatnonzero(created)
+                ids = np.asarray([stored[row].id for row in rows], dtype=np.int64)
+                for version, array in checked.items():
+                    if version in self._indexes and len(ids):
+                        self._indexes[version].add(ids, array[rows])
+                self._live = self._store.live_version()
+        self._registry.maintain(checked)
+        return stored
+
+    def get(self, item_id: int) -> Item:
+        with self._reading():
+            return self._store.get(item_id)
+
+    def get_by_external_id(self, external_id: str) -> Item:
+        with self._reading():
+            return self._store.get_by_external_id(external_id)
+
+    def list_items(self, offset: int = 0, limit: int = 100,
+                   label: str | None = None) -> tuple[list[Item], int]:
+        """A page of items in id order, and how many match `label` in all."""
+        with self._reading():
+            return self._store.list_items(offset, limit, label)
+
+    def labelled_items(self, labels: set[str] | None = None) -> list[Item]:
+        """Items that have a label (one of `labels` when given), in id order."""
+        with self._reading():
+            return self._store.labelled_items(labels)
+
+    def count(self) -> int:
+        with self._reading():
+            return self._store.count()
+
+    def image(self, item_id: int) -> bytes:
+        with self._reading():
+            return self._store.image(item_id)
+
+    def image_path(self, item_id: int) -> Path:
+        """Where the item's image file is (read-only: other items may share it)."""
+        with self._reading():
+            return self._store.image_path(item_id)
+
+    def update(self, item_id: int, *, label: str | None = UNSET, metadata: Mapping[str, Any] = UNSET) -> Item:
+        """Set the label (None clears it) and/or replace the metadata."""
+        with self._writer, self._writing():
+            return self._store.update(item_id, label=label, metadata=metadata)
+
+    def delete(self, item_id: int) -> Item:
+        """Delete an item: out of every index at once, its image erased unless another item shares it."""
+        with self._writer, self._writing():
+            deleted = self._store.delete([item_id])
+            if not deleted:
+                raise ItemNotFound(f"no item with id {item_id}")
+            for index in self._indexes.values():
+                index.remove(np.asarray([item_id], dtype=np.int64))
+            versions = list(self._indexes)
+        self._registry.maintain(versions)
+        return deleted[0]
+
+    def delete_by_external_id(self, external_id: str) -> Item:
+        return self.delete(self.get_by_external_id(external_id).id)
+
+    def sweep_blobs(self) -> int:
+        """Erase image files no item names (left by a crash mid-add or mid-delete); returns how many."""
+        with self._writer:
+            return self._store.sweep_blobs()
+
+    # search
+
+    def search(self, queries: np.ndarray, k: int, *, label: str | None = None,
+               metadata: Mapping[str, Any] | None = None, qe_n: int = 0, qe_alpha: float = 3.0,
+               version: str | None = None) -> tuple[str, list[list[Hit]]]:
+        """Top-k items for each query (Q,d) from one model version (the live one by default).
+
+        Returns that version and, per query, up to k hits by descending score. `label` / `metadata` keep
+        items whose label / metadata values are equal (still k hits when k such items exist). `qe_n` > 0
+        applies alpha-QE with the top `qe_n` hits and weight exponent `qe_alpha`.
+        """
+        _check_search(k, qe_n, qe_alpha)
+        queries = check_vectors(queries)
+        name = self._resolve(version)
+        if name == self._live and name not in self.versions():  # live, but no vector stored yet
+            return name, [[] for _ in range(len(queries))]
+        for _ in range(2):  # the index may be dropped or replaced between loading and reading it
+            self._registry.ensure(name)
+            with self._reading():
+                index = self._indexes.get(name)
+                if index is None:
+                    continue
+                allowed = None
+                if label is not None or metadata:
+                    allowed = self._store.matching_ids(name, label, metadata)
+                scores, ids = index.search(queries, k, allowed, qe_n, qe_alpha)
+                items = self._store.get_many(ids[ids >= 0].tolist())
+            return name, [[Hit(items[i], float(s)) for s, i in zip(row_s, row_i, strict=True) if i in items]
+                          for row_s, row_i in zip(scores, ids.tolist(), strict=True)]
+        raise UnknownVersion(f"model version {name!r} was dropped")
+
+    def similar(self, item_id: int, k: int, *, label: str | None = None,
+                metadata: Mapping[str, Any] | None = None, qe_n: int = 0, qe_alpha: float = 3.0,
+                version: str | None = None) -> list[Hit]:
+        """Up to k items most similar to a stored item (the item itself excluded), by its stored vector."""
+        name = self._resolve(version)
+        _, hits = self.search(self.vector(item_id, name)[None, :], k + 1, label=label, metadata=metadata,
+                              qe_n=qe_n, qe_alpha=qe_alpha, version=name)
+        return [hit for hit in hits[0] if hit.item.id != item_id][:k]
+
+    def vector(self, item_id: int, version: str | None = None) -> np.ndarray:
+        """The stored (raw, not whitened) vector (d,) of an item for a version (the live one by default)."""
+        name = self._resolve(version)
+        with self._reading():
+            found, vectors = self._store.vectors(name, np.asarray([item_id], dtype=np.int64))
+            if not len(found):
+                self._store.get(item_id)  # ItemNotFound if the item itself is missing
+                raise VectorNotFound(f"item {item_id} has no vector for model version {name!r}")
+        return vectors[0]
+
+    # versions
+
+    @property
+    def live_version(self) -> str | None:
+        return self._live
+
+    def _resolve(self, version: str | None) -> str:
+        name = version if version is not None else self._live
+        if name is None:
+            raise UnknownVersion("the gallery has no live model version yet")
+        return name
+
+    def versions(self) -> list[str]:
+        """Every version with stored vectors, oldest first."""
+        with self._reading():
+            return self._store.versions()
+
+    def version_info(self, version: str) -> VersionInfo:
+        with self._reading():
+            return self._store.version_info(version)
+
+    def ids_missing_vectors(self, version: str) -> np.ndarray:
+        """Sorted ids (N,) of current items that have no vector for `version`."""
+        with self._reading():
+            return self._store.ids_missing_vectors(version)
+
+    def put_vectors(self, version: str, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> int:
+        """Durably store unit vectors (N,d) of item ids (N,) for `version` (re-embedding for a new model).
+        Ids that no longer exist or already have a vector for it are skipped; returns how many were stored."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vectors = quantize(check_vectors(vectors, len(ids), unit=True))
+        ids, first = np.unique(ids, return_index=True)
+        with self._writer:
+            written = self._put_vectors(version, ids, vectors[first])
+        self._registry.maintain([version])
+        return written
+
+    def _put_vectors(self, version: str, ids: np.ndarray, vectors: np.ndarray) -> int:
+        """Caller holds the writer lock; `ids` (N,) are unique."""
+        with self._writing():
+            written = self._store.put_vectors(version, ids, vectors)
+            if version in self._indexes and len(written):
+                kept = np.isin(ids, written)
+                self._indexes[version].add(ids[kept], vectors[kept])
+        return len(written)
+
+    def activate(self, version: str, fill_missing: Callable[[list[Item]], np.ndarray] | None = None) -> None:
+        """Make `version` live atomically (also the rollback); no search ever mixes two versions.
+
+        Its index is loaded or built first while the old version keeps serving. Then, under the writer
+        lock, `fill_missing(items) -> (N,d) unit vectors` embeds the items still lacking a vector for it
+        (ingested meanwhile) and the live version is swapped. A version with no stored vectors can go live
+        only while the gallery is empty, or through `fill_missing`.
+        """
+        if version in self.versions():
+            self._registry.ensure(version)
+        built = None
+        with self._writer:
+            missing = self._store.ids_missing_vectors(version)
+            if fill_missing is not None and len(missing):
+                found = self._store.get_many(missing.tolist())
+                items = [found[i] for i in missing.tolist()]
+                vectors = quantize(check_vectors(fill_missing(items), len(items), unit=True))
+                self._put_vectors(version, missing, vectors)
+                missing = self._store.ids_missing_vectors(version)
+            known = version in self._store.versions()
+            if not known and self._store.count():
+                raise UnknownVersion(f"no vectors are stored for model version {version!r}")
+            if known and version not in self._indexes:  # created just now by fill_missing
+                built = self._registry.build(version)
+            if len(missing):
+                LOG.warning("version %s goes live with %d items lacking a vector", version, len(missing))
+            with self._writing():
+                if built is not None:
+                    self._indexes[version] = built
+                self._store.set_live_version(version)
+                self._live = version
+        if built is not None:
+            self._registry.save(built)
+        LOG.info("model version %s is live", version)
+
+    def drop_version(self, version: str) -> None:
+        """Delete a version that is not live: its vectors, settings and snapshot."""
+        with self._writer, self._writing():
+            if version == self._live:
+                raise VersionInUse(f"model version {version!r} is live; activate another one first")
+            self._store.drop_version(version)
+            self._indexes.pop(version, None)
+            self._registry.snapshot_path(version).unlink(missing_ok=True)
+
+    # indexes and post-processing
+
+    def rebuild(self, version: str | None = None) -> None:
+        """Rebuild a version's index from the store (retrains, drops tombstones) while the current one
+        serves, then swap."""
+        self._registry.rebuild(self._resolve(version))
+
+    def index_stats(self, version: str | None = None) -> IndexStats:
+        """What serves a version (the live one by default); loads its index if needed."""
+        name = self._resolve(version)
+        index = self._registry.ensure(name)
+        with self._reading():
+            vectors = index.vectors
+            return IndexStats(name, vectors.spec.name, vectors.factory, len(vectors), vectors.tombstones,
+                              vectors.exact_fallback)
+
+    def snapshot(self) -> None:
+        """Write snapshots of the indexes changed since their last one (`close` does it too)."""
+        self._registry.save_all()
+
+    def fit_whitening(self, version: str | None = None, kind: str = "learned",
+                      dim: int | None = None) -> VersionInfo:
+        """Fit a whitening, store it with the version and apply it to its queries and gallery (the index
+        is rebuilt). "learned" uses the labelled items' vectors, "pca" a sample of all its vectors."""
+        if kind not in WHITENING_KINDS:
+            raise InvalidQuery(f"whitening kind must be one of {WHITENING_KINDS}, got {kind!r}")
+        name = self._resolve(version)
+        with self._reading():
+            if kind == "learned":
+                labels = {item.id: item.label for item in self._store.labelled_items()}
+                ids, vectors = self._store.vectors(name, np.asarray(sorted(labels), dtype=np.int64))
+                fitted = fit_learned_whitening(vectors, [labels[i] for i in ids.tolist()], dim)
+            else:
+                fitted = fit_pca_whitening(self._store.sample_vectors(name, PCA_SAMPLE), dim)
+        with self._writer:
+            self._store.set_whitening(name, fitted)
+        return self._settings_changed(name)
+
+    def clear_whitening(self, version: str | None = None) -> VersionInfo:
+        name = self._resolve(version)
+        with self._writer:
+            self._store.set_whitening(name, None)
+        return self._settings_changed(name)
+
+    def set_dba(self, version: str | None = None, n: int = 0, alpha: float = 3.0) -> VersionInfo:
+        """Database-side augmentation with each item's top-n neighbours (n=0: off); rebuilds the index."""
+        if n < 0 or not math.isfinite(alpha) or alpha < 0:
+            raise InvalidQuery("DBA needs n >= 0 and a finite alpha >= 0")
+        name = self._resolve(version)
+        with self._writer:
+            self._store.set_dba(name, n, alpha)
+        return self._settings_changed(name)
+
+    def _settings_changed(self, version: str) -> VersionInfo:
+        with self._reading():
+            loaded = version in self._indexes
+        if loaded:
+            self._registry.rebuild(version)
+        return self.version_info(version)

@@ -1,0 +1,67 @@
+"""Plain records exchanged with the gallery: no numpy, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+UNSET: Any = object()  # "leave unchanged" in updates, where None means "clear"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One stored gallery item. `id` is the SQLite row id and the FAISS id; ids are never reused."""
+
+    id: int
+    external_id: str | None
+    label: str | None
+    metadata: dict[str, Any]
+    sha256: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item to add: the original image bytes and what the client says about it."""
+
+    image: bytes
+    external_id: str | None = None
+    label: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the item and its inner-product score (cosine for unit vectors)."""
+
+    item: Item
+    score: float
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What is stored about one model version.
+
+    `dim` is the model's embedding width; `whitening` is "learned", "pca" or None;
+    `dba_n` > 0 means database-side augmentation with `dba_n` neighbours and weight exponent `dba_alpha`.
+    """
+
+    name: str
+    dim: int
+    created_at: float
+    whitening: str | None = None
+    dba_n: int = 0
+    dba_alpha: float = 3.0
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """The FAISS index serving a version: its factory string ("Flat" while a trained kind waits for
+    enough vectors), searchable vectors, tombstones awaiting a rebuild."""
+
+    version: str
+    kind: str
+    factory: str
+    vectors: int
+    tombstones: int
+    exact_fallback: bool

@@ -1,0 +1,352 @@
+"""`SQLiteItemStore`: items, their image blobs and their per-version vectors in one SQLite file (WAL).
+
+Commits are durable (`synchronous=FULL`). One connection writes, under a lock; every reading thread
+gets its own connection, so reads never wait for a write. Ids come from AUTOINCREMENT and are never
+reused, so an id that was deleted can never name another item (or come back from a stale snapshot).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index import vectors as vector_rows
+from index.blobs import BlobStore, sha256_hex
+from index.errors import InvalidFilter, InvalidItem, InvalidQuery, ItemNotFound
+from index.postprocess import Whitening
+from index.records import UNSET, Item, NewItem, VersionInfo
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    external_id TEXT UNIQUE,
+    label TEXT,
+    metadata TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_label ON items(label);
+CREATE INDEX IF NOT EXISTS items_sha256 ON items(sha256);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_COLUMNS = "id, external_id, label, metadata, sha256, created_at"
+_CHUNK = 900
+
+
+def _item(row: tuple) -> Item:
+    return Item(id=row[0], external_id=row[1], label=row[2], metadata=json.loads(row[3]), sha256=row[4],
+                created_at=row[5])
+
+
+def _metadata_json(metadata: object) -> str:
+    if not isinstance(metadata, Mapping) or not all(isinstance(key, str) for key in metadata):
+        raise InvalidItem("metadata must be a JSON object with string keys")
+    try:
+        return json.dumps(dict(metadata), allow_nan=False, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidItem(f"metadata is not JSON-serialisable: {exc}") from exc
+
+
+def _optional_str(value: object, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidItem(f"{name} must be a string or None, got {type(value).__name__}")
+    return value
+
+
+def filter_sql(label: str | None, metadata: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
+    """A WHERE fragment over `items` (alias i) for label and metadata equality, with its parameters."""
+    clauses, params = ["1"], []
+    if label is not None:
+        clauses.append("i.label = ?")
+        params.append(label)
+    if metadata is None:
+        return " AND ".join(clauses), params
+    if not isinstance(metadata, Mapping):
+        raise InvalidFilter("a metadata filter must be a mapping of keys to values")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key or '"' in key:
+            raise InvalidFilter(f"invalid metadata key {key!r}")
+        path = f'$."{key}"'
+        if isinstance(value, bool) or value is None:
+            clauses.append("json_type(i.metadata, ?) = ?")
+            params += [path, {True: "true", False: "false", None: "null"}[value]]
+        elif isinstance(value, int | float) and math.isfinite(value):
+            clauses.append("json_type(i.metadata, ?) IN ('integer', 'real') "
+                           "AND json_extract(i.metadata, ?) = ?")
+            params += [path, path, value]
+        elif isinstance(value, str):
+            clauses.append("json_type(i.metadata, ?) = 'text' AND json_extract(i.metadata, ?) = ?")
+            params += [path, path, value]
+        else:
+            raise InvalidFilter(f"metadata filter on {key!r} must be a string, number, boolean or null")
+    return " AND ".join(clauses), params
+
+
+class SQLiteItemStore:
+    """Items + image blobs + per-version vectors. Writes are serialised; reads run concurrently."""
+
+    def __init__(self, path: Path, blobs: BlobStore) -> None:
+        self.path = path
+        self.blobs = blobs
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._writer = self._connect()
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._writer.executescript(SCHEMA + vector_rows.SCHEMA)
+
+    @classmethod
+    def open(cls, root: Path) -> SQLiteItemStore:
+        """The default layout: `root/items.sqlite3` and `root/blobs/`."""
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root / "items.sqlite3", BlobStore(root / "blobs"))
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    # writes
+
+    def put_images(self, images: Sequence[bytes]) -> list[str]:
+        """Durably store image bytes (before the rows that name them); returns their sha256s."""
+        for image in images:
+            if not isinstance(image, bytes | bytearray | memoryview) or len(image) == 0:
+                raise InvalidItem("an item's image must be non-empty bytes")
+        hashes = [sha256_hex(bytes(image)) for image in images]
+        self.blobs.put_many(zip(hashes, (bytes(image) for image in images), strict=True))
+        return hashes
+
+    def add(self, items: Sequence[NewItem], hashes: Sequence[str],
+            vectors: Mapping[str, np.ndarray]) -> tuple[list[Item], list[bool]]:
+        """Insert rows and vectors (N,d) per version in one transaction; images must be stored already.
+
+        Returns the items in input order and, per item, whether it is new. An existing external id
+        (in the store or earlier in the batch) yields that item unchanged and its vectors are ignored.
+        With no live version yet, the first version in `vectors` becomes live in the same transaction.
+        """
+        rows = [(_optional_str(it.external_id, "external_id"), _optional_str(it.label, "label"),
+                 _metadata_json(it.metadata)) for it in items]
+        now = time.time()
+        with self._transaction() as conn:
+            result: list[Item] = []
+            created: list[bool] = []
+            for (external_id, label, metadata), sha256 in zip(rows, hashes, strict=True):
+                existing = None
+                if external_id is not None:
+                    existing = conn.execute(f"SELECT {_COLUMNS} FROM items WHERE external_id = ?",
+                                            (external_id,)).fetchone()
+                if existing is not None:
+                    result.append(_item(existing))
+                    created.append(False)
+                    continue
+                cursor = conn.execute("INSERT INTO items (external_id, label, metadata, sha256, created_at) "
+                                      "VALUES (?, ?, ?, ?, ?)", (external_id, label, metadata, sha256, now))
+                result.append(Item(int(cursor.lastrowid), external_id, label, json.loads(metadata), sha256,
+                                   now))
+                created.append(True)
+            new_ids = np.asarray([it.id for it, new in zip(result, created, strict=True) if new],
+                                 dtype=np.int64)
+            new_rows = np.flatnonzero(created)
+            for version, array in vectors.items():
+                if len(new_ids):
+                    vector_rows.insert(conn, version, new_ids, array[new_rows])
+                else:
+                    vector_rows.ensure_version(conn, version, array.shape[1])
+            if vectors:  # the first version ever stored becomes live
+                conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES ('live_version', ?)",
+                             (next(iter(vectors)),))
+        return result, created
+
+    def update(self, item_id: int, *, label: str | None = UNSET,
+               metadata: Mapping[str, Any] = UNSET) -> Item:
+        """Change label and/or metadata (metadata is replaced, not merged)."""
+        changes: dict[str, Any] = {}
+        if label is not UNSET:
+            changes["label"] = _optional_str(label, "label")
+        if metadata is not UNSET:
+            changes["metadata"] = _metadata_json(metadata)
+        with self._transaction() as conn:
+            if changes:
+                assignments = ", ".join(f"{column} = ?" for column in changes)
+                conn.execute(f"UPDATE items SET {assignments} WHERE id = ?", (*changes.values(), item_id))
+            row = conn.execute(f"SELECT {_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
+            if row is None:
+                raise ItemNotFound(f"no item with id {item_id}")
+        return _item(row)
+
+    def delete(self, ids: Iterable[int]) -> list[Item]:
+        """Delete items with their vectors, erasing images no remaining item shares; returns the deleted."""
+        deleted: list[Item] = []
+        with self._transaction() as conn:
+            for item_id in ids:
+                row = conn.execute(f"SELECT {_COLUMNS} FROM items WHERE id = ?", (int(item_id),)).fetchone()
+                if row is not None:
+                    conn.execute("DELETE FROM items WHERE id = ?", (int(item_id),))
+                    deleted.append(_item(row))
+            shared = "SELECT 1 FROM items WHERE sha256 = ? LIMIT 1"
+            orphans = {it.sha256 for it in deleted if conn.execute(shared, (it.sha256,)).fetchone() is None}
+        for sha256 in orphans:  # after the commit: a crash before this leaves an orphan, never a dangling row
+            self.blobs.delete(sha256)
+        return deleted
+
+    def put_vectors(self, version: str, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Durably store vectors (N,d) of existing items lacking one for `version`; returns ids written."""
+        with self._transaction() as conn:
+            return vector_rows.insert(conn, version, ids, vectors)
+
+    def set_whitening(self, version: str, whitening: Whitening | None) -> None:
+        with self._transaction() as conn:
+            vector_rows.set_whitening(conn, version, whitening)
+
+    def set_dba(self, version: str, n: int, alpha: float) -> None:
+        with self._transaction() as conn:
+            vector_rows.set_dba(conn, version, n, alpha)
+
+    def set_live_version(self, version: str) -> None:
+        """Record the live version (it may have no vectors yet while the gallery is empty)."""
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('live_version', ?)",
+                         (version,))
+
+    def drop_version(self, version: str) -> None:
+        with self._transaction() as conn:
+            vector_rows.drop_version(conn, version)
+
+    def sweep_blobs(self) -> int:
+        """Erase image files no item names (left by a crash between a write and its commit). Call with no
+        add in flight. Returns how many were erased."""
+        referenced = {row[0] for row in self._reader().execute("SELECT DISTINCT sha256 FROM items")}
+        orphans = [sha256 for sha256 in self.blobs.hashes() if sha256 not in referenced]
+        for sha256 in orphans:
+            self.blobs.delete(sha256)
+        return len(orphans)
+
+    # reads
+
+    def get(self, item_id: int) -> Item:
+        row = self._reader().execute(f"SELECT {_COLUMNS} FROM items WHERE id = ?", (int(item_id),)).fetchone()
+        if row is None:
+            raise ItemNotFound(f"no item with id {item_id}")
+        return _item(row)
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, Item]:
+        """Items by id; ids that do not exist are absent from the result."""
+        unique = sorted({int(i) for i in ids})
+        found: dict[int, Item] = {}
+        for start in range(0, len(unique), _CHUNK):
+            chunk = unique[start:start + _CHUNK]
+            query = f"SELECT {_COLUMNS} FROM items WHERE id IN ({','.join('?' * len(chunk))})"
+            found.update((row[0], _item(row)) for row in self._reader().execute(query, chunk))
+        return found
+
+    def get_by_external_id(self, external_id: str) -> Item:
+        row = self._reader().execute(f"SELECT {_COLUMNS} FROM items WHERE external_id = ?",
+                                     (external_id,)).fetchone()
+        if row is None:
+            raise ItemNotFound(f"no item with external id {external_id!r}")
+        return _item(row)
+
+    def list_items(self, offset: int = 0, limit: int = 100,
+                   label: str | None = None) -> tuple[list[Item], int]:
+        """A page of items in id order, and the total number matching `label`."""
+        if offset < 0 or limit < 0:
+            raise InvalidQuery("offset and limit must be >= 0")
+        where, params = filter_sql(label, None)
+        conn = self._reader()
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM items i WHERE {where} ORDER BY id LIMIT ? OFFSET ?",
+                            (*params, limit, offset)).fetchall()
+        total = conn.execute(f"SELECT COUNT(*) FROM items i WHERE {where}", params).fetchone()[0]
+        return [_item(row) for row in rows], int(total)
+
+    def labelled_items(self, labels: set[str] | None = None) -> list[Item]:
+        """Items that have a label (restricted to `labels` when given), in id order."""
+        query = f"SELECT {_COLUMNS} FROM items WHERE label IS NOT NULL"
+        params: list[str] = []
+        if labels is not None:
+            params = sorted(labels)
+            query += f" AND label IN ({','.join('?' * len(params))})"
+        return [_item(row) for row in self._reader().execute(query + " ORDER BY id", params)]
+
+    def count(self) -> int:
+        return int(self._reader().execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def image(self, item_id: int) -> bytes:
+        return self.blobs.get(self.get(item_id).sha256)
+
+    def image_path(self, item_id: int) -> Path:
+        return self.blobs.path(self.get(item_id).sha256)
+
+    def matching_ids(self, version: str, label: str | None, metadata: Mapping[str, Any] | None) -> np.ndarray:
+        """Sorted ids (N,) of items with a `version` vector whose label / metadata equal the given ones."""
+        where, params = filter_sql(label, metadata)
+        vid, _ = vector_rows.version_id(self._reader(), version)
+        rows = self._reader().execute(
+            f"SELECT i.id FROM items i JOIN vectors v ON v.item_id = i.id AND v.vid = ? "
+            f"WHERE {where} ORDER BY i.id", (vid, *params)).fetchall()
+        return np.asarray([row[0] for row in rows], dtype=np.int64)
+
+    def live_version(self) -> str | None:
+        row = self._reader().execute("SELECT value FROM settings WHERE key = 'live_version'").fetchone()
+        return row[0] if row is not None else None
+
+    def versions(self) -> list[str]:
+        return vector_rows.version_names(self._reader())
+
+    def version_info(self, version: str) -> VersionInfo:
+        return vector_rows.version_info(self._reader(), version)
+
+    def whitening(self, version: str) -> Whitening | None:
+        return vector_rows.whitening(self._reader(), version)
+
+    def vectors(self, version: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found ids (M,), vectors (M,d)) of the given ids that have a `version` vector."""
+        return vector_rows.fetch(self._reader(), version, ids)
+
+    def vector_ids(self, version: str) -> np.ndarray:
+        return vector_rows.ids_with_vectors(self._reader(), version)
+
+    def ids_missing_vectors(self, version: str) -> np.ndarray:
+        return vector_rows.ids_missing(self._reader(), version)
+
+    def iter_vectors(self, version: str, batch: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return vector_rows.iterate(self._reader(), version, batch)
+
+    def sample_vectors(self, version: str, n: int, seed: int = 0) -> np.ndarray:
+        return vector_rows.sample(self._reader(), version, n, seed)

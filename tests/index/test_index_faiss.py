@@ -1,0 +1,142 @@
+"""FaissVectorIndex on real FAISS: exactness against NumPy, removal, filters, training fallback, snapshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import FaissVectorIndex, IndexSpec, InvalidIndexKind, SnapshotCorrupt
+from index.vectors import quantize
+
+KINDS = ["Flat", "SQfp16", "SQ8", "HNSW", "HNSW-SQ8", "IVF-Flat", "IVF-SQ8", "IVF-PQ"]
+N, D = 2000, 32
+
+
+def _filled(kind: str, vectors: np.ndarray, ids: np.ndarray) -> FaissVectorIndex:
+    index = FaissVectorIndex.create(IndexSpec.parse(kind), vectors.shape[1], len(vectors), vectors)
+    index.add(ids, vectors)
+    return index
+
+
+@pytest.fixture
+def data(unit_vectors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids (N,) sparse and shuffled, gallery vectors rounded through float16 (N,D), queries (20,D))."""
+    ids = np.random.default_rng(7).permutation(np.arange(N, dtype=np.int64) * 3 + 5)
+    return ids, quantize(unit_vectors(N, D, seed=1)), unit_vectors(20, D, seed=2)
+
+
+@pytest.mark.parametrize("kind", ["Flat", "SQfp16"])
+def test_exact_kinds_equal_brute_force(kind: str, data, exact_top_k) -> None:
+    ids, vectors, queries = data
+    index = _filled(kind, vectors, ids)
+    scores, found = index.search(queries, 10)
+    expected_scores, expected_ids = exact_top_k(queries, ids, vectors, 10)
+    np.testing.assert_array_equal(found, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    allowed = np.sort(ids[::7])
+    scores, found = index.search(queries, 10, allowed)
+    rows = np.isin(ids, allowed)
+    expected_scores, expected_ids = exact_top_k(queries, ids[rows], vectors[rows], 10)
+    np.testing.assert_array_equal(found, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_removes_at_once_and_reconstructs(kind: str, data) -> None:
+    ids, vectors, _ = data
+    index = _filled(kind, vectors, ids)
+    assert not index.exact_fallback and len(index) == N
+    gone = ids[:50]
+    index.remove(np.concatenate([gone, [10**9]]))  # unknown ids are ignored
+    assert len(index) == N - 50
+    assert not np.isin(gone, index.ids()).any()
+    _, found = index.search(vectors[:50], 100)
+    assert not np.isin(found, gone).any()
+    tolerance = 0 if kind in ("Flat", "SQfp16") else 0.05
+    np.testing.assert_allclose(index.reconstruct(ids[50:60]), vectors[50:60], atol=tolerance)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_filters_return_k_hits_when_k_exist(kind: str, data) -> None:
+    ids, vectors, queries = data
+    index = _filled(kind, vectors, ids)
+    index.remove(ids[:100])
+    few = np.sort(np.concatenate([ids[:3], ids[500:507]]))  # 3 of them are removed: 7 remain
+    scores, found = index.search(queries, 10, few)
+    assert found.shape == (20, 7)
+    assert all(set(row) == set(ids[500:507]) for row in found.tolist())
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    many = np.sort(ids[::5])
+    _, found = index.search(queries, 10, many)
+    assert found.shape == (20, 10) and np.isin(found, many).all()
+    assert not np.isin(found, ids[:100]).any()
+
+
+def test_trained_kind_is_exact_until_enough_vectors(data, exact_top_k) -> None:
+    ids, vectors, queries = data
+    spec = IndexSpec.parse("IVF-Flat")
+    index = FaissVectorIndex.create(spec, D, 500, None)
+    assert index.exact_fallback and index.factory == "Flat"
+    index.add(ids[:500], vectors[:500])
+    assert index.maintenance() is None
+    _, found = index.search(queries, 5)
+    np.testing.assert_array_equal(found, exact_top_k(queries, ids[:500], vectors[:500], 5)[1])
+    index.add(ids[500:], vectors[500:])
+    assert index.maintenance() == "train"
+    trained = FaissVectorIndex.create(spec, D, N, vectors)
+    assert not trained.exact_fallback and trained.factory == "IVF32,Flat" and trained.trained_on == N
+
+
+def test_many_tombstones_ask_for_compaction(data) -> None:
+    ids, vectors, _ = data
+    index = _filled("HNSW", vectors, ids)
+    index.remove(ids[: N // 5])
+    assert index.tombstones == N // 5 and index.maintenance() is None
+    index.remove(ids[N // 5: N // 3])
+    assert index.maintenance() == "compact"
+
+
+@pytest.mark.parametrize("kind", ["Flat", "HNSW", "IVF-PQ"])
+def test_snapshot_round_trip(kind: str, data, tmp_path: Path) -> None:
+    ids, vectors, queries = data
+    index = _filled(kind, vectors, ids)
+    index.remove(ids[:10])
+    index.save(tmp_path / "x.index", {"note": "kept"})
+    assert not index.dirty
+    loaded, meta = FaissVectorIndex.load(tmp_path / "x.index", IndexSpec.parse(kind))
+    assert meta["note"] == "kept" and loaded.factory == index.factory
+    np.testing.assert_array_equal(loaded.ids(), index.ids())
+    for a, b in zip(loaded.search(queries, 10), index.search(queries, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(SnapshotCorrupt):
+        FaissVectorIndex.load(tmp_path / "x.index", IndexSpec.parse("SQ8"))  # configured kind changed
+
+
+def test_damaged_snapshots_are_refused(data, tmp_path: Path) -> None:
+    ids, vectors, _ = data
+    path = tmp_path / "x.index"
+    _filled("Flat", vectors, ids).save(path, {})
+    spec = IndexSpec.parse("Flat")
+    good = path.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x40
+    for damaged in (bytes(flipped), good[: len(good) // 2], good[:-3], b"garbage", b""):
+        path.write_bytes(damaged)
+        with pytest.raises(SnapshotCorrupt):
+            FaissVectorIndex.load(path, spec)
+    path.unlink()
+    with pytest.raises(SnapshotCorrupt):
+        FaissVectorIndex.load(path, spec)
+
+
+def test_index_kinds_are_parsed_once() -> None:
+    assert IndexSpec.parse("ivf-pq").name == "IVF-PQ"
+    assert IndexSpec.parse("IVF-PQ").factory(1536, 1_000_000) == "IVF1024,PQ384x4fs,Refine(SQ8)"
+    assert IndexSpec.parse("HNSW16,Flat").factory(64, 10) == "HNSW16,Flat"
+    for bad in ("", "IDMap,Flat", "NoSuchIndex"):
+        with pytest.raises(InvalidIndexKind):
+            IndexSpec.parse(bad).validate(64)
+    with pytest.raises(InvalidIndexKind):
+        IndexSpec.parse("HNSW", ef_search=0)

@@ -41,15 +41,16 @@ def rows(budget: float) -> list[Row]:
     b = f"{budget:g}"
     return [
         Row("default_model", "embedded default (no training)", None),
-        Row("default_recipe", "`cgd train` defaults (triplet+aux, SG)", ()),
-        Row("triplet_sg", f"CGD triplet+aux, SG ({b} min)", ("--max-minutes", b), True),
+        Row("default_recipe", "`cgd train` defaults (Proxy Anchor, SG, 15 min)", ()),
+        Row("triplet15", "CGD triplet+aux, SG (15 min; the first default)", ("--loss", "triplet")),
+        Row("triplet_sg", f"CGD triplet+aux, SG ({b} min)", ("--loss", "triplet", "--max-minutes", b), True),
         Row("proxy_anchor", f"Proxy Anchor, SG ({b} min)",
             ("--loss", "proxy_anchor", "--max-minutes", b), True),
         Row("triplet_mdr", f"triplet+MDR, SG ({b} min)",
             ("--loss", "triplet_mdr", "--max-minutes", b), True),
-        Row("desc_g", f"triplet+aux, G ({b} min)", ("--descriptors", "G", "--max-minutes", b), True),
-        Row("desc_mg", f"triplet+aux, MG ({b} min)", ("--descriptors", "MG", "--max-minutes", b), True),
-        Row("desc_gsm", f"triplet+aux, GSM ({b} min)", ("--descriptors", "GSM", "--max-minutes", b), True),
+        Row("desc_g", f"Proxy Anchor, G ({b} min)", ("--descriptors", "G", "--max-minutes", b), True),
+        Row("desc_mg", f"Proxy Anchor, MG ({b} min)", ("--descriptors", "MG", "--max-minutes", b), True),
+        Row("desc_gsm", f"Proxy Anchor, GSM ({b} min)", ("--descriptors", "GSM", "--max-minutes", b), True),
     ]
 
 

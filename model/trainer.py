@@ -53,7 +53,7 @@ class CancelFlag(Protocol):
 class TrainConfig:
     """A training recipe. The defaults are the `cgd train` / `POST /train` recipe (docs/RESULTS.md)."""
 
-    loss: str = "triplet"
+    loss: str = "proxy_anchor"
     epochs: int = 30
     max_minutes: float | None = None
     optimizer: Literal["adamw", "adam"] = "adamw"
@@ -177,12 +177,15 @@ class _Run:
         self.start_model = load_start(start)
         start_size = self.start_model.config.image_size
         self.image_size = config.image_size or auto_image_size(train_images, start_size)
-        self.model = training_model(self.start_model, num_classes=len(self.classes),
-                                    image_size=self.image_size, descriptors=config.descriptors,
-                                    embedding_dim=config.embedding_dim)
-        self.model.to(self.device, memory_format=torch.channels_last)
+        embedding_dim = config.embedding_dim or self.start_model.embedding_dim
         self.criterion = build_criterion(config.loss, num_classes=len(self.classes),
-                                         embedding_dim=self.model.embedding_dim).to(self.device)
+                                         embedding_dim=embedding_dim).to(self.device)
+        # The auxiliary classifier exists only when the loss reads its logits.
+        uses_logits = getattr(self.criterion, "classification", None) is not None
+        self.model = training_model(self.start_model, num_classes=len(self.classes) if uses_logits else 0,
+                                    image_size=self.image_size, descriptors=config.descriptors,
+                                    embedding_dim=embedding_dim)
+        self.model.to(self.device, memory_format=torch.channels_last)
         groups = parameter_groups(self.model, backbone_lr=config.resolved_backbone_lr,
                                   head_lr=config.resolved_head_lr, freeze_bn=config.freeze_bn)
         # The criterion scales its own groups from the model's base lr (Proxy Anchor: proxies x100).

@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--split", default="train", help="labels.csv split to train on (default: train)")
     train.add_argument("--start", type=Path, default=None,
                        help="checkpoint to start from (default: embedded model)")
-    train.add_argument("--loss", default="triplet", help="triplet | contrastive | proxy_anchor | triplet_mdr")
+    train.add_argument("--loss", default="proxy_anchor",
+                       help="proxy_anchor (default) | triplet | contrastive | triplet_mdr")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--max-minutes", type=float, default=DEFAULT_MAX_MINUTES,
                        help=f"time budget in minutes (default {DEFAULT_MAX_MINUTES:g}; 0 = epochs only)")

@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint
+from model.cgd import create_cgd
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import CGDConfig, Preprocessing
 from model.curves import curve_paths
 from model.data import read_labels_csv
+from model.default import init_projections
 from model.trainer import Progress, TrainConfig, train
 
 CLASSES = ("00_", "01_", "12_", "14_")
@@ -23,29 +26,42 @@ def few_classes(gtsrb_dir: Path):
     return images[::2]
 
 
+@pytest.fixture(scope="module")
+def small_start(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A 32 px, 64-d start checkpoint over the offline lite0 weights (cheap to validate)."""
+    config = CGDConfig(descriptors="G", embedding_dim=64, preprocessing=Preprocessing(image_size=32))
+    model = create_cgd(config, pretrained=True)
+    init_projections(model)
+    path = tmp_path_factory.mktemp("start") / "start.pt"
+    return path, save_checkpoint(path, model)
+
+
 def _config(**changes) -> TrainConfig:
-    base = dict(epochs=4, image_size=32, batch_size=16, images_per_class=4, descriptors="G",
-                embedding_dim=64, warmup_epochs=1, lr=3e-4, patience=None, progress_bar=False, seed=1)
+    base = dict(epochs=3, image_size=32, batch_size=16, images_per_class=4, warmup_epochs=1, lr=3e-4,
+                patience=None, progress_bar=False, seed=1)
     return TrainConfig(**{**base, **changes})
 
 
-def test_training_loss_falls_and_the_checkpoint_reloads(few_classes, tmp_path: Path) -> None:
+@pytest.mark.parametrize("loss", ["proxy_anchor", "triplet"])
+def test_training_loss_falls_and_the_checkpoint_reloads(few_classes, small_start, tmp_path: Path,
+                                                        loss: str) -> None:
     reports: list[Progress] = []
     out = tmp_path / "run" / "model.pt"
-    result = train(few_classes, _config(), out=out, on_progress=reports.append)
+    result = train(few_classes, _config(loss=loss), out=out, start=small_start[0], on_progress=reports.append)
     losses = [row["loss"] for row in result.history]
-    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert len(losses) == 3 and losses[-1] < losses[0]
     assert result.stopped == "completed" and result.val_mode == "images"
     assert [r.step for r in reports] == list(range(1, len(reports) + 1))
     assert reports[-1].steps == reports[-1].step and reports[-1].images_per_s > 0
     loaded = load_checkpoint(out)
     assert loaded.version == result.version
     assert loaded.extra["improved"] == result.improved == (not result.kept_start_model)
+    assert loaded.config.descriptors == "G" and loaded.config.image_size == 32
     if result.improved:
-        assert loaded.config.descriptors == "G" and loaded.config.image_size == 32
-        assert loaded.metrics == result.best
+        assert loaded.metrics == result.best and loaded.version != small_start[1]
+        assert (loaded.config.num_classes == 4) == (loss == "triplet")
     else:
-        assert loaded.config.descriptors == "SG" and loaded.metrics == result.baseline
+        assert loaded.metrics == result.baseline and loaded.version == small_start[1]
     json_path, png_path = curve_paths(out)
     assert png_path.stat().st_size > 1000
     assert [row["loss"] for row in json.loads(json_path.read_text())["history"]] == losses
@@ -53,25 +69,27 @@ def test_training_loss_falls_and_the_checkpoint_reloads(few_classes, tmp_path: P
         assert loaded.model(torch.rand(2, 3, 32, 32)).shape == (2, loaded.config.embedding_dim)
 
 
-def test_cancel_stops_at_once_and_still_writes_a_loadable_model(few_classes, tmp_path: Path) -> None:
+def test_cancel_stops_at_once_and_still_writes_a_loadable_model(few_classes, small_start,
+                                                                tmp_path: Path) -> None:
     cancel = threading.Event()
     cancel.set()
     out = tmp_path / "cancelled.pt"
-    result = train(few_classes, _config(), out=out, cancel=cancel)
+    result = train(few_classes, _config(), out=out, start=small_start[0], cancel=cancel)
     assert result.stopped == "cancelled" and result.history == []
     assert result.kept_start_model and not result.improved
-    assert load_checkpoint(out).version == result.version
+    assert load_checkpoint(out).version == result.version == small_start[1]
 
 
-def test_same_seed_same_losses(few_classes, tmp_path: Path) -> None:
+def test_same_seed_same_losses(few_classes, small_start, tmp_path: Path) -> None:
     config = _config(epochs=2, precision="fp32")
-    first = train(few_classes, config, out=tmp_path / "a.pt")
-    second = train(few_classes, config, out=tmp_path / "b.pt")
+    first = train(few_classes, config, out=tmp_path / "a.pt", start=small_start[0])
+    second = train(few_classes, config, out=tmp_path / "b.pt", start=small_start[0])
     assert [r["loss"] for r in first.history] == pytest.approx([r["loss"] for r in second.history], rel=1e-4)
 
 
-def test_time_budget_stops_training(few_classes, tmp_path: Path) -> None:
-    result = train(few_classes, _config(epochs=50, max_minutes=0.02), out=tmp_path / "budget.pt")
+def test_time_budget_stops_training(few_classes, small_start, tmp_path: Path) -> None:
+    result = train(few_classes, _config(epochs=50, max_minutes=0.02), out=tmp_path / "budget.pt",
+                   start=small_start[0])
     assert result.stopped == "budget"
     assert 1 <= len(result.history) < 50
     assert load_checkpoint(tmp_path / "budget.pt").version == result.version
@@ -81,7 +99,7 @@ class _Crash(RuntimeError):
     pass
 
 
-def test_resume_continues_an_interrupted_run(few_classes, tmp_path: Path) -> None:
+def test_resume_continues_an_interrupted_run(few_classes, small_start, tmp_path: Path) -> None:
     config = _config(epochs=3, precision="fp32")
     out = tmp_path / "resumed.pt"
     steps_per_epoch: list[int] = []
@@ -92,10 +110,10 @@ def test_resume_continues_an_interrupted_run(few_classes, tmp_path: Path) -> Non
             raise _Crash
 
     with pytest.raises(_Crash):
-        train(few_classes, config, out=out, on_progress=crash_in_second_epoch)
+        train(few_classes, config, out=out, start=small_start[0], on_progress=crash_in_second_epoch)
     assert out.with_suffix(".resume.pt").is_file() and not out.exists()
     seen: list[Progress] = []
-    result = train(few_classes, config, out=out, resume=True, on_progress=seen.append)
+    result = train(few_classes, config, out=out, start=small_start[0], resume=True, on_progress=seen.append)
     assert seen[0].epoch == 2 and seen[0].step == steps_per_epoch[0] + 1
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert not out.with_suffix(".resume.pt").exists()

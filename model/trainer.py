@@ -328,7 +328,19 @@ def train(
                  run.baseline["map@r"])
     began = t0 - run.train_s
     stopped: Stopped = "completed"
-    measured = False
+    trained_images, trained_s = 0, 0.0  # after warm-up: the speed the budget plan is made from
+
+    def replan(images_per_s: float) -> None:
+        """Fit the remaining steps to the budget at `images_per_s`; never after the first LR drop,
+        so the speed of a shared machine can move the drops only while they lie ahead."""
+        if budget_s is None or run.step >= 0.6 * run.plan.planned_steps:
+            return
+        run.plan = plan_steps(config.epochs, len(run.sampler), budget_s=budget_s,
+                              elapsed_s=time.perf_counter() - began, steps_done=run.step,
+                              steps_per_s=images_per_s / config.batch_size, val_s=run.val_s)
+        bar.total = run.plan.planned_steps
+        LOG.info("time budget %.1f min: %d steps planned at %.1f images/s", config.max_minutes,
+                 run.plan.planned_steps, images_per_s)
     bar = tqdm(total=run.plan.planned_steps, initial=run.step, disable=not config.progress_bar,
                desc="train", unit="step", dynamic_ncols=True)
     while run.step < run.plan.planned_steps and stopped == "completed":
@@ -345,14 +357,8 @@ def train(
             images_per_s = window_images / max(1e-9, time.perf_counter() - window_start)
             elapsed = time.perf_counter() - began
             warm = run.epoch < config.warmup_epochs
-            if budget_s is not None and not measured and not warm and len(losses) >= 5:
-                run.plan = plan_steps(config.epochs, len(run.sampler), budget_s=budget_s, elapsed_s=elapsed,
-                                      steps_done=run.step, steps_per_s=images_per_s / config.batch_size,
-                                      val_s=run.val_s)
-                bar.total = run.plan.planned_steps
-                measured = True
-                LOG.info("time budget %.1f min: %d steps planned at %.1f images/s",
-                         config.max_minutes, run.plan.planned_steps, images_per_s)
+            if not warm and trained_s == 0.0 and len(losses) == 5:
+                replan(images_per_s)
             eta = (run.plan.planned_steps - run.step) * config.batch_size / max(images_per_s, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
@@ -370,7 +376,12 @@ def train(
         run.train_s = time.perf_counter() - began
         if stopped == "cancelled":
             break
-        exhausted = run.end_epoch(losses, window_images / max(1e-9, time.perf_counter() - window_start))
+        window_s = time.perf_counter() - window_start
+        if run.epoch >= config.warmup_epochs:
+            trained_images, trained_s = trained_images + window_images, trained_s + window_s
+        exhausted = run.end_epoch(losses, window_images / max(1e-9, window_s))
+        if trained_s > 0:
+            replan(trained_images / trained_s)
         run.epoch += 1
         _save_state(run)
         if exhausted and run.step < run.plan.planned_steps:

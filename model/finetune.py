@@ -7,10 +7,11 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from model.cgd import CGD
-from model.default import init_projections
+from model.default import PROJECTION_SEED, orthogonal_projection
 
 LOG = logging.getLogger(__name__)
 
@@ -36,9 +37,23 @@ def training_model(
     else:
         LOG.info("descriptors %s/%d -> %s/%d: new orthogonal projections", base.descriptors,
                  base.embedding_dim, config.descriptors, config.embedding_dim)
-        init_projections(model)
+        init_isometric_projections(model)
     model.reset_classifier(num_classes)
     return model
+
+
+def init_isometric_projections(model: CGD, seed: int = PROJECTION_SEED) -> None:
+    """Each branch projection (out, in) gets orthonormal rows (out <= in) or, when a branch is
+    wider than the backbone (e.g. "G" at 1536-d over 1280 channels), orthonormal columns: either
+    way the start keeps the descriptors' geometry."""
+    with torch.no_grad():
+        for branch, projection in enumerate(model.projections):
+            out_features, in_features = projection.weight.shape
+            if out_features <= in_features:
+                weight = orthogonal_projection(out_features, in_features, seed + branch)
+            else:
+                weight = orthogonal_projection(in_features, out_features, seed + branch).T
+            projection.weight.copy_(weight)
 
 
 def backbone_norms(model: CGD) -> list[nn.Module]:

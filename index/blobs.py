@@ -42,21 +42,28 @@ class BlobStore:
         return self.root / sha256[:2] / sha256[2:]
 
     def put_many(self, blobs: Iterable[tuple[str, bytes]]) -> None:
-        """Durably store each (sha256, data) not yet present; the caller computed the hashes."""
-        written: set[Path] = set()
+        """Durably store each (sha256, data) not yet present; the caller computed the hashes.
+
+        All files are written first and fsynced after, so that one journal commit covers most of them.
+        """
+        pending: dict[Path, Path] = {}
         for sha256, data in blobs:
             final = self.path(sha256)
-            if final.exists() or final in written:
+            if final in pending or final.exists():
                 continue
-            final.parent.mkdir(exist_ok=True)
             tmp = self._tmp / uuid.uuid4().hex
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            tmp.write_bytes(data)
+            pending[final] = tmp
+        for tmp in pending.values():
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for final, tmp in pending.items():
+            final.parent.mkdir(exist_ok=True)
             os.replace(tmp, final)
-            written.add(final)
-        for directory in {path.parent for path in written}:
+        for directory in {final.parent for final in pending}:
             fsync_directory(directory)
 
     def get(self, sha256: str) -> bytes:

@@ -166,8 +166,9 @@ class Gallery:
         if not items:
             return []
         with self._writer:
-            if self._live is not None and self._live not in checked:
-                raise MissingVectors(f"add() needs vectors for the live version {self._live!r}")
+            was_live = self._live
+            if was_live is not None and was_live not in checked:
+                raise MissingVectors(f"add() needs vectors for the live version {was_live!r}")
             hashes = self._store.put_images([item.image for item in items])
             with self._writing():
                 stored, created = self._store.add(items, hashes, checked)
@@ -177,6 +178,8 @@ class Gallery:
                     if version in self._indexes and len(ids):
                         self._indexes[version].add(ids, array[rows])
                 self._live = self._store.live_version()
+        if self._live != was_live:  # the first version stored became live: index it now
+            self._registry.ensure(self._live)
         self._registry.maintain(checked)
         return stored
 

@@ -5,10 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
 from index import Gallery, NewItem
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_threaded_faiss() -> Iterator[None]:
+    """FAISS on one thread: the test machines share two cores, and OpenMP threads that spin while other
+    processes hold the cores make small builds 10-20 times slower."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -50,11 +61,13 @@ def clustered_vectors() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
 
 @pytest.fixture
 def new_items() -> Callable[..., list[NewItem]]:
-    """new_items(n, prefix, labels, external) -> n items with distinct images and metadata {"i", "even"}."""
+    """new_items(n, prefix, labels, external, shared_image) -> n items with metadata {"i", "even"}, with
+    distinct images, or one image for all (one file to fsync: faster where images do not matter)."""
 
     def make(n: int, prefix: str = "img", labels: tuple[str, ...] = ("cat", "dog", "eel"),
-             external: bool = False) -> list[NewItem]:
-        return [NewItem(image=f"{prefix}-{i}".encode(), external_id=f"{prefix}-{i}" if external else None,
+             external: bool = False, shared_image: bool = False) -> list[NewItem]:
+        return [NewItem(image=b"shared" if shared_image else f"{prefix}-{i}".encode(),
+                        external_id=f"{prefix}-{i}" if external else None,
                         label=labels[i % len(labels)] if labels else None,
                         metadata={"i": i, "even": i % 2 == 0}) for i in range(n)]
 

@@ -107,8 +107,17 @@ class FaissVectorIndex:
     def tombstones(self) -> int:
         return len(self._tombstones)
 
+    def _present(self, ids: np.ndarray) -> np.ndarray:
+        """The sorted unique ids among `ids` that are searchable here."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        known = self.ids()
+        if not len(known):
+            return known
+        positions = np.minimum(np.searchsorted(known, ids), len(known) - 1)
+        return ids[known[positions] == ids]
+
     def ids(self) -> np.ndarray:
-        """Sorted ids (N,) of the searchable vectors."""
+        """Sorted ids (N,) of the searchable vectors (cached until the next change)."""
         if self._ids_cache is None:
             ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
             if self._tombstones:
@@ -137,7 +146,7 @@ class FaissVectorIndex:
 
     def remove(self, ids: np.ndarray) -> None:
         """Remove ids (N,) from search at once; unknown ids are ignored."""
-        present = np.intersect1d(np.asarray(ids, dtype=np.int64), self.ids())
+        present = self._present(ids)
         if not len(present):
             return
         if self._removable:
@@ -199,8 +208,8 @@ class FaissVectorIndex:
         search found fewer and the exact fallback was too large to run.
         """
         queries = self._check(queries)
-        candidates = self.ids() if allowed is None else np.intersect1d(allowed, self.ids())
-        k = min(k, len(candidates))
+        candidates = None if allowed is None else self._present(allowed)
+        k = min(k, len(self) if candidates is None else len(candidates))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         batch = selector = None
@@ -213,8 +222,9 @@ class FaissVectorIndex:
         searcher = self._gpu_searcher() if selector is None else self._index
         scores, ids = searcher.search(queries, k, params=params)
         short = (ids >= 0).sum(axis=1) < k
-        if short.any() and len(candidates) <= EXACT_FALLBACK_LIMIT:
-            scores[short], ids[short] = self._exact(queries[short], k, candidates)
+        if short.any() and (len(self) if candidates is None else len(candidates)) <= EXACT_FALLBACK_LIMIT:
+            scores[short], ids[short] = self._exact(queries[short], k, self.ids() if candidates is None
+                                                    else candidates)
         return scores, ids
 
     def _exact(self, queries: np.ndarray, k: int, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -241,6 +251,18 @@ class FaissVectorIndex:
                 self._gpu = False
                 return self._index
         return self._gpu_index
+
+    def serialized_size(self) -> int:
+        """Bytes of the index as FAISS writes it (close to the memory it holds)."""
+        total = 0
+
+        def count(chunk: bytes) -> int:
+            nonlocal total
+            total += len(chunk)
+            return len(chunk)
+
+        faiss.write_index(self._index, faiss.PyCallbackIOWriter(count))
+        return total
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
         """Atomic snapshot with the caller's `meta` plus what `load` needs."""

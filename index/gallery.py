@@ -21,10 +21,8 @@ from typing import Any
 import numpy as np
 
 from index.errors import (
-    DimensionMismatch,
     GalleryError,
     InvalidQuery,
-    InvalidVectors,
     ItemNotFound,
     MissingVectors,
     UnknownVersion,
@@ -39,38 +37,13 @@ from index.protocols import ItemStore
 from index.records import UNSET, Hit, IndexStats, Item, NewItem, VersionInfo
 from index.registry import IndexRegistry
 from index.store import SQLiteItemStore
+from index.validation import check_search, check_vectors
 from index.vectors import quantize
 
 LOG = logging.getLogger(__name__)
 
 DEFAULT_BLAS_THRESHOLD = 8
-UNIT_TOLERANCE = 1e-2  # stored vectors must have |norm - 1| below this
 PCA_SAMPLE = 100_000
-
-
-def check_vectors(vectors: np.ndarray, rows: int | None = None, *, unit: bool = False) -> np.ndarray:
-    """Validate a (N,d) float array (N = rows if given) and return it as C-contiguous float32."""
-    array = np.asarray(vectors)
-    if array.ndim != 2 or (rows is not None and array.shape[0] != rows):
-        expected = f"({rows},d)" if rows is not None else "(N,d)"
-        raise DimensionMismatch(f"expected vectors of shape {expected}, got {array.shape}")
-    if not np.issubdtype(array.dtype, np.floating):
-        raise InvalidVectors(f"vectors must be floats, got {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise InvalidVectors("vectors contain NaN or infinity")
-    if unit and len(array) and float(np.abs(np.linalg.norm(array, axis=1) - 1).max()) > UNIT_TOLERANCE:
-        raise InvalidVectors("gallery vectors must be L2-normalised")
-    return array
-
-
-def _check_search(k: int, qe_n: int, qe_alpha: float) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InvalidQuery(f"k must be a positive integer, got {k!r}")
-    if isinstance(qe_n, bool) or not isinstance(qe_n, int) or qe_n < 0:
-        raise InvalidQuery(f"qe_n must be an integer >= 0, got {qe_n!r}")
-    if not math.isfinite(qe_alpha) or qe_alpha < 0:
-        raise InvalidQuery(f"qe_alpha must be finite and >= 0, got {qe_alpha!r}")
 
 
 class Gallery:
@@ -251,10 +224,12 @@ class Gallery:
         items whose label / metadata values are equal (still k hits when k such items exist). `qe_n` > 0
         applies alpha-QE with the top `qe_n` hits and weight exponent `qe_alpha`.
         """
-        _check_search(k, qe_n, qe_alpha)
+        check_search(k, qe_n, qe_alpha)
+        k, qe_n, qe_alpha = int(k), int(qe_n), float(qe_alpha)
         queries = check_vectors(queries)
         name = self._resolve(version)
-        if name == self._live and name not in self.versions():  # live, but no vector stored yet
+        if name not in self._indexes and name == self._live and name not in self.versions():
+            # live, but no vector stored yet
             return name, [[] for _ in range(len(queries))]
         for _ in range(2):  # the index may be dropped or replaced between loading and reading it
             self._registry.ensure(name)

@@ -73,15 +73,6 @@ def _trailer(handle: BinaryIO, size: int) -> dict[str, Any]:
     return trailer
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    """The metadata of a snapshot, without checking or loading its payload."""
-    try:
-        with open(path, "rb") as handle:
-            return _trailer(handle, os.fstat(handle.fileno()).st_size)["meta"]
-    except OSError as exc:
-        raise SnapshotCorrupt(f"cannot read {path}: {exc}") from exc
-
-
 def read_snapshot(path: Path) -> tuple[faiss.Index, dict[str, Any]]:
     """(index, meta) from a snapshot whose payload matches its sha256."""
     try:

@@ -163,6 +163,9 @@ def test_search_arguments_are_checked(open_gallery, new_items, unit_vectors) -> 
             gallery.search(unit_vectors(1), k)
     with pytest.raises(InvalidQuery):
         gallery.search(unit_vectors(1), 3, qe_n=-1)
+    with pytest.raises(InvalidQuery):
+        gallery.search(unit_vectors(1), 3, qe_n=1, qe_alpha=float("nan"))
+    assert len(gallery.search(unit_vectors(1), np.int64(2), qe_n=np.int32(1))[1][0]) == 2
     with pytest.raises(DimensionMismatch):
         gallery.search(unit_vectors(1, 16), 3)
     with pytest.raises(DimensionMismatch):

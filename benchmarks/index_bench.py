@@ -1,0 +1,234 @@
+"""Benchmark of the gallery's FAISS index kinds on synthetic clustered 1536-d unit vectors.
+
+For each gallery size and index kind (through `index.FaissVectorIndex`, as the gallery uses it):
+build time (training + adding every vector), latency of adding 100 more vectors to the built index,
+search latency for 1 query (median of 20) and for 100 queries in one call, recall@10 against exact
+search (100 queries), memory (resident-set growth while building, and the serialised index size).
+Vectors are generated in chunks from fixed seeds, so 1M x 1536 never has to sit in memory as float32
+except inside a Flat index.
+Optionally (`--gallery N`) the durable path is timed too: `Gallery.add` of 32-item batches (SQLite
+commit + image files, fsynced) and `Gallery.search` with and without a label filter.
+
+    .venv/bin/python benchmarks/index_bench.py --sizes 10000 --kinds Flat,HNSW,IVF-PQ   # a quick run
+    nice -n 19 .venv/bin/python benchmarks/index_bench.py --sizes 10000,100000,1000000 \\
+        --kinds Flat,HNSW,HNSW-SQ8,IVF-PQ,IVF-SQ8 --blas-sweep 100000 --gallery 2000 \\
+        --out /tmp/index_bench.json  # the full run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from index import FaissVectorIndex, Gallery, IndexSpec, NewItem
+from index.gallery import DEFAULT_BLAS_THRESHOLD
+from index.kinds import training_points_needed
+from index.version_index import TRAINING_SAMPLE
+
+LOG = logging.getLogger("index_bench")
+CHUNK = 25_000
+LATENT = 96
+
+
+class ClusteredVectors:
+    """Unit vectors of width `dim`: n/100 cluster centres in a `LATENT`-d space with a decaying spectrum,
+    mapped by a fixed random matrix, plus per-item spread and isotropic noise. Chunk c is generated from
+    seed (seed, c), so every pass over the data yields the same vectors."""
+
+    def __init__(self, n: int, dim: int, seed: int = 0) -> None:
+        self.n, self.dim, self.seed = n, dim, seed
+        structure = np.random.default_rng(12345)
+        self.basis = (structure.standard_normal((LATENT, dim)) / np.sqrt(LATENT)).astype(np.float32)
+        self.scales = (1 / np.sqrt(1 + np.arange(LATENT))).astype(np.float32)
+        self.centres = structure.standard_normal((max(n // 100, 10), LATENT)).astype(np.float32) * self.scales
+
+    def _draw(self, rng: np.random.Generator, m: int) -> np.ndarray:
+        z = self.centres[rng.integers(0, len(self.centres), m)]
+        z = z + 0.35 * rng.standard_normal((m, LATENT), dtype=np.float32) * self.scales
+        x = z @ self.basis
+        x += 0.1 * float(np.linalg.norm(z, axis=1).mean()) / np.sqrt(self.dim) * rng.standard_normal(
+            (m, self.dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def chunks(self, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids (c,), vectors (c, dim)) for the first `limit` (default all) vectors."""
+        total = self.n if limit is None else min(limit, self.n)
+        for start in range(0, total, CHUNK):
+            rng = np.random.default_rng((self.seed, start // CHUNK))
+            size = min(CHUNK, total - start)
+            yield np.arange(start, start + size, dtype=np.int64), self._draw(rng, size)
+
+    def extra(self, m: int, stream: int) -> np.ndarray:
+        """m more vectors from the same distribution, not in the data set (queries: stream 0)."""
+        return self._draw(np.random.default_rng((self.seed, 10**6 + stream)), m)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def exact_top10(data: ClusteredVectors, queries: np.ndarray) -> np.ndarray:
+    """Ids (Q,10) of the exact inner-product top-10, streamed over the chunks with NumPy."""
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    for ids, vectors in data.chunks():
+        scores = np.hstack([best_scores, queries @ vectors.T])
+        all_ids = np.hstack([best_ids, np.broadcast_to(ids, (len(queries), len(ids)))])
+        keep = np.argpartition(-scores, 9, axis=1)[:, :10]
+        best_scores, best_ids = np.take_along_axis(scores, keep, 1), np.take_along_axis(all_ids, keep, 1)
+    return best_ids
+
+
+def bench_kind(kind: str, data: ClusteredVectors, queries: np.ndarray, truth: np.ndarray,
+               args: argparse.Namespace) -> dict:
+    spec = IndexSpec.parse(kind, nprobe=args.nprobe, ef_search=args.ef_search)
+    rss_before = rss_bytes()
+    started = time.perf_counter()
+    needed = training_points_needed(spec.create(data.dim, data.n))
+    training = None
+    if needed:
+        wanted = max(needed, min(data.n, TRAINING_SAMPLE))
+        training = np.concatenate([v for _, v in data.chunks(wanted)])
+    index = FaissVectorIndex.create(spec, data.dim, data.n, training)
+    del training
+    for ids, vectors in data.chunks():
+        index.add(ids, vectors)
+    build_s = time.perf_counter() - started
+    rss_index = rss_bytes() - rss_before
+    singles = []
+    for q in queries[:20]:
+        started = time.perf_counter()
+        index.search(q[None, :], 10)
+        singles.append(1000 * (time.perf_counter() - started))
+    started = time.perf_counter()
+    _, found = index.search(queries[:100], 10)
+    batch_ms = 1000 * (time.perf_counter() - started)
+    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), truth.tolist(),
+                                                                       strict=True)]))
+    more = data.extra(100, stream=1)
+    started = time.perf_counter()
+    index.add(np.arange(data.n, data.n + 100, dtype=np.int64), more)
+    add100_ms = 1000 * (time.perf_counter() - started)
+    row = {"n": data.n, "kind": kind, "factory": index.factory, "build_s": round(build_s, 1),
+           "add100_ms": round(add100_ms, 1), "search1_ms": round(statistics.median(singles), 2),
+           "search1_min_ms": round(min(singles), 2),
+           "search100_ms": round(batch_ms, 1), "recall10": round(recall, 3),
+           "rss_gib": round(rss_index / 2**30, 2),
+           "serialised_gib": round(index.serialized_size() / 2**30, 2)}
+    LOG.info("%s", row)
+    return row
+
+
+def bench_blas_threshold(data: ClusteredVectors, queries: np.ndarray) -> list[dict]:
+    """Flat search time (best of 3) for 1..20 queries, with FAISS's BLAS threshold at 1, 8 and 20 (its
+    default): below the threshold FAISS uses its own distance loop, from it on BLAS."""
+    index = FaissVectorIndex.create(IndexSpec.parse("Flat"), data.dim, data.n)
+    for ids, vectors in data.chunks():
+        index.add(ids, vectors)
+    rows = []
+    for threshold in (1, 8, 20):
+        faiss.cvar.distance_compute_blas_threshold = threshold
+        for nq in (1, 2, 5, 10, 20):
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                index.search(queries[:nq], 10)
+                times.append(1000 * (time.perf_counter() - started))
+            rows.append({"n": data.n, "threshold": threshold, "queries": nq, "ms": round(min(times), 1)})
+            LOG.info("%s", rows[-1])
+    faiss.cvar.distance_compute_blas_threshold = DEFAULT_BLAS_THRESHOLD
+    return rows
+
+
+def bench_gallery(n: int, dim: int, kind: str) -> dict:
+    """Durable adds (32-item batches, 20 KB images) and searches through `Gallery`."""
+    data = ClusteredVectors(n, dim, seed=7)
+    rng = np.random.default_rng(3)
+    add_ms = []
+    with tempfile.TemporaryDirectory() as root, \
+            Gallery.open(Path(root), index_kind=kind) as gallery:
+        for ids, vectors in data.chunks():
+            for start in range(0, len(ids), 32):
+                items = [NewItem(rng.bytes(20_000), label=f"c{i % 50}") for i in ids[start:start + 32]]
+                began = time.perf_counter()
+                gallery.add(items, {"v1": vectors[start:start + 32]})
+                add_ms.append(1000 * (time.perf_counter() - began))
+        queries = data.extra(50, stream=0)
+        timings = {}
+        for name, label in (("search1_ms", None), ("search1_label_ms", "c7")):
+            times = []
+            for q in queries:
+                began = time.perf_counter()
+                gallery.search(q[None, :], 10, label=label)
+                times.append(1000 * (time.perf_counter() - began))
+            timings[name] = round(statistics.median(times), 2)
+    row = {"n": n, "kind": kind, "add32_p50_ms": round(statistics.median(add_ms), 1),
+           "add32_p95_ms": round(float(np.percentile(add_ms, 95)), 1), **timings}
+    LOG.info("gallery %s", row)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="gallery sizes, comma-separated")
+    parser.add_argument("--kinds", default="Flat,HNSW,IVF-PQ,IVF-SQ8", help="index kinds, comma-separated")
+    parser.add_argument("--dim", type=int, default=1536)
+    parser.add_argument("--nprobe", type=int, default=None, help="override the IVF kinds' nprobe")
+    parser.add_argument("--ef-search", type=int, default=None, help="override the HNSW kinds' efSearch")
+    parser.add_argument("--blas-threshold", type=int, default=DEFAULT_BLAS_THRESHOLD)
+    parser.add_argument("--threads", type=int, default=None, help="FAISS threads (default: all cores)")
+    parser.add_argument("--blas-sweep", type=int, default=0, metavar="N",
+                        help="also time Flat search of 1..20 queries per BLAS threshold over N vectors")
+    parser.add_argument("--gallery", type=int, default=0, help="also time the durable Gallery with N items")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    faiss.cvar.distance_compute_blas_threshold = args.blas_threshold
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
+               "numpy": np.__version__, "python": platform.python_version(),
+               "blas_threshold": args.blas_threshold}
+    LOG.info("machine %s", machine)
+    results: dict = {"machine": machine, "command": " ".join(sys.argv), "kinds": [], "blas": [],
+                     "gallery": []}
+    if args.blas_sweep:
+        data = ClusteredVectors(args.blas_sweep, args.dim)
+        results["blas"] = bench_blas_threshold(data, data.extra(20, stream=0))
+        faiss.cvar.distance_compute_blas_threshold = args.blas_threshold
+    for n in [int(s) for s in args.sizes.split(",")]:
+        data = ClusteredVectors(n, args.dim)
+        queries = data.extra(100, stream=0)
+        started = time.perf_counter()
+        truth = exact_top10(data, queries)
+        LOG.info("n=%d: exact top-10 of 100 queries in %.1f s", n, time.perf_counter() - started)
+        for kind in args.kinds.split(","):
+            results["kinds"].append(bench_kind(kind, data, queries, truth, args))
+            if args.out is not None:
+                args.out.write_text(json.dumps(results, indent=1))
+    if args.gallery:
+        results["gallery"].append(bench_gallery(args.gallery, args.dim, "Flat"))
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,8 @@
 For each gallery size and index kind (through `index.FaissVectorIndex`, as the gallery uses it):
 build time (training + adding every vector), latency of adding 100 more vectors to the built index,
 search latency for 1 query (median of 20) and for 100 queries in one call, recall@10 against exact
-search (100 queries), memory (resident-set growth while building, and the serialised index size).
+search (100 queries), memory (resident-set growth after building and its peak during the build,
+which includes the training sample and one chunk of generated vectors, and the serialised index size).
 Vectors are generated in chunks from fixed seeds, so 1M x 1536 never has to sit in memory as float32
 except inside a Flat index.
 Optionally (`--gallery N`) the durable path is timed too: `Gallery.add` of 32-item batches (SQLite
@@ -83,6 +84,18 @@ def rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
 def exact_top10(data: ClusteredVectors, queries: np.ndarray) -> np.ndarray:
     """Ids (Q,10) of the exact inner-product top-10, streamed over the chunks with NumPy."""
     best_scores = np.full((len(queries), 0), -np.inf, np.float32)
@@ -99,6 +112,7 @@ def bench_kind(kind: str, data: ClusteredVectors, queries: np.ndarray, truth: np
                args: argparse.Namespace) -> dict:
     spec = IndexSpec.parse(kind, nprobe=args.nprobe, ef_search=args.ef_search)
     rss_before = rss_bytes()
+    reset_peak_rss()
     started = time.perf_counter()
     needed = training_points_needed(spec.create(data.dim, data.n))
     training = None
@@ -111,6 +125,7 @@ def bench_kind(kind: str, data: ClusteredVectors, queries: np.ndarray, truth: np
         index.add(ids, vectors)
     build_s = time.perf_counter() - started
     rss_index = rss_bytes() - rss_before
+    peak_build = peak_rss_bytes() - rss_before
     singles = []
     for q in queries[:20]:
         started = time.perf_counter()
@@ -129,7 +144,7 @@ def bench_kind(kind: str, data: ClusteredVectors, queries: np.ndarray, truth: np
            "add100_ms": round(add100_ms, 1), "search1_ms": round(statistics.median(singles), 2),
            "search1_min_ms": round(min(singles), 2),
            "search100_ms": round(batch_ms, 1), "recall10": round(recall, 3),
-           "rss_gib": round(rss_index / 2**30, 2),
+           "rss_gib": round(rss_index / 2**30, 2), "peak_gib": round(peak_build / 2**30, 2),
            "serialised_gib": round(index.serialized_size() / 2**30, 2)}
     LOG.info("%s", row)
     return row

@@ -42,7 +42,10 @@ from index.vectors import quantize
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_BLAS_THRESHOLD = 8
+# Searches of at least this many queries use BLAS. FAISS's default (20) sends small batches to its own
+# loop; BLAS was never slower here (docs/BENCHMARKS.md, "Index") and up to 3x faster for 10 queries
+# on other machines (ENVIRONMENT.md).
+DEFAULT_BLAS_THRESHOLD = 1
 PCA_SAMPLE = 100_000
 
 

@@ -83,6 +83,9 @@ class ItemStore(Protocol):
 
     def sample_vectors(self, version: str, n: int, seed: int = 0) -> np.ndarray: ...
 
+    def sweep_blobs(self) -> int:
+        """Erase image files no item names; returns how many. Callers keep writers out meanwhile."""
+
     def close(self) -> None: ...
 
 

@@ -19,7 +19,7 @@ from index.errors import DimensionMismatch, SnapshotCorrupt
 from index.faiss_index import FaissVectorIndex
 from index.kinds import IndexSpec, training_points_needed
 from index.postprocess import Whitening, apply_whitening, database_side_augmentation, query_expansion
-from index.protocols import ItemStore
+from index.protocols import ItemStore, VectorIndex
 
 LOG = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class VersionSettings:
                 "dba_n": self.dba_n, "dba_alpha": self.dba_alpha}
 
 
-def _neighbours(index: FaissVectorIndex, vectors: np.ndarray, n: int, own_ids: np.ndarray | None = None,
+def _neighbours(index: VectorIndex, vectors: np.ndarray, n: int, own_ids: np.ndarray | None = None,
                 allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-n neighbours of vectors (Q,d), skipping each row's own id: (vectors (Q,n,d), scores (Q,n)).
     Missing neighbours are zero vectors with score 0."""
@@ -71,7 +71,7 @@ def _neighbours(index: FaissVectorIndex, vectors: np.ndarray, n: int, own_ids: n
 
 
 def _augment(settings: VersionSettings, vectors: np.ndarray, ids: np.ndarray,
-             against: FaissVectorIndex) -> np.ndarray:
+             against: VectorIndex) -> np.ndarray:
     """DBA of index-space vectors (N,d) with ids (N,) against an index (their own ids skipped)."""
     neighbours, scores = _neighbours(against, vectors, settings.dba_n, own_ids=ids)
     return database_side_augmentation(vectors, neighbours, scores, settings.dba_alpha)

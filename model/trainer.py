@@ -73,6 +73,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     val_mode: ValMode = "auto"
     patience: int | None = 4
+    keep_start_if_not_better: bool = True  # False: write the best trained weights even when worse
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
@@ -398,10 +399,14 @@ def _finish(run: _Run, stopped: Stopped) -> TrainResult:
     improved = bool(run.best) and better(run.best, run.baseline)
     extra = {"train_config": asdict(run.config), "baseline": run.baseline, "best": run.best,
              "improved": improved, "stopped": stopped, "val_mode": run.val_mode, "history": run.history}
-    if improved and run.best_state is not None:
+    use_trained = run.best_state is not None and (improved or not run.config.keep_start_if_not_better)
+    if use_trained:
         run.model.load_state_dict(run.best_state)
         version = save_checkpoint(run.out, run.model.cpu().eval(), classes=run.classes, metrics=run.best,
                                   extra=extra)
+        if not improved:
+            LOG.warning("training did not beat the start model on validation (MAP@R %.4f vs %.4f): "
+                        "writing the trained model as asked", run.best["map@r"], run.baseline["map@r"])
     else:
         LOG.warning("training did not beat the start model on validation (MAP@R %.4f vs %.4f): "
                     "keeping the start model", run.best.get("map@r", math.nan), run.baseline["map@r"])
@@ -411,5 +416,5 @@ def _finish(run: _Run, stopped: Stopped) -> TrainResult:
     _state_path(run.out).unlink(missing_ok=True)
     return TrainResult(checkpoint=run.out, version=version, baseline=run.baseline,
                        best=run.best or dict(run.baseline), improved=improved, history=run.history,
-                       stopped=stopped, kept_start_model=not improved, val_mode=run.val_mode,
+                       stopped=stopped, kept_start_model=not use_trained, val_mode=run.val_mode,
                        image_size=run.image_size)

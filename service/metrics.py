@@ -28,6 +28,7 @@ class ServiceMetrics:
     - `request_seconds{method, route, status}`: latency per route template (`/items/{item_id}`,
       never the raw URL; `<unmatched>` for unknown paths).
     - `batch_size`: images per forward pass of the inference worker.
+    - `search_batch_size`: queries answered by one FAISS call (the search batcher).
     - `queue_depth`: images preprocessed and waiting for the model.
     - `gallery_size`: items in the gallery.
     - `training_jobs{state}`: training jobs per state.
@@ -42,6 +43,10 @@ class ServiceMetrics:
         )
         self.batch_size = Histogram(
             "embed_batch_size", "Images per forward pass of the inference worker",
+            namespace=namespace, registry=self.registry, buckets=BATCH_BUCKETS,
+        )
+        self.search_batch_size = Histogram(
+            "search_batch_size", "Queries answered by one FAISS call",
             namespace=namespace, registry=self.registry, buckets=BATCH_BUCKETS,
         )
         self.queue_depth = Gauge(
@@ -61,6 +66,10 @@ class ServiceMetrics:
     def observe_batch(self, size: int) -> None:
         """One forward pass of `size` images (called by the inference worker)."""
         self.batch_size.observe(size)
+
+    def observe_search_batch(self, size: int) -> None:
+        """One FAISS call answering `size` queries (called by the search batcher)."""
+        self.search_batch_size.observe(size)
 
     def set_queue_depth(self, depth: int) -> None:
         """Images now waiting for the model (called by the inference worker)."""

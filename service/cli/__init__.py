@@ -7,9 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.cli import embed, train
+from service.cli import embed, ingest, serve, train
 
-COMMAND_MODULES = (embed, train)
+COMMAND_MODULES = (embed, serve, ingest, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

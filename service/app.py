@@ -1,0 +1,66 @@
+"""`create_app(settings)`: builds the FastAPI application; nothing happens at import."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+import index
+from service.errors import ErrorTable, register_exception_handlers
+from service.metrics import ServiceMetrics
+from service.routes import gallery, health, models, search, train
+from service.runtime import Runtime
+from service.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Finds the gallery images most similar to an uploaded one, with CGD embeddings (SPoC + GeM
+descriptors over EfficientNet-Lite0) and a FAISS inner-product index, and fine-tunes itself on
+the labelled gallery on request (`POST /train`). Errors are JSON: `{"detail": ..., "code": ...}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service app; the model and the gallery open in its lifespan, not here."""
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.open(settings, app.state.metrics)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            app.state.runtime = None
+            await runtime.close()
+            LOG.info("stopped cleanly")
+
+    app = FastAPI(title="CGD image retrieval", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.runtime = None
+    app.state.metrics = ServiceMetrics()
+    app.state.metrics.instrument(app)
+    register_gallery_errors(register_exception_handlers(app))
+    for module in (gallery, search, train, models, health):
+        app.include_router(module.router)
+    return app
+
+
+def register_gallery_errors(errors: ErrorTable) -> None:
+    """The status and code of each `index/` exception that can reach a client."""
+    for exc_type, status_code, code in (
+        (index.ItemNotFound, 404, "not_found"),
+        (index.VectorNotFound, 404, "not_found"),
+        (index.UnknownVersion, 404, "unknown_version"),
+        (index.InvalidItem, 422, "invalid_parameter"),
+        (index.InvalidFilter, 422, "invalid_parameter"),
+        (index.InvalidQuery, 422, "invalid_parameter"),
+        (index.VersionInUse, 409, "conflict"),
+        (index.NotEnoughData, 409, "not_enough_data"),
+        (index.GalleryLocked, 503, "not_ready"),
+    ):
+        errors.register(exc_type, status_code, code)

@@ -1,0 +1,139 @@
+"""`/gallery`: add, list, read, update and delete gallery items; search by a stored item."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile, status
+from starlette.concurrency import run_in_threadpool
+
+from index import Hit, Item, NewItem
+from service.deps import GalleryDep, RuntimeDep, SettingsDep, WorkerDep
+from service.schemas import ItemPage, ItemPublic, ItemsCreated, ItemUpdate, SearchHit, SearchResponse
+from service.security import require_read_key, require_write_key
+from service.timing import Stopwatch
+from service.uploads import parse_json_object, per_file, read_uploads
+
+router = APIRouter(prefix="/gallery", tags=["gallery"])
+WriteKey = Depends(require_write_key)
+ReadKey = Depends(require_read_key)
+
+
+def item_public(item: Item) -> ItemPublic:
+    return ItemPublic(id=item.id, external_id=item.external_id, label=item.label, metadata=item.metadata,
+                      sha256=item.sha256, created_at=item.created_at)
+
+
+def search_hit(hit: Hit) -> SearchHit:
+    item = hit.item
+    return SearchHit(id=item.id, external_id=item.external_id, score=hit.score, label=item.label,
+                     metadata=item.metadata)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ItemsCreated, dependencies=[WriteKey])
+async def add_items(
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="one or more images")],
+    labels: Annotated[list[str] | None, Form(description="one label per file, in order")] = None,
+    metadata: Annotated[list[str] | None, Form(description="one JSON object per file, in order")] = None,
+    external_ids: Annotated[list[str] | None, Form(description="one client id per file; "
+                                                   "re-sending a known id returns the stored item")] = None,
+) -> ItemsCreated:
+    """Add images to the gallery: all of them, or none when one is bad."""
+    uploads = await read_uploads(files, settings)
+    count = len(uploads)
+    item_labels = per_file(labels, count, "labels")
+    item_metadata = [parse_json_object(text, f"metadata[{i}]") or {}
+                     for i, text in enumerate(per_file(metadata, count, "metadata"))]
+    item_ids = per_file(external_ids, count, "external_ids")
+    new_items = [
+        NewItem(image=upload.data, external_id=ext, label=label, metadata=meta)
+        for upload, ext, label, meta in zip(uploads, item_ids, item_labels, item_metadata, strict=True)
+    ]
+    async with runtime.gate.shared():
+        embedded = await runtime.worker.embed([upload.image for upload in uploads])
+        items = await run_in_threadpool(runtime.gallery.add, new_items, {embedded.version: embedded.vectors})
+    runtime.metrics.gallery_size.set(runtime.gallery.count())
+    return ItemsCreated(items=[item_public(item) for item in items], model_version=embedded.version)
+
+
+@router.get("", response_model=ItemPage, dependencies=[ReadKey])
+async def list_items(
+    gallery: GalleryDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    label: str | None = None,
+) -> ItemPage:
+    """Items in insertion order, a page at a time, optionally of one label."""
+    items, total = await run_in_threadpool(gallery.list_items, offset, limit, label)
+    return ItemPage(items=[item_public(i) for i in items], total=total, offset=offset, limit=limit)
+
+
+@router.get("/external/{external_id}", response_model=ItemPublic, dependencies=[ReadKey])
+async def get_item_by_external_id(gallery: GalleryDep, external_id: str) -> ItemPublic:
+    return item_public(gallery.get_by_external_id(external_id))
+
+
+@router.delete("/external/{external_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteKey])
+async def delete_item_by_external_id(runtime: RuntimeDep, external_id: str) -> Response:
+    await run_in_threadpool(runtime.gallery.delete_by_external_id, external_id)
+    runtime.metrics.gallery_size.set(runtime.gallery.count())
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{item_id}", response_model=ItemPublic, dependencies=[ReadKey])
+async def get_item(gallery: GalleryDep, item_id: int) -> ItemPublic:
+    return item_public(gallery.get(item_id))
+
+
+@router.get("/{item_id}/image", dependencies=[ReadKey],
+            responses={200: {"content": {"image/*": {}}, "description": "the original bytes"}})
+async def get_item_image(gallery: GalleryDep, item_id: int) -> Response:
+    """The image exactly as it was uploaded."""
+    data = await run_in_threadpool(gallery.image, item_id)
+    return Response(content=data, media_type=_media_type(data))
+
+
+@router.patch("/{item_id}", response_model=ItemPublic, dependencies=[WriteKey])
+async def update_item(gallery: GalleryDep, item_id: int, update: ItemUpdate) -> ItemPublic:
+    """Replace the label and/or the metadata of an item."""
+    changes = update.model_dump(exclude_unset=True)
+    return item_public(await run_in_threadpool(lambda: gallery.update(item_id, **changes)))
+
+
+@router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteKey])
+async def delete_item(runtime: RuntimeDep, item_id: int) -> Response:
+    """Remove an item from search at once, and its image unless another item shares it."""
+    await run_in_threadpool(runtime.gallery.delete, item_id)
+    runtime.metrics.gallery_size.set(runtime.gallery.count())
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{item_id}/similar", response_model=SearchResponse, dependencies=[ReadKey])
+async def similar_items(
+    gallery: GalleryDep,
+    worker: WorkerDep,
+    settings: SettingsDep,
+    item_id: int,
+    k: Annotated[int | None, Query(ge=1)] = None,
+    label: str | None = None,
+) -> SearchResponse:
+    """The items most similar to a stored item (the item itself excluded)."""
+    clock = Stopwatch()
+    k = settings.bounded_k(k)
+    version = worker.version
+    hits = await run_in_threadpool(lambda: gallery.similar(item_id, k, label=label, version=version))
+    return SearchResponse(results=[search_hit(h) for h in hits], model_version=version,
+                          took_ms=clock.elapsed_ms())
+
+
+def _media_type(data: bytes) -> str:
+    signatures = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG": "image/png", b"GIF8": "image/gif",
+                  b"BM": "image/bmp"}
+    for signature, media_type in signatures.items():
+        if data.startswith(signature):
+            return media_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"

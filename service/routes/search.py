@@ -1,0 +1,98 @@
+"""`/search`, `/search/batch` and `/embed`: images in, nearest gallery items or vectors out."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import RuntimeDep, SettingsDep, WorkerDep
+from service.errors import InvalidParameter
+from service.routes.gallery import search_hit
+from service.schemas import BatchSearchResponse, EmbedResponse, SearchResponse
+from service.search_batcher import SearchOptions
+from service.security import require_read_key
+from service.timing import Stopwatch
+from service.uploads import parse_json_object, read_uploads
+
+router = APIRouter(tags=["search"], dependencies=[Depends(require_read_key)])
+
+KForm = Annotated[int | None, Form(ge=1, description="how many results (default and bound: settings)")]
+LabelForm = Annotated[str | None, Form(description="only items with this label")]
+MetadataForm = Annotated[str | None,
+                         Form(description='JSON object; equality on each key, e.g. {"shop": "x"}')]
+QeNForm = Annotated[int, Form(ge=0, le=100, description="query expansion: neighbours added (0 = off)")]
+QeAlphaForm = Annotated[float, Form(ge=0, le=100, description="query expansion: similarity exponent")]
+
+
+def _options(version: str, label: str | None, metadata: str | None, qe_n: int,
+             qe_alpha: float) -> SearchOptions:
+    filters = parse_json_object(metadata, "metadata")
+    if label == "":
+        raise InvalidParameter("label must not be empty; omit it to search all items")
+    return SearchOptions(version=version, label=label,
+                         metadata=json.dumps(filters, sort_keys=True) if filters else None,
+                         qe_n=qe_n, qe_alpha=qe_alpha)
+
+
+@router.post("/search", response_model=SearchResponse)
+async def search(
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="the query image")],
+    k: KForm = None,
+    label: LabelForm = None,
+    metadata: MetadataForm = None,
+    qe_n: QeNForm = 0,
+    qe_alpha: QeAlphaForm = 3.0,
+) -> SearchResponse:
+    """The top-k gallery items for one image, best first (score: cosine similarity)."""
+    clock = Stopwatch()
+    k = settings.bounded_k(k)
+    (upload,) = await read_uploads([file], settings)
+    embedded = await runtime.worker.embed([upload.image])
+    options = _options(embedded.version, label, metadata, qe_n, qe_alpha)
+    hits = await runtime.searcher.search(embedded.vectors[0], k, options)
+    return SearchResponse(results=[search_hit(h) for h in hits], model_version=embedded.version,
+                          took_ms=clock.elapsed_ms())
+
+
+@router.post("/search/batch", response_model=BatchSearchResponse)
+async def search_batch(
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="query images")],
+    k: KForm = None,
+    label: LabelForm = None,
+    metadata: MetadataForm = None,
+    qe_n: QeNForm = 0,
+    qe_alpha: QeAlphaForm = 3.0,
+) -> BatchSearchResponse:
+    """One result list per uploaded image, in upload order, from one FAISS call."""
+    clock = Stopwatch()
+    k = settings.bounded_k(k)
+    uploads = await read_uploads(files, settings)
+    embedded = await runtime.worker.embed([u.image for u in uploads])
+    options = _options(embedded.version, label, metadata, qe_n, qe_alpha)
+    filters = json.loads(options.metadata) if options.metadata else None
+    _, results = await run_in_threadpool(
+        lambda: runtime.gallery.search(embedded.vectors, k, label=options.label, metadata=filters,
+                                       qe_n=qe_n, qe_alpha=qe_alpha, version=embedded.version)
+    )
+    return BatchSearchResponse(results=[[search_hit(h) for h in hits] for hits in results],
+                               model_version=embedded.version, took_ms=clock.elapsed_ms())
+
+
+@router.post("/embed", response_model=EmbedResponse)
+async def embed(
+    worker: WorkerDep,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="images to embed")],
+) -> EmbedResponse:
+    """The embedding (float32 unit vector) of each image, and the model version."""
+    uploads = await read_uploads(files, settings)
+    embedded = await worker.embed([u.image for u in uploads])
+    return EmbedResponse(embeddings=embedded.vectors.tolist(), dim=int(embedded.vectors.shape[1]),
+                         model_version=embedded.version)

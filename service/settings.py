@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     decode_threads: int = Field(4, ge=1, description="threads that preprocess images for the model")
     inference_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's")
     train_threads: int = Field(1, ge=1, description="threads of the training process")
-    train_max_minutes: float = Field(30.0, gt=0, description="time budget of a training job by default")
+    train_max_minutes: float = Field(15.0, gt=0, description="time budget of a training job by default")
 
     # Request limits
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="bytes per uploaded file")

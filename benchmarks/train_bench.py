@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -66,10 +67,16 @@ def median_speed(history: list[dict]) -> float | None:
     return round(statistics.median(speeds), 1) if speeds else None
 
 
+def load_average() -> list[float]:
+    """1-, 5- and 15-minute load averages (the machine is shared: they explain the speeds)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def run_row(row: Row, data: Path, work: Path) -> dict:
     """Train (unless the row is the default model), then `cgd eval --json` on the test split."""
     record: dict = {"row": row.name, "label": row.label, "data": data.name,
-                    "stand_ins": os.environ.get("CGD_STANDINS", "")}
+                    "stand_ins": os.environ.get("CGD_STANDINS", ""),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_start": load_average()}
     checkpoint = work / f"{data.name}__{row.name}.pt"
     train_cmd: list[str] | None = None
     if row.train_args is not None:
@@ -81,17 +88,97 @@ def run_row(row: Row, data: Path, work: Path) -> dict:
         record["train_summary"] = json.loads(done.stdout.strip().splitlines()[-1])
         curves = json.loads(checkpoint.with_suffix(".curves.json").read_text())
         record["images_per_s"] = median_speed(curves["history"])
+        record["load_after_train"] = load_average()
     eval_cmd = cgd("eval", "--data", str(data), "--split", "test", "--json",
                    *(("--checkpoint", str(checkpoint)) if train_cmd else ()))
     began = time.perf_counter()
     done = subprocess.run(eval_cmd, cwd=REPO, check=True, capture_output=True, text=True)
     record["eval_wall_s"] = round(time.perf_counter() - began, 1)
     record["test"] = json.loads(done.stdout.strip().splitlines()[-1])
+    record["load_end"] = load_average()
     shown = [c.replace(sys.executable, "python").replace(str(data.parent), "../shared/data")
              .replace(f"{REPO}/", "") for c in (train_cmd or eval_cmd)]
     command = " ".join(shown[1:] if shown[0] == "python" else shown)
     record["command"] = command.replace("-m service.cli", "cgd")
     return record
+
+
+EARLIER = ("an earlier session; its cache was lost and the row was reconstructed from the "
+           "RESULTS.md table of that session")
+
+
+def _row_name(command: str, all_rows: list[Row]) -> str | None:
+    """The row a RESULTS.md command belongs to: `--out .../<set>__<row>.pt`, or `cgd eval` of the
+    embedded default."""
+    match = re.search(r"__([A-Za-z0-9_]+)\.pt\b", command)
+    if match:
+        name = match.group(1)
+    elif command.startswith("cgd eval") and "--checkpoint" not in command:
+        name = next((r.name for r in all_rows if r.train_args is None), None)
+    else:
+        return None
+    return name if any(r.name == name for r in all_rows) else None
+
+
+def _figure(cell: str) -> float | None:
+    return None if cell in ("", "-") else round(float(cell) / 100, 6)
+
+
+def parse_results(text: str, all_rows: list[Row]) -> dict[tuple[str, str], dict]:
+    """Cache records rebuilt from a RESULTS.md written by `write_results`, keyed by (set, row):
+    only what the table shows (test figures, validation MAP@R, kept start, walls, speed, command),
+    marked `from_earlier_run`. Rows marked 'not run' and rows of unknown commands are skipped."""
+    records: dict[tuple[str, str], dict] = {}
+    data_name = None
+    for line in text.splitlines():
+        heading = re.match(r"### (\S+) \(test split\)", line)
+        if heading:
+            data_name = heading.group(1)
+            continue
+        if data_name is None or not line.startswith("| "):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) != 11 or cells[0] == "row" or cells[1] in ("", "not run") or set(cells[1]) == {"-"}:
+            continue
+        label, *figures, val, kept, wall, speed, command = cells
+        label = label.removesuffix(" *")
+        command = command.strip("`")
+        name = _row_name(command, all_rows)
+        if name is None:
+            LOG.warning("RESULTS.md row %r on %s: unknown command, not seeded", label, data_name)
+            continue
+        record: dict = {"row": name, "label": label, "data": data_name, "from_earlier_run": True,
+                        "seeded_from": EARLIER, "command": command,
+                        "test": dict(zip(KEYS, map(_figure, figures), strict=True)),
+                        "images_per_s": None if speed == "-" else float(speed)}
+        if wall.startswith("eval "):
+            record["eval_wall_s"] = float(wall.removeprefix("eval ").removesuffix(" s"))
+        else:
+            record["train_wall_s"] = round(60 * float(wall.removesuffix(" min")), 1)
+        if val != "-":
+            start, best = (float(v) / 100 for v in val.split(" -> "))
+            record["train_summary"] = {"validation_start_model": {"map@r": round(start, 6)},
+                                       "validation_best_trained": {"map@r": round(best, 6)},
+                                       "kept_start_model": kept == "yes"}
+        records[(data_name, name)] = record
+    return records
+
+
+def seed_cache(results: Path, sets: list[Path], all_rows: list[Row], work: Path) -> int:
+    """Write a cache entry for every row of `results` whose entry is missing, so that rows
+    measured in an earlier session survive a lost cache (they are then not re-run; delete the JSON
+    and run with --no-seed to re-measure one)."""
+    if not results.is_file():
+        return 0
+    wanted = {data.name for data in sets}
+    seeded = 0
+    for (data_name, name), record in parse_results(results.read_text(), all_rows).items():
+        path = work / f"{data_name}__{name}.json"
+        if data_name in wanted and not path.is_file():
+            path.write_text(json.dumps(record, indent=2))
+            LOG.info("seeded %s from %s (%s)", path.name, results, "earlier run")
+            seeded += 1
+    return seeded
 
 
 def pct(value: float | None) -> str:
@@ -109,6 +196,7 @@ def table(data_name: str, all_rows: list[Row], work: Path) -> list[str]:
             lines.append(f"| {row.label} | not run | | | | | | | | | |")
             continue
         rec = json.loads(path.read_text())
+        earlier = rec.get("from_earlier_run", False)
         test = rec["test"]
         summary = rec.get("train_summary")
         val = "-"
@@ -122,8 +210,11 @@ def table(data_name: str, all_rows: list[Row], work: Path) -> list[str]:
         else:
             wall = f"eval {rec['eval_wall_s']:.0f} s"
         speed = rec.get("images_per_s") or "-"
-        lines.append(f"| {row.label} | " + " | ".join(pct(test.get(k)) for k in KEYS)
+        label = rec.get("label", row.label) + (" *" if earlier else "")
+        lines.append(f"| {label} | " + " | ".join(pct(test.get(k)) for k in KEYS)
                      + f" | {val} | {kept} | {wall} | {speed} | `{rec['command']}` |")
+    if any(json.loads(p.read_text()).get("from_earlier_run") for p in work.glob(f"{data_name}__*.json")):
+        lines += ["", f"\\* measured in {EARLIER}."]
     return [*lines, ""]
 
 
@@ -144,17 +235,21 @@ def main() -> int:
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--sets", default="gtsrb32,caltech101")
     parser.add_argument("--rows", default=None, help="comma-separated row names (default: all, in order)")
-    parser.add_argument("--budget", type=float, default=5.0, help="minutes for each comparison row")
+    parser.add_argument("--budget", type=float, default=4.0, help="minutes for each comparison row")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "runs")
     parser.add_argument("--notes", type=Path, default=REPO / "benchmarks" / "results_notes.md")
     parser.add_argument("--results", type=Path, default=REPO / "docs" / "RESULTS.md")
     parser.add_argument("--report-only", action="store_true", help="only rewrite RESULTS.md from the cache")
+    parser.add_argument("--no-seed", dest="seed", action="store_false",
+                        help="do not rebuild missing cache entries from the rows of the existing --results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sets = [args.data_root / name for name in args.sets.split(",")]
     all_rows = rows(args.budget)
     wanted = set(args.rows.split(",")) if args.rows else {r.name for r in all_rows}
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.seed:
+        seed_cache(args.results, sets, all_rows, args.work)
     for row in (r for r in all_rows if r.name in wanted and not args.report_only):
         for data in sets:
             cached = args.work / f"{data.name}__{row.name}.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 
@@ -25,6 +26,19 @@ def run_serve(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in ("host", "port", "data_dir", "checkpoint", "device")
                  if getattr(args, name) is not None}
     settings = Settings(**overrides)
+    _exit_zero_after_graceful_shutdown()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
                 timeout_graceful_shutdown=30)
     return 0
+
+
+def _exit_zero_after_graceful_shutdown() -> None:
+    """uvicorn re-raises SIGINT/SIGTERM once its graceful shutdown is done, to die by the signal;
+    a shutdown that completed is a clean stop, so the re-raised signal is dropped and we exit 0.
+    (A Python handler, not SIG_IGN, so that processes started later do not inherit an ignored signal.)"""
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, _drop_signal)
+
+
+def _drop_signal(signum: int, frame: object) -> None:
+    """Handler that does nothing (see `_exit_zero_after_graceful_shutdown`)."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 PromotePolicy = Literal["if_better", "always", "never"]
 LossName = Literal["triplet", "contrastive", "proxy_anchor", "triplet_mdr"]
+MAX_LABEL_LENGTH = 256
 
 
 class ItemPublic(BaseModel):
@@ -39,7 +40,7 @@ class ItemUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str | None = Field(default=None, max_length=256)
+    label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_LENGTH)
     metadata: dict[str, Any] | None = None
 
 
@@ -85,6 +86,13 @@ class TrainRequest(BaseModel):
     promote: PromotePolicy = "if_better"
     max_minutes: float | None = Field(default=None, gt=0, le=24 * 60,
                                       description="training budget; re-embedding is reported apart")
+
+    @field_validator("descriptors")
+    @classmethod
+    def _distinct_descriptors(cls, value: str | None) -> str | None:
+        if value is not None and len(set(value.upper())) != len(value):
+            raise ValueError(f"descriptors must not repeat a letter, got {value!r}")
+        return value
 
 
 class JobAccepted(BaseModel):

@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from model.data import LabelledImage
+from model.splits import split_validation
+from model.trainer import TrainConfig
 from service.errors import Conflict, InvalidParameter
 from service.job_store import FINISHED, Job, JobStore
 from service.model_registry import ModelRegistry
@@ -35,6 +38,34 @@ _CONFIG_FIELDS = {"loss": "loss", "epochs": "epochs", "lr": "lr", "batch_size": 
 def trainable_labels(label_counts: Counter[str]) -> list[str]:
     """Labels with enough images to form positive pairs."""
     return sorted(label for label, n in label_counts.items() if n >= MIN_IMAGES_PER_LABEL)
+
+
+def train_config(params: dict[str, Any], default_max_minutes: float) -> dict[str, Any]:
+    """The `model.trainer.TrainConfig` fields of a job's request parameters."""
+    config = {field: params[key] for key, field in _CONFIG_FIELDS.items() if params.get(key) is not None}
+    config.setdefault("max_minutes", default_max_minutes)
+    config["progress_bar"] = False
+    # promote=always promotes what training made, even when the start model validates better.
+    config["keep_start_if_not_better"] = params.get("promote", "if_better") != "always"
+    return config
+
+
+def check_trainable(labels: list[str], config: dict[str, Any]) -> None:
+    """`InvalidParameter` for a job the trainer would refuse: an impossible recipe, or a validation
+    split (made as the trainer makes it, from the images' `labels`) without 2 labels and a pair."""
+    try:
+        recipe = TrainConfig(**config)
+        _, val, _ = split_validation([LabelledImage(Path(), label) for label in labels],
+                                     recipe.val_fraction, recipe.val_mode, recipe.seed)
+    except ValueError as exc:
+        raise InvalidParameter(f"training cannot start: {exc}") from exc
+    per_label = Counter(image.label for image in val)
+    if len(per_label) < 2 or max(per_label.values()) < 2:
+        raise InvalidParameter(
+            f"training cannot start: its validation split (val_fraction {recipe.val_fraction}) would hold "
+            f"{dict(per_label)} images per label, and validation needs 2 labels, one with 2 images; "
+            f"add labelled images or raise val_fraction"
+        )
 
 
 class TrainingQueue:
@@ -82,6 +113,8 @@ class TrainingQueue:
                 f"training needs at least 2 labels with at least {MIN_IMAGES_PER_LABEL} images each; "
                 f"the gallery has {len(usable)} (label counts: {dict(counts.most_common(10))})"
             )
+        check_trainable([label for label in usable for _ in range(counts[label])],
+                        train_config(params, self._default_max_minutes))
         job = self.jobs.create(params)
         self._wake.set()
         return job
@@ -120,12 +153,7 @@ class TrainingQueue:
         images = [(str(self._gallery.image_path(item.id)), item.label)
                   for item in items if item.label in usable]
         start_model = self._registry.active
-        config = {field: params[key] for key, field in _CONFIG_FIELDS.items() if params.get(key) is not None}
-        config.setdefault("max_minutes", self._default_max_minutes)
-        config["progress_bar"] = False
-        # promote=always promotes what training made, even when the start model validates better.
-        config["keep_start_if_not_better"] = params.get("promote", "if_better") != "always"
-        spec = TrainingSpec(images=images, config=config,
+        spec = TrainingSpec(images=images, config=train_config(params, self._default_max_minutes),
                             start_checkpoint=start_model.checkpoint if start_model else None,
                             out=str(self._workdir / f"{job.id}.pt"), threads=self._threads)
 
@@ -165,10 +193,11 @@ class TrainingQueue:
                           progress={**last, "phase": "done"})
 
     def _reembed_progress(self, job_id: str, training: dict[str, Any]) -> Callable[[int, int], None]:
-        """Re-embedding progress: the training figures stay, `reembedded` / `to_reembed` count images."""
+        """Re-embedding progress: the training figures stay, `reembedded` / `to_reembed` count images
+        (kept in `training`, so the job's final progress still has them)."""
         def report(done: int, total: int) -> None:
-            self.jobs.update(job_id, progress={**training, "phase": "re-embedding",
-                                               "reembedded": done, "to_reembed": total})
+            training.update(reembedded=done, to_reembed=total)
+            self.jobs.update(job_id, progress={**training, "phase": "re-embedding"})
 
         return report
 

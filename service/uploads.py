@@ -63,11 +63,15 @@ def parse_json_object(text: str | None, field: str) -> dict[str, Any] | None:
     return value
 
 
-def per_file(values: list[str] | None, count: int, field: str) -> list[str | None]:
-    """A repeated form field given once per file, in order (or not at all)."""
+def per_file(values: list[str] | None, count: int, field: str, *,
+             max_length: int | None = None) -> list[str | None]:
+    """A repeated form field given once per file, in order (or not at all); "" means none."""
     if not values:
         return [None] * count
     if len(values) != count:
         raise InvalidParameter(f"{field}: got {len(values)} values for {count} files; give one per file")
+    for position, value in enumerate(values):
+        if max_length is not None and len(value) > max_length:
+            raise InvalidParameter(f"{field}[{position}]: {len(value)} characters, more than {max_length}")
     return [value if value != "" else None for value in values]
 

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from index import Hit, Item, NewItem
 from service.deps import GalleryDep, RuntimeDep, SettingsDep, WorkerDep
-from service.schemas import ItemPage, ItemPublic, ItemsCreated, ItemUpdate, SearchHit, SearchResponse
+from service.schemas import (
+    MAX_LABEL_LENGTH,
+    ItemPage,
+    ItemPublic,
+    ItemsCreated,
+    ItemUpdate,
+    SearchHit,
+    SearchResponse,
+)
 from service.security import require_read_key, require_write_key
 from service.timing import Stopwatch
 from service.uploads import parse_json_object, per_file, read_uploads
@@ -17,6 +25,9 @@ from service.uploads import parse_json_object, per_file, read_uploads
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 WriteKey = Depends(require_write_key)
 ReadKey = Depends(require_read_key)
+MAX_INT64 = 2**63 - 1  # SQLite row ids and offsets are signed 64-bit integers
+ItemId = Annotated[int, Path(ge=1, le=MAX_INT64, description="the item's id")]
+ExternalId = Annotated[str, Path(description="the client's id of the item (may contain '/')")]
 
 
 def item_public(item: Item) -> ItemPublic:
@@ -43,7 +54,7 @@ async def add_items(
     """Add images to the gallery: all of them, or none when one is bad."""
     uploads = await read_uploads(files, settings)
     count = len(uploads)
-    item_labels = per_file(labels, count, "labels")
+    item_labels = per_file(labels, count, "labels", max_length=MAX_LABEL_LENGTH)
     item_metadata = [parse_json_object(text, f"metadata[{i}]") or {}
                      for i, text in enumerate(per_file(metadata, count, "metadata"))]
     item_ids = per_file(external_ids, count, "external_ids")
@@ -61,7 +72,7 @@ async def add_items(
 @router.get("", response_model=ItemPage, dependencies=[ReadKey])
 async def list_items(
     gallery: GalleryDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     label: str | None = None,
 ) -> ItemPage:
@@ -70,40 +81,41 @@ async def list_items(
     return ItemPage(items=[item_public(i) for i in items], total=total, offset=offset, limit=limit)
 
 
-@router.get("/external/{external_id}", response_model=ItemPublic, dependencies=[ReadKey])
-async def get_item_by_external_id(gallery: GalleryDep, external_id: str) -> ItemPublic:
+@router.get("/external/{external_id:path}", response_model=ItemPublic, dependencies=[ReadKey])
+async def get_item_by_external_id(gallery: GalleryDep, external_id: ExternalId) -> ItemPublic:
     return item_public(gallery.get_by_external_id(external_id))
 
 
-@router.delete("/external/{external_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteKey])
-async def delete_item_by_external_id(runtime: RuntimeDep, external_id: str) -> Response:
+@router.delete("/external/{external_id:path}", status_code=status.HTTP_204_NO_CONTENT,
+               dependencies=[WriteKey])
+async def delete_item_by_external_id(runtime: RuntimeDep, external_id: ExternalId) -> Response:
     await run_in_threadpool(runtime.gallery.delete_by_external_id, external_id)
     runtime.metrics.gallery_size.set(runtime.gallery.count())
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{item_id}", response_model=ItemPublic, dependencies=[ReadKey])
-async def get_item(gallery: GalleryDep, item_id: int) -> ItemPublic:
+async def get_item(gallery: GalleryDep, item_id: ItemId) -> ItemPublic:
     return item_public(gallery.get(item_id))
 
 
 @router.get("/{item_id}/image", dependencies=[ReadKey],
             responses={200: {"content": {"image/*": {}}, "description": "the original bytes"}})
-async def get_item_image(gallery: GalleryDep, item_id: int) -> Response:
+async def get_item_image(gallery: GalleryDep, item_id: ItemId) -> Response:
     """The image exactly as it was uploaded."""
     data = await run_in_threadpool(gallery.image, item_id)
     return Response(content=data, media_type=_media_type(data))
 
 
 @router.patch("/{item_id}", response_model=ItemPublic, dependencies=[WriteKey])
-async def update_item(gallery: GalleryDep, item_id: int, update: ItemUpdate) -> ItemPublic:
+async def update_item(gallery: GalleryDep, item_id: ItemId, update: ItemUpdate) -> ItemPublic:
     """Replace the label and/or the metadata of an item."""
     changes = update.model_dump(exclude_unset=True)
     return item_public(await run_in_threadpool(lambda: gallery.update(item_id, **changes)))
 
 
 @router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteKey])
-async def delete_item(runtime: RuntimeDep, item_id: int) -> Response:
+async def delete_item(runtime: RuntimeDep, item_id: ItemId) -> Response:
     """Remove an item from search at once, and its image unless another item shares it."""
     await run_in_threadpool(runtime.gallery.delete, item_id)
     runtime.metrics.gallery_size.set(runtime.gallery.count())
@@ -115,7 +127,7 @@ async def similar_items(
     gallery: GalleryDep,
     worker: WorkerDep,
     settings: SettingsDep,
-    item_id: int,
+    item_id: ItemId,
     k: Annotated[int | None, Query(ge=1)] = None,
     label: str | None = None,
 ) -> SearchResponse:
@@ -123,7 +135,12 @@ async def similar_items(
     clock = Stopwatch()
     k = settings.bounded_k(k)
     version = worker.version
-    hits = await run_in_threadpool(lambda: gallery.similar(item_id, k, label=label, version=version))
+
+    def similar() -> list[Hit]:
+        gallery.get(item_id)  # an unknown item is not_found, even before any vector is stored
+        return gallery.similar(item_id, k, label=label, version=version)
+
+    hits = await run_in_threadpool(similar)
     return SearchResponse(results=[search_hit(h) for h in hits], model_version=version,
                           took_ms=clock.elapsed_ms())
 

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import RuntimeDep, SettingsDep, WorkerDep
-from service.errors import InvalidParameter
 from service.routes.gallery import search_hit
 from service.schemas import BatchSearchResponse, EmbedResponse, SearchResponse
 from service.search_batcher import SearchOptions
@@ -20,6 +19,7 @@ from service.uploads import parse_json_object, read_uploads
 router = APIRouter(tags=["search"], dependencies=[Depends(require_read_key)])
 
 KForm = Annotated[int | None, Form(ge=1, description="how many results (default and bound: settings)")]
+# FastAPI reads an empty form field as an absent one: `label=` searches every item.
 LabelForm = Annotated[str | None, Form(description="only items with this label")]
 MetadataForm = Annotated[str | None,
                          Form(description='JSON object; equality on each key, e.g. {"shop": "x"}')]
@@ -30,8 +30,6 @@ QeAlphaForm = Annotated[float, Form(ge=0, le=100, description="query expansion: 
 def _options(version: str, label: str | None, metadata: str | None, qe_n: int,
              qe_alpha: float) -> SearchOptions:
     filters = parse_json_object(metadata, "metadata")
-    if label == "":
-        raise InvalidParameter("label must not be empty; omit it to search all items")
     return SearchOptions(version=version, label=label,
                          metadata=json.dumps(filters, sort_keys=True) if filters else None,
                          qe_n=qe_n, qe_alpha=qe_alpha)

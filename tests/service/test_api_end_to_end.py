@@ -1,0 +1,194 @@
+"""A real `cgd serve` process on localhost: ingest real photos, search, train, swap, roll back, restart.
+
+The whole life of one data directory: caltech101 photos of four classes are ingested with labels and
+external ids; an ingested photo finds itself first and mostly its own class; a tiny training job
+is promoted, re-embeds the gallery and swaps the model while a background thread keeps searching
+(every search answers 200, from the old or the new model); rolling back and forward through
+`/models/{version}/activate` changes the version searches report; SIGTERM stops the server with
+exit code 0, and a second server on the same directory has the same gallery, jobs and active model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+TRAIN_REQUEST = {"max_minutes": 0.5, "epochs": 2, "image_size": 64, "promote": "always"}
+JOB_TIMEOUT_S = 240.0
+TOP_K = 5
+
+
+@dataclass
+class SearchLog:
+    """What the background searcher saw: (monotonic time, status, model version or None) per request."""
+
+    records: list[tuple[float, int, str | None]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def between(self, start: float, end: float) -> list[tuple[float, int, str | None]]:
+        return [record for record in self.records if start <= record[0] <= end]
+
+
+def search_continuously(base_url: str, queries: list[bytes], stop: threading.Event, log: SearchLog) -> None:
+    """POST /search in a loop until `stop` is set, recording every answer."""
+    with httpx.Client(base_url=base_url, timeout=60.0, trust_env=False) as client:
+        position = 0
+        while not stop.is_set():
+            data = queries[position % len(queries)]
+            position += 1
+            try:
+                response = client.post("/search", files={"file": ("q.jpg", data)}, data={"k": "3"})
+            except httpx.HTTPError as exc:
+                log.errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            version = response.json().get("model_version") if response.status_code == 200 else None
+            log.records.append((time.monotonic(), response.status_code, version))
+            if response.status_code != 200:
+                log.errors.append(f"{response.status_code}: {response.text[:300]}")
+            time.sleep(0.02)
+
+
+def top_hits(client: httpx.Client, data: bytes, k: int = TOP_K) -> tuple[list[dict], str]:
+    response = client.post("/search", files={"file": ("query.jpg", data)}, data={"k": str(k)})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["results"], body["model_version"]
+
+
+def wait_for_job(client: httpx.Client, job_id: str, server_log) -> dict:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:
+        response = client.get(f"/train/{job_id}")
+        assert response.status_code == 200, response.text
+        job = response.json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job_id} still {job['status']} after {JOB_TIMEOUT_S:.0f} s: {job}\n"
+                        f"{server_log()}")
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_real_server_ingest_search_train_swap_rollback_restart(tmp_path: Path, serve, caltech_photos):
+    data_dir = tmp_path / "data"
+    log_path = tmp_path / "server.log"
+    server = serve(data_dir, log_path)
+    client = server.client
+    old_version = client.get("/ready").json()["model_version"]
+
+    # Ingest: 4 classes x 8 real photos, one request, labels and external ids in file order.
+    external_ids = [f"{photo.label}-{i}" for i, photo in enumerate(caltech_photos)]
+    added = client.post(
+        "/gallery",
+        files=[("files", (photo.name, photo.data, "image/jpeg")) for photo in caltech_photos],
+        data={"labels": [photo.label for photo in caltech_photos], "external_ids": external_ids},
+    )
+    assert added.status_code == 201, added.text
+    assert added.json()["model_version"] == old_version
+    items = added.json()["items"]
+    assert [item["external_id"] for item in items] == external_ids
+    assert [item["label"] for item in items] == [photo.label for photo in caltech_photos]
+    ids = [item["id"] for item in items]
+    assert len(set(ids)) == len(ids)
+
+    # Search: each probe finds itself first (score ~1) and mostly its own class in the top 5.
+    labels = [photo.label for photo in caltech_photos]
+    probes = [labels.index(label) for label in dict.fromkeys(labels)]  # the first photo of each class
+    for position in probes:
+        photo = caltech_photos[position]
+        hits, version = top_hits(client, photo.data)
+        assert version == old_version
+        assert hits[0]["id"] == ids[position] and hits[0]["score"] > 0.99, hits[0]
+        same_class = sum(hit["label"] == photo.label for hit in hits)
+        assert same_class >= 3, f"{photo.label}: only {same_class} of the top {TOP_K} share its label: {hits}"
+        assert [hit["score"] for hit in hits] == sorted((hit["score"] for hit in hits), reverse=True)
+
+    # Train while a background thread searches continuously.
+    searches = SearchLog()
+    stop = threading.Event()
+    searcher = threading.Thread(
+        target=search_continuously,
+        args=(str(client.base_url), [caltech_photos[p].data for p in probes], stop, searches),
+        daemon=True,
+    )
+    searcher.start()
+    try:
+        submitted_at = time.monotonic()
+        accepted = client.post("/train", json=TRAIN_REQUEST)
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["job_id"]
+        job = wait_for_job(client, job_id, server.log_tail)
+        finished_at = time.monotonic()
+        time.sleep(1.0)  # a few searches after the swap
+    finally:
+        stop.set()
+        searcher.join(timeout=90)
+    assert not searcher.is_alive(), "the background searcher hung"
+
+    assert job["status"] == "succeeded", f"{job}\n{server.log_tail()}"
+    assert job["promoted"] is True, job
+    new_version = job["model_version"]
+    assert new_version and new_version != old_version, job
+    assert job["progress"]["phase"] == "done", job
+    assert job["reembedding_seconds"] is not None, job
+
+    assert not searches.errors, f"{len(searches.errors)} failed searches, e.g. {searches.errors[:3]}"
+    during_job = searches.between(submitted_at, finished_at)
+    assert len(during_job) >= 20, f"only {len(during_job)} searches ran during the job"
+    assert all(status == 200 for _, status, _ in searches.records)
+    seen = {version for _, _, version in searches.records}
+    assert seen <= {old_version, new_version}, seen
+    assert new_version in seen, "no background search was answered by the new model"
+    versions_in_order = [version for _, _, version in searches.records]
+    first_new = versions_in_order.index(new_version)
+    assert old_version not in versions_in_order[first_new + 2:], "searches went back to the old model"
+
+    # Promoted: searches and /models report the new version; the re-embedded gallery still self-matches.
+    hits, version = top_hits(client, caltech_photos[0].data)
+    assert version == new_version
+    assert hits[0]["id"] == ids[0] and hits[0]["score"] > 0.99, hits[0]
+    models = client.get("/models").json()
+    assert models["active"] == new_version
+    by_version = {model["version"]: model for model in models["models"]}
+    assert set(by_version) == {old_version, new_version}
+    assert by_version[new_version]["active"] and not by_version[old_version]["active"]
+    assert by_version[old_version]["has_vectors"] and by_version[new_version]["has_vectors"]
+
+    # Roll back to the old model, then forward again: both instant (the vectors are stored).
+    rolled_back = client.post(f"/models/{old_version}/activate")
+    assert rolled_back.status_code == 200, rolled_back.text
+    assert rolled_back.json()["active"] == old_version
+    hits, version = top_hits(client, caltech_photos[probes[1]].data)
+    assert version == old_version
+    assert hits[0]["id"] == ids[probes[1]] and hits[0]["score"] > 0.99
+    forward = client.post(f"/models/{new_version}/activate")
+    assert forward.status_code == 200, forward.text
+    assert top_hits(client, caltech_photos[probes[1]].data)[1] == new_version
+
+    listed_before = client.get("/gallery", params={"limit": 1000}).json()
+    jobs_before = client.get("/train").json()["jobs"]
+    assert server.stop() == 0, f"SIGTERM must stop the server cleanly:\n{server.log_tail()}"
+
+    # Restart on the same data directory: gallery, jobs and active model persist.
+    restarted = serve(data_dir, log_path)
+    client = restarted.client
+    assert client.get("/ready").json() == {"status": "ready", "model_version": new_version,
+                                           "gallery_size": len(caltech_photos)}
+    listed_after = client.get("/gallery", params={"limit": 1000}).json()
+    assert listed_after == listed_before
+    assert listed_after["total"] == len(caltech_photos)
+    jobs_after = client.get("/train").json()["jobs"]
+    assert [(j["id"], j["status"], j["model_version"]) for j in jobs_after] == [
+        (j["id"], j["status"], j["model_version"]) for j in jobs_before
+    ]
+    assert client.get("/models").json()["active"] == new_version
+    hits, version = top_hits(client, caltech_photos[probes[2]].data)
+    assert version == new_version
+    assert hits[0]["id"] == ids[probes[2]] and hits[0]["score"] > 0.99
+    assert restarted.stop() == 0, restarted.log_tail()

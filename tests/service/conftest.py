@@ -27,8 +27,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
-from service.app import create_app
-from service.settings import Settings
+# `pytest` (unlike `python -m pytest`) does not put the clone first on sys.path, and tests/ (on it
+# for tests/conftest.py) holds folders named like the packages (tests/index, tests/model,
+# tests/service) that would be imported as empty namespace packages instead.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from service.app import create_app  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 SERVER_START_TIMEOUT_S = 180.0
@@ -99,6 +106,12 @@ def settings_for(data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"data_dir": data_dir, "device": "cpu", "decode_threads": 2, "max_wait_ms": 2.0}
     values.update(overrides)
     return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def make_settings() -> Callable[..., Settings]:
+    """`make_settings(data_dir, **overrides) -> Settings`, as the apps of these tests use."""
+    return settings_for
 
 
 @contextmanager

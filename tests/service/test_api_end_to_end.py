@@ -53,6 +53,21 @@ def search_continuously(base_url: str, queries: list[bytes], stop: threading.Eve
             time.sleep(0.02)
 
 
+def ingest_continuously(base_url: str, images: list[bytes], stop: threading.Event,
+                        added: list[tuple[int, bytes]], errors: list[str]) -> None:
+    """POST /gallery one unlabelled image at a time until `stop` is set or `images` run out."""
+    with httpx.Client(base_url=base_url, timeout=60.0, trust_env=False) as client:
+        for position, data in enumerate(images):
+            if stop.wait(0.3):
+                return
+            response = client.post("/gallery", files=[("files", (f"live-{position}.png", data))],
+                                   data={"external_ids": f"live-{position}"})
+            if response.status_code != 201:
+                errors.append(f"{response.status_code}: {response.text[:300]}")
+                continue
+            added.append((response.json()["items"][0]["id"], data))
+
+
 def top_hits(client: httpx.Client, data: bytes, k: int = TOP_K) -> tuple[list[dict], str]:
     response = client.post("/search", files={"file": ("query.jpg", data)}, data={"k": str(k)})
     assert response.status_code == 200, response.text
@@ -75,7 +90,8 @@ def wait_for_job(client: httpx.Client, job_id: str, server_log) -> dict:
 
 
 @pytest.mark.slow
-def test_real_server_ingest_search_train_swap_rollback_restart(tmp_path: Path, serve, caltech_photos):
+def test_real_server_ingest_search_train_swap_rollback_restart(tmp_path: Path, serve, caltech_photos,
+                                                                make_image):
     data_dir = tmp_path / "data"
     log_path = tmp_path / "server.log"
     server = serve(data_dir, log_path)
@@ -109,15 +125,23 @@ def test_real_server_ingest_search_train_swap_rollback_restart(tmp_path: Path, s
         assert same_class >= 3, f"{photo.label}: only {same_class} of the top {TOP_K} share its label: {hits}"
         assert [hit["score"] for hit in hits] == sorted((hit["score"] for hit in hits), reverse=True)
 
-    # Train while a background thread searches continuously.
+    # Train while one background thread searches continuously and another one ingests.
     searches = SearchLog()
+    ingested: list[tuple[int, bytes]] = []
+    ingest_errors: list[str] = []
     stop = threading.Event()
     searcher = threading.Thread(
         target=search_continuously,
         args=(str(client.base_url), [caltech_photos[p].data for p in probes], stop, searches),
         daemon=True,
     )
+    ingester = threading.Thread(
+        target=ingest_continuously,
+        args=(str(client.base_url), [make_image(500 + i) for i in range(40)], stop, ingested, ingest_errors),
+        daemon=True,
+    )
     searcher.start()
+    ingester.start()
     try:
         submitted_at = time.monotonic()
         accepted = client.post("/train", json=TRAIN_REQUEST)
@@ -129,14 +153,19 @@ def test_real_server_ingest_search_train_swap_rollback_restart(tmp_path: Path, s
     finally:
         stop.set()
         searcher.join(timeout=90)
-    assert not searcher.is_alive(), "the background searcher hung"
+        ingester.join(timeout=90)
+    assert not searcher.is_alive() and not ingester.is_alive(), "a background client hung"
 
     assert job["status"] == "succeeded", f"{job}\n{server.log_tail()}"
     assert job["promoted"] is True, job
     new_version = job["model_version"]
     assert new_version and new_version != old_version, job
     assert job["progress"]["phase"] == "done", job
+    assert job["progress"]["reembedded"] == job["progress"]["to_reembed"] >= len(caltech_photos), job
     assert job["reembedding_seconds"] is not None, job
+    assert job["baseline_metrics"] and job["new_metrics"], job
+    finished = client.post(f"/train/{job_id}/cancel")
+    assert (finished.status_code, finished.json()["code"]) == (409, "conflict"), finished.text
 
     assert not searches.errors, f"{len(searches.errors)} failed searches, e.g. {searches.errors[:3]}"
     during_job = searches.between(submitted_at, finished_at)
@@ -149,10 +178,18 @@ def test_real_server_ingest_search_train_swap_rollback_restart(tmp_path: Path, s
     first_new = versions_in_order.index(new_version)
     assert old_version not in versions_in_order[first_new + 2:], "searches went back to the old model"
 
-    # Promoted: searches and /models report the new version; the re-embedded gallery still self-matches.
+    # Promoted: searches and /models report the new version; the re-embedded gallery still self-matches,
+    # and so does every image ingested during training and swap (none lacks the new model's vector).
     hits, version = top_hits(client, caltech_photos[0].data)
     assert version == new_version
     assert hits[0]["id"] == ids[0] and hits[0]["score"] > 0.99, hits[0]
+    assert not ingest_errors, ingest_errors[:3]
+    assert len(ingested) >= 5, f"only {len(ingested)} images were ingested during the job"
+    for item_id, data in ingested:
+        hits, version = top_hits(client, data, k=1)
+        assert version == new_version and hits[0]["id"] == item_id and hits[0]["score"] > 0.99, hits
+    gallery_size = len(caltech_photos) + len(ingested)
+    assert client.get("/gallery").json()["total"] == gallery_size
     models = client.get("/models").json()
     assert models["active"] == new_version
     by_version = {model["version"]: model for model in models["models"]}
@@ -167,6 +204,9 @@ def test_real_server_ingest_search_train_swap_rollback_restart(tmp_path: Path, s
     hits, version = top_hits(client, caltech_photos[probes[1]].data)
     assert version == old_version
     assert hits[0]["id"] == ids[probes[1]] and hits[0]["score"] > 0.99
+    last_id, last_image = ingested[-1]  # stored after the swap: the rollback embedded it with the old model
+    hits, version = top_hits(client, last_image, k=1)
+    assert version == old_version and hits[0]["id"] == last_id and hits[0]["score"] > 0.99
     forward = client.post(f"/models/{new_version}/activate")
     assert forward.status_code == 200, forward.text
     assert top_hits(client, caltech_photos[probes[1]].data)[1] == new_version
@@ -179,10 +219,10 @@ def test_real_server_ingest_search_train_swap_rollback_restart(tmp_path: Path, s
     restarted = serve(data_dir, log_path)
     client = restarted.client
     assert client.get("/ready").json() == {"status": "ready", "model_version": new_version,
-                                           "gallery_size": len(caltech_photos)}
+                                           "gallery_size": gallery_size}
     listed_after = client.get("/gallery", params={"limit": 1000}).json()
     assert listed_after == listed_before
-    assert listed_after["total"] == len(caltech_photos)
+    assert listed_after["total"] == gallery_size
     jobs_after = client.get("/train").json()["jobs"]
     assert [(j["id"], j["status"], j["model_version"]) for j in jobs_after] == [
         (j["id"], j["status"], j["model_version"]) for j in jobs_before

@@ -19,6 +19,9 @@ from service.errors import InvalidImage, PayloadTooLarge, UnsupportedFormat
 LOG = logging.getLogger(__name__)
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+# Longest side / shortest side. Models resize the shortest side up to their input size, so a thin
+# image (2 x 8000 px: a few hundred bytes) would become hundreds of millions of pixels.
+MAX_ASPECT_RATIO = 50
 # Formats Pillow reports for files of an accepted kind: MPO is a multi-picture JPEG.
 _DECODED_FORMATS = {*ACCEPTED_FORMATS, "MPO"}
 _ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP or GIF"
@@ -35,8 +38,9 @@ def decode_image(data: bytes, *, filename: str, max_bytes: int, max_pixels: int)
     """Decode one uploaded image to RGB, EXIF orientation applied, alpha composited on white.
 
     Raises `InvalidImage` (400; codes `empty_file`, `not_an_image`, `truncated_image`,
-    `corrupt_image`), `UnsupportedFormat` (415) or `PayloadTooLarge` (413; `too_large` for
-    bytes, `image_too_large` when width x height exceeds `max_pixels`).
+    `corrupt_image`, `extreme_aspect_ratio` beyond `MAX_ASPECT_RATIO`), `UnsupportedFormat` (415)
+    or `PayloadTooLarge` (413; `too_large` for bytes, `image_too_large` when width x height
+    exceeds `max_pixels`).
     """
     if not data:
         raise InvalidImage(f"{filename}: the file is empty", code="empty_file")
@@ -48,6 +52,9 @@ def decode_image(data: bytes, *, filename: str, max_bytes: int, max_pixels: int)
         if width * height > max_pixels:
             raise PayloadTooLarge(f"{filename}: {width}x{height} = {width * height} pixels, "
                                   f"more than the limit of {max_pixels}", code="image_too_large")
+        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+            raise InvalidImage(f"{filename}: {width}x{height} is more than {MAX_ASPECT_RATIO} times longer "
+                               f"than wide; crop it first", code="extreme_aspect_ratio")
         _load(image, filename)
         upright = _upright(image, filename)
     finally:

@@ -175,8 +175,9 @@ class TrainingQueue:
             "start_model": start_model.version if start_model else None,
         }
         if outcome["stopped"] == "cancelled":
+            reason = "cancelled: the service stopped" if self._stopping.is_set() else "cancelled by request"
             self.jobs.update(job.id, status="cancelled", finished_at=time.time(),
-                              result={**summary, "promoted": False, "message": "cancelled by request"})
+                              result={**summary, "promoted": False, "message": reason})
             return
         record = self._registry.add_checkpoint(Path(outcome["checkpoint"]))
         policy = params.get("promote", "if_better")

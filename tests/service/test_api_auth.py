@@ -171,5 +171,6 @@ def test_training_and_cancel_need_the_write_key(tmp_path, open_app, make_image, 
                                                                                 "succeeded"):
             assert time.monotonic() < deadline, f"the cancelled job did not end: {job}"
             time.sleep(0.5)
-        assert job["status"] == "cancelled", job
+        assert job["status"] == "cancelled" and job["promoted"] is not True, job
+        assert job["message"] in (None, "cancelled by request"), job  # None: cancelled while queued
         expect_error(client.post(f"/train/{job_id}/cancel", headers=key), 409, "conflict")

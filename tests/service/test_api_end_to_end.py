@@ -5,7 +5,8 @@ external ids; an ingested photo finds itself first and mostly its own class; a t
 is promoted, re-embeds the gallery and swaps the model while a background thread keeps searching
 (every search answers 200, from the old or the new model); rolling back and forward through
 `/models/{version}/activate` changes the version searches report; SIGTERM stops the server with
-exit code 0, and a second server on the same directory has the same gallery, jobs and active model.
+exit code 0, and a second server on the same directory has the same gallery, jobs and active model;
+SIGTERM during a training job also exits 0 and leaves that job cancelled.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from service.job_store import JobStore
+from service.model_registry import ModelRegistry
 
 TRAIN_REQUEST = {"max_minutes": 0.5, "epochs": 2, "image_size": 64, "promote": "always"}
 JOB_TIMEOUT_S = 240.0
@@ -231,4 +235,23 @@ def test_real_server_ingest_search_train_swap_rollback_restart(tmp_path: Path, s
     hits, version = top_hits(client, caltech_photos[probes[2]].data)
     assert version == new_version
     assert hits[0]["id"] == ids[probes[2]] and hits[0]["score"] > 0.99
+
+    # SIGTERM while a job trains: a clean exit, the job cancelled (not left running), nothing promoted.
+    long_job = client.post("/train", json={"epochs": 50, "image_size": 64, "max_minutes": 5,
+                                           "promote": "always"})
+    assert long_job.status_code == 202, long_job.text
+    long_id = long_job.json()["job_id"]
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not ((job := client.get(f"/train/{long_id}").json())["progress"] or {}).get("step"):
+        assert job["status"] in ("queued", "running"), job
+        assert time.monotonic() < deadline, f"the job never reached a training step: {job}"
+        time.sleep(0.25)
     assert restarted.stop() == 0, restarted.log_tail()
+    jobs = JobStore(data_dir / "jobs.sqlite3")
+    try:
+        stopped = jobs.get(long_id)
+    finally:
+        jobs.close()
+    assert stopped.status == "cancelled", stopped
+    assert stopped.result["message"] == "cancelled: the service stopped" and not stopped.result["promoted"]
+    assert ModelRegistry(data_dir).active.version == new_version

@@ -53,6 +53,8 @@ BAD_UPLOADS: dict[str, tuple[Callable[[Callable[..., bytes]], bytes], int, str]]
     "too_many_bytes": (lambda make: noise_png(140), 413, "too_large"),
     "too_many_pixels": (lambda make: encoded(Image.new("RGB", (400, 300), (9, 90, 200)), "PNG"),
                         413, "image_too_large"),
+    "too_thin": (lambda make: encoded(Image.new("RGB", (2, 8000), (9, 90, 200)), "PNG"),
+                 400, "extreme_aspect_ratio"),
     "tiff": (lambda make: encoded(Image.open(io.BytesIO(make(4))), "TIFF"), 415, "unsupported_format"),
     "pdf": (lambda make: b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n", 415, "unsupported_format"),
 }
@@ -83,6 +85,12 @@ def test_accepted_formats_embed(client, make_image, fmt):
     response = upload(client, "/embed", f"ok.{fmt.lower()}", make_image(5, fmt=fmt))
     assert response.status_code == 200, response.text
     assert len(response.json()["embeddings"]) == 1
+
+
+def test_a_long_image_within_the_aspect_ratio_limit_embeds(client):
+    panorama = encoded(Image.new("RGB", (500, 10), (200, 9, 9)), "PNG")  # 50:1, the limit
+    response = upload(client, "/embed", "panorama.png", panorama)
+    assert response.status_code == 200, response.text
 
 
 def test_a_batch_with_one_bad_file_stores_nothing(client, make_image, expect_error):

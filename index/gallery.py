@@ -37,7 +37,7 @@ from index.protocols import ItemStore
 from index.records import UNSET, Hit, IndexStats, Item, NewItem, VersionInfo
 from index.registry import IndexRegistry
 from index.store import SQLiteItemStore
-from index.validation import check_search, check_vectors
+from index.validation import check_filter, check_search, check_vectors
 from index.vectors import quantize
 
 LOG = logging.getLogger(__name__)
@@ -228,6 +228,7 @@ class Gallery:
         applies alpha-QE with the top `qe_n` hits and weight exponent `qe_alpha`.
         """
         check_search(k, qe_n, qe_alpha)
+        check_filter(metadata)
         k, qe_n, qe_alpha = int(k), int(qe_n), float(qe_alpha)
         queries = check_vectors(queries)
         name = self._resolve(version)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sqlite3
 import threading
 import time
@@ -21,9 +20,10 @@ import numpy as np
 
 from index import vectors as vector_rows
 from index.blobs import BlobStore, sha256_hex
-from index.errors import InvalidFilter, InvalidItem, InvalidQuery, ItemNotFound
+from index.errors import InvalidItem, InvalidQuery, ItemNotFound
 from index.postprocess import Whitening
 from index.records import UNSET, Item, NewItem, VersionInfo
+from index.validation import check_filter
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -68,26 +68,19 @@ def filter_sql(label: str | None, metadata: Mapping[str, Any] | None) -> tuple[s
     if label is not None:
         clauses.append("i.label = ?")
         params.append(label)
-    if metadata is None:
-        return " AND ".join(clauses), params
-    if not isinstance(metadata, Mapping):
-        raise InvalidFilter("a metadata filter must be a mapping of keys to values")
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not key or '"' in key:
-            raise InvalidFilter(f"invalid metadata key {key!r}")
+    check_filter(metadata)
+    for key, value in (metadata or {}).items():
         path = f'$."{key}"'
         if isinstance(value, bool) or value is None:
             clauses.append("json_type(i.metadata, ?) = ?")
             params += [path, {True: "true", False: "false", None: "null"}[value]]
-        elif isinstance(value, int | float) and math.isfinite(value):
-            clauses.append("json_type(i.metadata, ?) IN ('integer', 'real') "
-                           "AND json_extract(i.metadata, ?) = ?")
-            params += [path, path, value]
         elif isinstance(value, str):
             clauses.append("json_type(i.metadata, ?) = 'text' AND json_extract(i.metadata, ?) = ?")
             params += [path, path, value]
         else:
-            raise InvalidFilter(f"metadata filter on {key!r} must be a string, number, boolean or null")
+            clauses.append("json_type(i.metadata, ?) IN ('integer', 'real') "
+                           "AND json_extract(i.metadata, ?) = ?")
+            params += [path, path, value]
     return " AND ".join(clauses), params
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from numbers import Integral
+from typing import Any
 
 import numpy as np
 
-from index.errors import DimensionMismatch, InvalidQuery, InvalidVectors
+from index.errors import DimensionMismatch, InvalidFilter, InvalidQuery, InvalidVectors
 
 UNIT_TOLERANCE = 1e-2  # stored vectors must have |norm - 1| below this
 
@@ -36,3 +38,18 @@ def check_search(k: int, qe_n: int, qe_alpha: float) -> None:
         raise InvalidQuery(f"qe_n must be an integer >= 0, got {qe_n!r}")
     if not isinstance(qe_alpha, float | Integral) or not math.isfinite(qe_alpha) or qe_alpha < 0:
         raise InvalidQuery(f"qe_alpha must be finite and >= 0, got {qe_alpha!r}")
+
+
+def check_filter(metadata: Mapping[str, Any] | None) -> None:
+    """A metadata equality filter: non-empty string keys without '"', values str, finite number, bool
+    or None; InvalidFilter otherwise."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, Mapping):
+        raise InvalidFilter("a metadata filter must be a mapping of keys to values")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key or '"' in key:
+            raise InvalidFilter(f"invalid metadata key {key!r}")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (value is None or isinstance(value, bool | str) or (number and math.isfinite(value))):
+            raise InvalidFilter(f"metadata filter on {key!r} must be a string, number, boolean or null")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +22,6 @@ class Upload:
     filename: str
     data: bytes
     image: Image.Image
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
 
 
 async def read_uploads(files: list[UploadFile], settings: Settings) -> list[Upload]:

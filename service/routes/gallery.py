@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Response, UploadFile, status
@@ -9,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from index import Hit, Item, NewItem
 from service.deps import GalleryDep, RuntimeDep, SettingsDep, WorkerDep
+from service.errors import InvalidParameter
 from service.schemas import (
     MAX_LABEL_LENGTH,
     ItemPage,
@@ -58,6 +60,10 @@ async def add_items(
     item_metadata = [parse_json_object(text, f"metadata[{i}]") or {}
                      for i, text in enumerate(per_file(metadata, count, "metadata"))]
     item_ids = per_file(external_ids, count, "external_ids")
+    repeated = sorted(ext for ext, n in Counter(item_ids).items() if ext is not None and n > 1)
+    if repeated:
+        raise InvalidParameter(f"external_ids: {repeated} given to more than one file of the request; "
+                               "each file needs its own id")
     new_items = [
         NewItem(image=upload.data, external_id=ext, label=label, metadata=meta)
         for upload, ext, label, meta in zip(uploads, item_ids, item_labels, item_metadata, strict=True)

@@ -92,6 +92,15 @@ def test_filters_on_label_and_metadata(open_gallery, new_items, unit_vectors, ex
         gallery.search(queries, 3, metadata={"i": [1, 2]})
 
 
+@pytest.mark.parametrize("bad", [{"i": [1, 2]}, {"": 1}, {"x": float("nan")}, ["i"]])
+def test_a_bad_filter_is_refused_even_before_any_vector_is_stored(open_gallery, unit_vectors, bad) -> None:
+    gallery = open_gallery()
+    gallery.activate("v1")  # live, but nothing stored yet: the service's state after its first start
+    assert gallery.search(unit_vectors(2), 3, metadata={"i": 1}) == ("v1", [[], []])
+    with pytest.raises(InvalidFilter):
+        gallery.search(unit_vectors(2), 3, metadata=bad)
+
+
 @pytest.mark.parametrize("kind", ["Flat", "HNSW"])  # physical removal / tombstones
 def test_delete_is_immediate_and_survives_restart(kind: str, tmp_path, new_items, unit_vectors) -> None:
     root = tmp_path / kind

@@ -27,15 +27,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
-# `pytest` (unlike `python -m pytest`) does not put the clone first on sys.path, and tests/ (on it
-# for tests/conftest.py) holds folders named like the packages (tests/index, tests/model,
-# tests/service) that would be imported as empty namespace packages instead.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from service.app import create_app  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.app import create_app
+from service.settings import Settings
 
 VENV_BIN = Path(sys.executable).parent
 SERVER_START_TIMEOUT_S = 180.0

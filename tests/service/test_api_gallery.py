@@ -97,6 +97,14 @@ def test_resending_an_external_id_returns_the_stored_item_unchanged(shared_clien
     assert shared_client.get("/gallery").json()["total"] == total + 1
 
 
+def test_one_external_id_for_two_files_of_a_request_is_refused(shared_client, make_image, expect_error):
+    total = shared_client.get("/gallery").json()["total"]
+    files = [("files", (f"twin-{seed}.png", make_image(seed))) for seed in (124, 125)]
+    response = shared_client.post("/gallery", files=files, data={"external_ids": ["twin", "twin"]})
+    assert "twin" in expect_error(response, 422, "invalid_parameter")["detail"]
+    assert shared_client.get("/gallery").json()["total"] == total
+
+
 def test_label_and_metadata_filters(shared_client, add, make_image):
     shops = ["filter-north", "filter-south", "filter-north", "filter-south", "filter-north", "filter-south"]
     items = add(list(range(130, 136)), labels=["filter-cat"] * 3 + ["filter-dog"] * 3,

@@ -1,0 +1,158 @@
+"""Fine-tuning through the service, as a user does it: `cgd serve`, `cgd ingest` of a labelled
+folder's train split, `POST /train` with its defaults, then the served model on the test split.
+
+Reports the job (validation metrics of the old and the new model, promotion, training and
+re-embedding times) and `cgd eval` on the test split (classes never seen in training) of the
+embedded default and of the model the job promoted, measured in the same run.
+
+    nice -n 10 .venv/bin/python benchmarks/service_train_bench.py --data ../shared/data/gtsrb32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+LOG = logging.getLogger("service_train_bench")
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cgd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "service.cli", *args]
+
+
+def wait_ready(client: httpx.Client, server: subprocess.Popen, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the service exited with {server.returncode}")
+        try:
+            if client.get("/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the service was not ready in {timeout_s:.0f} s")
+
+
+def follow_job(client: httpx.Client, job_id: str, timeout_s: float) -> dict:
+    """Poll `GET /train/{job_id}` until it ends; logs the progress once a minute."""
+    deadline = time.monotonic() + timeout_s
+    last_log = 0.0
+    while time.monotonic() < deadline:
+        job = client.get(f"/train/{job_id}").json()
+        if job["status"] in FINISHED:
+            return job
+        if time.monotonic() - last_log > 60:
+            LOG.info("job %s: %s %s", job_id, job["status"], job["progress"])
+            last_log = time.monotonic()
+        time.sleep(2.0)
+    raise TimeoutError(f"job {job_id} did not finish in {timeout_s:.0f} s")
+
+
+def evaluate(data: Path, split: str, checkpoint: Path | None) -> tuple[dict, float]:
+    """`cgd eval --json` on a split; returns the metrics and the wall time."""
+    began = time.perf_counter()
+    done = subprocess.run(cgd("eval", "--data", str(data), "--split", split, "--json",
+                              *(("--checkpoint", str(checkpoint)) if checkpoint else ())),
+                          cwd=REPO, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1]), round(time.perf_counter() - began, 1)
+
+
+def run(args: argparse.Namespace, data_dir: Path) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "CGD_TRAIN_THREADS": str(args.train_threads)}
+    log = (data_dir / "service.log").open("wb")
+    server = subprocess.Popen(cgd("serve", "--port", str(port), "--data-dir", str(data_dir / "data")),
+                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    record: dict = {"data": args.data.name, "train_threads": args.train_threads,
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_start": os.getloadavg()}
+    try:
+        with httpx.Client(base_url=url, timeout=120.0, trust_env=False) as client:
+            wait_ready(client, server)
+            began = time.perf_counter()
+            subprocess.run(cgd("ingest", str(args.data), "--split", "train", "--url", url),
+                           cwd=REPO, check=True)
+            record["ingest_s"] = round(time.perf_counter() - began, 1)
+            record["gallery_items"] = client.get("/ready").json()["gallery_size"]
+            began = time.perf_counter()
+            accepted = client.post("/train", json=args.request)
+            accepted.raise_for_status()
+            job = follow_job(client, accepted.json()["job_id"], args.timeout_minutes * 60)
+            record["job_wall_s"] = round(time.perf_counter() - began, 1)
+            record["job"] = {key: job[key] for key in (
+                "status", "params", "baseline_metrics", "new_metrics", "promoted", "model_version",
+                "message", "error", "training_seconds", "reembedding_seconds")}
+            record["serving"] = client.get("/ready").json()["model_version"]
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+        log.close()
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"the training job ended {job['status']}: {job['error']}")
+    checkpoint = data_dir / "data" / "models" / f"{job['model_version']}.pt"
+    record["test_default"], record["eval_default_s"] = evaluate(args.data, "test", None)
+    record["test_trained"], record["eval_trained_s"] = evaluate(args.data, "test", checkpoint)
+    record["load_end"] = os.getloadavg()
+    return record
+
+
+def markdown(record: dict) -> str:
+    job = record["job"]
+
+    def pct(metrics: dict | None, key: str) -> str:
+        return "-" if not metrics else f"{100 * metrics[key]:.1f}"
+
+    rows = [
+        "| model | val R@1 | val MAP@R | test R@1 | test MAP@R |",
+        "| --- | --- | --- | --- | --- |",
+        f"| embedded default | {pct(job['baseline_metrics'], 'recall@1')} | "
+        f"{pct(job['baseline_metrics'], 'map@r')} | {pct(record['test_default'], 'recall@1')} | "
+        f"{pct(record['test_default'], 'map@r')} |",
+        f"| after `POST /train` ({'promoted' if job['promoted'] else 'not promoted'}) | "
+        f"{pct(job['new_metrics'], 'recall@1')} | {pct(job['new_metrics'], 'map@r')} | "
+        f"{pct(record['test_trained'], 'recall@1')} | {pct(record['test_trained'], 'map@r')} |",
+    ]
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "gtsrb32",
+                        help="a folder with labels.csv (train and test splits)")
+    parser.add_argument("--request", type=json.loads, default={},
+                        help='the POST /train body as JSON (default {}: every default)')
+    parser.add_argument("--train-threads", type=int, default=2, help="CGD_TRAIN_THREADS of the service")
+    parser.add_argument("--timeout-minutes", type=float, default=60.0)
+    parser.add_argument("--out", type=Path, default=None, help="write the record as JSON")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="cgd-train-bench-") as tmp:
+        record = run(args, Path(tmp))
+    text = json.dumps(record, indent=1)
+    if args.out:
+        args.out.write_text(text)
+    sys.stdout.write(text + "\n\n" + markdown(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()

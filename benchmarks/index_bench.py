@@ -1,26 +1,30 @@
 """Benchmark of the gallery's FAISS index kinds on synthetic clustered 1536-d unit vectors.
 
 For each gallery size and index kind (through `index.FaissVectorIndex`, as the gallery uses it):
-build time (training + adding every vector), latency of adding 100 more vectors to the built index,
-search latency for 1 query (median of 20) and for 100 queries in one call, recall@10 against exact
-search (100 queries), memory (resident-set growth after building and its peak during the build,
-which includes the training sample and one chunk of generated vectors, and the serialised index size).
-Vectors are generated in chunks from fixed seeds, so 1M x 1536 never has to sit in memory as float32
-except inside a Flat index.
+build time (training + adding every vector), latency of adding 100 more vectors to the built index
+(median and max of 5: the max includes the reallocation when a flat array outgrows its capacity),
+search latency for 1 query (median of 20) and for 100 queries in one call (median of 3), recall@10
+against exact search (100 queries), memory (resident-set growth after building and its peak during the
+build, which includes the training sample and one chunk of generated vectors, and the serialised index
+size). Each (size, kind) runs in a fresh child process, so memory freed by an earlier kind (which the
+allocator may keep) cannot hide the next kind's growth. Vectors are generated in chunks from fixed seeds,
+so 1M x 1536 never has to sit in memory as float32 except inside a Flat index.
 Optionally (`--gallery N`) the durable path is timed too: `Gallery.add` of 32-item batches (SQLite
 commit + image files, fsynced) and `Gallery.search` with and without a label filter.
 
-    .venv/bin/python benchmarks/index_bench.py --sizes 10000 --kinds Flat,HNSW,IVF-PQ   # a quick run
-    nice -n 19 .venv/bin/python benchmarks/index_bench.py --sizes 10000,100000,1000000 \\
-        --kinds Flat,HNSW,HNSW-SQ8,IVF-PQ,IVF-SQ8 --blas-sweep 100000 --gallery 2000 \\
-        --out /tmp/index_bench.json  # the full run
+    .venv/bin/python benchmarks/index_bench.py --sizes 10000 --kinds Flat HNSW IVF-PQ   # a quick run
+    nice -n 10 .venv/bin/python benchmarks/index_bench.py --sizes 10000,100000,1000000 \\
+        --kinds Flat SQ8 HNSW HNSW-SQ8 IVF-PQ IVF-SQ8 "IVF1024,PQ64" --blas-sweep 100000,1000000 \\
+        --gallery 2000 --out /tmp/index_bench.json  # everything (docs/BENCHMARKS.md: the runs made)
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import statistics
@@ -41,6 +45,7 @@ from index.kinds import training_points_needed
 from index.version_index import TRAINING_SAMPLE
 
 LOG = logging.getLogger("index_bench")
+FAISS_BLAS_THRESHOLD = int(faiss.cvar.distance_compute_blas_threshold)  # FAISS's default, read at import
 CHUNK = 25_000
 LATENT = 96
 
@@ -96,6 +101,18 @@ def peak_rss_bytes() -> int:
     return int(line.split()[1]) * 1024
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform module gives only the architecture)."""
+    with open("/proc/cpuinfo") as handle:
+        line = next((line for line in handle if line.startswith("model name")), ": " + platform.machine())
+    return line.split(":", 1)[1].strip()
+
+
+def load_average() -> float:
+    """The 1-minute load average (runnable processes, all users) at this moment."""
+    return round(os.getloadavg()[0], 2)
+
+
 def exact_top10(data: ClusteredVectors, queries: np.ndarray) -> np.ndarray:
     """Ids (Q,10) of the exact inner-product top-10, streamed over the chunks with NumPy."""
     best_scores = np.full((len(queries), 0), -np.inf, np.float32)
@@ -108,8 +125,11 @@ def exact_top10(data: ClusteredVectors, queries: np.ndarray) -> np.ndarray:
     return best_ids
 
 
-def bench_kind(kind: str, data: ClusteredVectors, queries: np.ndarray, truth: np.ndarray,
+def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarray,
                args: argparse.Namespace) -> dict:
+    """One kind at one size; runs in its own process (`isolated`)."""
+    configure(args)
+    data = ClusteredVectors(n, dim)
     spec = IndexSpec.parse(kind, nprobe=args.nprobe, ef_search=args.ef_search)
     rss_before = rss_bytes()
     reset_peak_rss()
@@ -131,43 +151,79 @@ def bench_kind(kind: str, data: ClusteredVectors, queries: np.ndarray, truth: np
         started = time.perf_counter()
         index.search(q[None, :], 10)
         singles.append(1000 * (time.perf_counter() - started))
-    started = time.perf_counter()
-    _, found = index.search(queries[:100], 10)
-    batch_ms = 1000 * (time.perf_counter() - started)
+    batch_times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        _, found = index.search(queries[:100], 10)
+        batch_times.append(1000 * (time.perf_counter() - started))
     recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), truth.tolist(),
                                                                        strict=True)]))
-    more = data.extra(100, stream=1)
-    started = time.perf_counter()
-    index.add(np.arange(data.n, data.n + 100, dtype=np.int64), more)
-    add100_ms = 1000 * (time.perf_counter() - started)
+    more = data.extra(500, stream=1)
+    adds = []
+    for start in range(0, 500, 100):
+        started = time.perf_counter()
+        index.add(np.arange(data.n + start, data.n + start + 100, dtype=np.int64), more[start:start + 100])
+        adds.append(1000 * (time.perf_counter() - started))
     row = {"n": data.n, "kind": kind, "factory": index.factory, "build_s": round(build_s, 1),
-           "add100_ms": round(add100_ms, 1), "search1_ms": round(statistics.median(singles), 2),
+           "add100_ms": round(statistics.median(adds), 1),
+           "add100_max_ms": round(max(adds), 1), "search1_ms": round(statistics.median(singles), 2),
            "search1_min_ms": round(min(singles), 2),
-           "search100_ms": round(batch_ms, 1), "recall10": round(recall, 3),
+           "search100_ms": round(statistics.median(batch_times), 1), "recall10": round(recall, 3),
            "rss_gib": round(rss_index / 2**30, 2), "peak_gib": round(peak_build / 2**30, 2),
-           "serialised_gib": round(index.serialized_size() / 2**30, 2)}
+           "serialised_gib": round(index.serialized_size() / 2**30, 2), "load1": load_average()}
+    return row
+
+
+def isolated(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarray,
+             args: argparse.Namespace) -> dict:
+    """`bench_kind` in a fresh (spawned) child process."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        row = pool.submit(bench_kind, kind, n, dim, queries, truth, args).result()
     LOG.info("%s", row)
     return row
 
 
-def bench_blas_threshold(data: ClusteredVectors, queries: np.ndarray) -> list[dict]:
-    """Flat search time (best of 3) for 1..20 queries, with FAISS's BLAS threshold at 1, 8 and 20 (its
-    default): below the threshold FAISS uses its own distance loop, from it on BLAS."""
+def configure(args: argparse.Namespace) -> None:
+    """FAISS's process-wide settings from the command line."""
+    faiss.cvar.distance_compute_blas_threshold = args.blas_threshold
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+
+
+def flat_search_path(nq: int, n: int, dim: int, threshold: int) -> str:
+    """Which code path FAISS 1.15's exhaustive inner-product search takes (faiss/utils/distances.cpp)."""
+    threads = faiss.omp_get_max_threads()
+    if threads > 1 and nq < threads and n >= max(10_000, threads * 1024):
+        return "BLAS, database-parallel"
+    return "BLAS" if nq * dim >= threshold else "SIMD loop"
+
+
+def bench_blas_threshold(data: ClusteredVectors, queries: np.ndarray, repeats: int = 5) -> list[dict]:
+    """Flat search time for 1..100 queries with the BLAS threshold at 1 (the gallery's setting) and at
+    FAISS's default. FAISS 1.15 compares it with queries x dimension: below it, and with any id selector,
+    it scans with its own SIMD loop; from it on, BLAS (and a single query on >= 10k vectors always takes
+    a database-parallel BLAS path). The two thresholds alternate within each repeat, so a change of the
+    machine's load hits both alike; min and median of `repeats`."""
     index = FaissVectorIndex.create(IndexSpec.parse("Flat"), data.dim, data.n)
     for ids, vectors in data.chunks():
         index.add(ids, vectors)
+    thresholds = (1, FAISS_BLAS_THRESHOLD)
     rows = []
-    for threshold in (1, 8, 20):
-        faiss.cvar.distance_compute_blas_threshold = threshold
-        for nq in (1, 2, 5, 10, 20):
-            times = []
-            for _ in range(3):
+    for nq in (1, 2, 5, 10, 20, 50, 100):
+        times: dict[int, list[float]] = {threshold: [] for threshold in thresholds}
+        for _ in range(repeats):
+            for threshold in thresholds:
+                faiss.cvar.distance_compute_blas_threshold = threshold
                 started = time.perf_counter()
                 index.search(queries[:nq], 10)
-                times.append(1000 * (time.perf_counter() - started))
-            rows.append({"n": data.n, "threshold": threshold, "queries": nq, "ms": round(min(times), 1)})
+                times[threshold].append(1000 * (time.perf_counter() - started))
+        for threshold in thresholds:
+            rows.append({"n": data.n, "threshold": threshold, "queries": nq,
+                         "path": flat_search_path(nq, data.n, data.dim, threshold),
+                         "min_ms": round(min(times[threshold]), 1),
+                         "median_ms": round(statistics.median(times[threshold]), 1), "load1": load_average()})
             LOG.info("%s", rows[-1])
-    faiss.cvar.distance_compute_blas_threshold = DEFAULT_BLAS_THRESHOLD
     return rows
 
 
@@ -203,31 +259,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="gallery sizes, comma-separated")
-    parser.add_argument("--kinds", default="Flat,HNSW,IVF-PQ,IVF-SQ8", help="index kinds, comma-separated")
+    parser.add_argument("--kinds", nargs="+", default=["Flat", "HNSW", "IVF-PQ", "IVF-SQ8"],
+                        help="index kinds (aliases or FAISS factory strings), separated by spaces")
     parser.add_argument("--dim", type=int, default=1536)
     parser.add_argument("--nprobe", type=int, default=None, help="override the IVF kinds' nprobe")
     parser.add_argument("--ef-search", type=int, default=None, help="override the HNSW kinds' efSearch")
     parser.add_argument("--blas-threshold", type=int, default=DEFAULT_BLAS_THRESHOLD)
     parser.add_argument("--threads", type=int, default=None, help="FAISS threads (default: all cores)")
-    parser.add_argument("--blas-sweep", type=int, default=0, metavar="N",
-                        help="also time Flat search of 1..20 queries per BLAS threshold over N vectors")
+    parser.add_argument("--blas-sweep", default="", metavar="N[,N...]",
+                        help="also time Flat search of 1..100 queries per BLAS threshold over N vectors")
     parser.add_argument("--gallery", type=int, default=0, help="also time the durable Gallery with N items")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    faiss.cvar.distance_compute_blas_threshold = args.blas_threshold
-    if args.threads:
-        faiss.omp_set_num_threads(args.threads)
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    configure(args)
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "ram_gib": round(
+                   os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
                "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
                "numpy": np.__version__, "python": platform.python_version(),
-               "blas_threshold": args.blas_threshold}
+               "blas_threshold": args.blas_threshold, "faiss_default_blas_threshold": FAISS_BLAS_THRESHOLD,
+               "load1_start": load_average()}
     LOG.info("machine %s", machine)
     results: dict = {"machine": machine, "command": " ".join(sys.argv), "kinds": [], "blas": [],
                      "gallery": []}
-    if args.blas_sweep:
-        data = ClusteredVectors(args.blas_sweep, args.dim)
-        results["blas"] = bench_blas_threshold(data, data.extra(20, stream=0))
+    for n in [int(s) for s in args.blas_sweep.split(",") if s]:
+        data = ClusteredVectors(n, args.dim)
+        results["blas"] += bench_blas_threshold(data, data.extra(100, stream=0))
         faiss.cvar.distance_compute_blas_threshold = args.blas_threshold
     for n in [int(s) for s in args.sizes.split(",")]:
         data = ClusteredVectors(n, args.dim)
@@ -235,12 +292,13 @@ def main() -> None:
         started = time.perf_counter()
         truth = exact_top10(data, queries)
         LOG.info("n=%d: exact top-10 of 100 queries in %.1f s", n, time.perf_counter() - started)
-        for kind in args.kinds.split(","):
-            results["kinds"].append(bench_kind(kind, data, queries, truth, args))
+        for kind in args.kinds:
+            results["kinds"].append(isolated(kind, n, args.dim, queries, truth, args))
             if args.out is not None:
                 args.out.write_text(json.dumps(results, indent=1))
     if args.gallery:
         results["gallery"].append(bench_gallery(args.gallery, args.dim, "Flat"))
+    machine["load1_end"] = load_average()
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=1))
 

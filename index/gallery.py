@@ -42,9 +42,10 @@ from index.vectors import quantize
 
 LOG = logging.getLogger(__name__)
 
-# Searches of at least this many queries use BLAS. FAISS's default (20) sends small batches to its own
-# loop; BLAS was never slower here (docs/BENCHMARKS.md, "Index") and up to 3x faster for 10 queries
-# on other machines (ENVIRONMENT.md).
+# faiss.cvar.distance_compute_blas_threshold, compared with queries x dimension: 1 = BLAS for every
+# unfiltered exhaustive search. FAISS 1.15.1's default (128,000) takes its own loop below 84 queries at
+# d = 1536, which measured 1.4-5.8x slower for 5 to 50 queries, equal for 1, and 1.7x faster for
+# exactly 2 (docs/BENCHMARKS.md, "BLAS threshold"): batched searches win.
 DEFAULT_BLAS_THRESHOLD = 1
 PCA_SAMPLE = 100_000
 

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="inference autocast dtype (auto: fp16 on CUDA, bf16 on CPUs that have it)")
     checkpoint: Path | None = Field(None, description="serve this checkpoint; None: the embedded default")
-    index_kind: str = Field("Flat", description='FAISS factory string: "Flat", "HNSW32", "IVF1024,PQ64", ...')
+    index_kind: str = Field("Flat", description='"Flat", "HNSW", "HNSW-SQ8", "IVF-PQ" or a factory string')
 
     # Inference worker (dynamic batching)
     max_batch_size: int = Field(32, ge=1, description="images per forward pass")

@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from model.images import upright_rgb
+
 LOG = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".gif", ".tif", ".tiff"})
@@ -99,9 +101,9 @@ def class_index(images: Sequence[LabelledImage]) -> tuple[list[str], torch.Tenso
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """The image at `path`, decoded into memory as RGB."""
+    """The image at `path`, decoded into memory as upright RGB (as the service decodes uploads)."""
     with Image.open(path) as image:
-        return image.convert("RGB")
+        return upright_rgb(image, str(path))
 
 
 def short_side_median(images: Sequence[LabelledImage], sample: int = 200) -> int:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import io
 import logging
 
-import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
+from model.images import upright_rgb
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedFormat
 
 LOG = logging.getLogger(__name__)
@@ -30,8 +30,6 @@ _FOREIGN_MAGIC = (
     (4, b"ftypheic", "HEIC"), (4, b"ftypheix", "HEIC"), (4, b"ftypmif1", "HEIF"),
     (4, b"ftypmsf1", "HEIF"), (0, b"%PDF-", "PDF"), (0, b"<svg", "SVG"),
 )
-_WHITE = (255, 255, 255)
-_SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
 def decode_image(data: bytes, *, filename: str, max_bytes: int, max_pixels: int) -> Image.Image:
@@ -56,23 +54,9 @@ def decode_image(data: bytes, *, filename: str, max_bytes: int, max_pixels: int)
             raise InvalidImage(f"{filename}: {width}x{height} is more than {MAX_ASPECT_RATIO} times longer "
                                f"than wide; crop it first", code="extreme_aspect_ratio")
         _load(image, filename)
-        upright = _upright(image, filename)
+        return upright_rgb(image, filename)
     finally:
         image.close()
-    return to_rgb(upright)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB: alpha and transparency composited on white, 16-bit scaled to 8."""
-    if image.mode in _SIXTEEN_BIT_MODES:
-        levels = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0
-        image = Image.fromarray(np.round(levels).astype(np.uint8), mode="L")
-    if image.has_transparency_data:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, _WHITE)
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
 
 
 def _open(data: bytes, filename: str) -> ImageFile.ImageFile:
@@ -122,12 +106,3 @@ def _load(image: Image.Image, filename: str) -> None:
                                code="truncated_image") from exc
         raise InvalidImage(f"{filename}: the image data is corrupt ({message})",
                            code="corrupt_image") from exc
-
-
-def _upright(image: Image.Image, filename: str) -> Image.Image:
-    """A copy turned as the EXIF Orientation tag says; a damaged EXIF block is ignored."""
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception as exc:  # broken EXIF metadata, the pixels themselves are fine
-        LOG.warning("%s: ignoring unreadable EXIF orientation (%s)", filename, exc)
-        return image.copy()

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
-from PIL import Image
 
+from model.data import open_rgb
 from model.embedder import Embedder
 from service.model_registry import ModelRegistry
 
@@ -104,7 +103,8 @@ class ModelSwapper:
         missing = np.asarray(self._gallery.ids_missing_vectors(version), dtype=np.int64)
         for start in range(0, len(missing), REEMBED_CHUNK):
             ids = missing[start:start + REEMBED_CHUNK]
-            images = [Image.open(io.BytesIO(self._gallery.image(int(i)))).convert("RGB") for i in ids]
+            # decoded as at ingestion and in training (upright RGB, alpha on white)
+            images = [open_rgb(self._gallery.image_path(int(i))) for i in ids]
             vectors = await self._worker.run_in_model_thread(embedder.embed_images, images)
             self._gallery.put_vectors(version, ids, vectors)
             if on_progress is not None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model.data import open_rgb
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedFormat
 from service.images import decode_image
 
@@ -184,3 +185,27 @@ def test_pixel_limit_is_inclusive() -> None:
     assert image.size == (100, 50)
     with pytest.raises(PayloadTooLarge):
         decode(encode(Image.new("RGB", (100, 50)), "PNG"), max_pixels=4_999)
+
+
+@pytest.mark.parametrize("kind", ["exif_rotated_jpeg", "transparent_png"])
+def test_stored_files_decode_as_uploads_do(tmp_path, kind: str) -> None:
+    """Training and re-embedding read stored files with `open_rgb`; ingestion decodes the same bytes
+    with `service.images.decode_image`. Both must give the same pixels (so the same vectors)."""
+    pixels = np.zeros((40, 60, 4), dtype=np.uint8)
+    pixels[:, :30] = (200, 30, 30, 255)  # left half red and opaque, right half transparent
+    buffer = io.BytesIO()
+    if kind == "exif_rotated_jpeg":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise
+        Image.fromarray(pixels[..., :3]).save(buffer, format="JPEG", quality=95, exif=exif)
+    else:
+        Image.fromarray(pixels, mode="RGBA").save(buffer, format="PNG")
+    path = tmp_path / "stored.bin"
+    path.write_bytes(buffer.getvalue())
+    uploaded = decode_image(buffer.getvalue(), filename="upload", **LIMITS)
+    stored = open_rgb(path)
+    assert stored.mode == "RGB"
+    assert stored.size == uploaded.size == ((40, 60) if kind == "exif_rotated_jpeg" else (60, 40))
+    assert np.array_equal(np.asarray(stored), np.asarray(uploaded))
+    if kind == "transparent_png":
+        assert tuple(np.asarray(stored)[0, -1]) == (255, 255, 255)  # alpha on white, not black

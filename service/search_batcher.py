@@ -29,6 +29,11 @@ class SearchOptions:
     qe_n: int = 0
     qe_alpha: float = 3.0
 
+    @property
+    def metadata_filter(self) -> dict[str, Any] | None:
+        """The metadata equality filter as the gallery takes it."""
+        return json.loads(self.metadata) if self.metadata else None
+
 
 @dataclass
 class _Query:
@@ -76,12 +81,11 @@ class SearchBatcher:
     async def _answer(self, options: SearchOptions, queries: list[_Query]) -> None:
         vectors = np.ascontiguousarray(np.stack([q.vector for q in queries]), dtype=np.float32)
         k = max(q.k for q in queries)
-        metadata: dict[str, Any] | None = json.loads(options.metadata) if options.metadata else None
         if self._on_batch is not None:
             self._on_batch(len(queries))
         try:
             _, results = await asyncio.to_thread(
-                self._gallery.search, vectors, k, label=options.label, metadata=metadata,
+                self._gallery.search, vectors, k, label=options.label, metadata=options.metadata_filter,
                 qe_n=options.qe_n, qe_alpha=options.qe_alpha, version=options.version,
             )
         except Exception as exc:  # delivered to every waiting request

@@ -74,9 +74,9 @@ async def search_batch(
     uploads = await read_uploads(files, settings)
     embedded = await runtime.worker.embed([u.image for u in uploads])
     options = _options(embedded.version, label, metadata, qe_n, qe_alpha)
-    filters = json.loads(options.metadata) if options.metadata else None
     _, results = await run_in_threadpool(
-        lambda: runtime.gallery.search(embedded.vectors, k, label=options.label, metadata=filters,
+        lambda: runtime.gallery.search(embedded.vectors, k, label=options.label,
+                                       metadata=options.metadata_filter,
                                        qe_n=qe_n, qe_alpha=qe_alpha, version=embedded.version)
     )
     return BatchSearchResponse(results=[[search_hit(h) for h in hits] for hits in results],

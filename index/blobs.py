@@ -45,26 +45,35 @@ class BlobStore:
         """Durably store each (sha256, data) not yet present; the caller computed the hashes.
 
         All files are written first and fsynced after, so that one journal commit covers most of them.
+        On any failure (a full disk...), the files this call wrote are erased again before it raises.
         """
         pending: dict[Path, Path] = {}
-        for sha256, data in blobs:
-            final = self.path(sha256)
-            if final in pending or final.exists():
-                continue
-            tmp = self._tmp / uuid.uuid4().hex
-            tmp.write_bytes(data)
-            pending[final] = tmp
-        for tmp in pending.values():
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        for final, tmp in pending.items():
-            final.parent.mkdir(exist_ok=True)
-            os.replace(tmp, final)
-        for directory in {final.parent for final in pending}:
-            fsync_directory(directory)
+        placed: list[Path] = []
+        try:
+            for sha256, data in blobs:
+                final = self.path(sha256)
+                if final in pending or final.exists():
+                    continue
+                tmp = self._tmp / uuid.uuid4().hex
+                pending[final] = tmp
+                tmp.write_bytes(data)
+            for tmp in pending.values():
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for final, tmp in pending.items():
+                final.parent.mkdir(exist_ok=True)
+                os.replace(tmp, final)
+                placed.append(final)
+            for directory in {final.parent for final in pending}:
+                fsync_directory(directory)
+        except BaseException:
+            for path in (*pending.values(), *placed):
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            raise
 
     def get(self, sha256: str) -> bytes:
         """The bytes of a blob, checked against its hash."""
@@ -77,8 +86,12 @@ class BlobStore:
         return data
 
     def delete(self, sha256: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path(sha256).unlink()
+        """Erase a blob if it is there. A blob that cannot be erased (read-only disk) is only logged: an
+        orphan is harmless, and `sweep_blobs` erases it later."""
+        try:
+            self.path(sha256).unlink(missing_ok=True)
+        except OSError as exc:
+            LOG.warning("cannot erase image %s (left for sweep_blobs): %s", sha256, exc)
 
     def hashes(self) -> Iterator[str]:
         """Every stored sha256 (walks the directory tree)."""

@@ -148,7 +148,11 @@ class Gallery:
                 raise MissingVectors(f"add() needs vectors for the live version {was_live!r}")
             hashes = self._store.put_images([item.image for item in items])
             with self._writing():
-                stored, created = self._store.add(items, hashes, checked)
+                try:
+                    stored, created = self._store.add(items, hashes, checked)
+                except BaseException:  # refused or not written: no image of it stays behind
+                    self._store.discard_images(hashes)
+                    raise
                 rows = np.flatnonzero(created)
                 ids = np.asarray([stored[row].id for row in rows], dtype=np.int64)
                 for version, array in checked.items():

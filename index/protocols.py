@@ -86,6 +86,9 @@ class ItemStore(Protocol):
     def sweep_blobs(self) -> int:
         """Erase image files no item names; returns how many. Callers keep writers out meanwhile."""
 
+    def discard_images(self, hashes: Iterable[str]) -> None:
+        """Erase the given images unless an item names them (after a failed add), under the writer."""
+
     def close(self) -> None: ...
 
 

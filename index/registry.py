@@ -122,10 +122,18 @@ class IndexRegistry:
                      len(extra))
 
     def save(self, index: VersionIndex) -> None:
-        """Snapshot an index if it changed since its last snapshot (writers wait meanwhile)."""
+        """Snapshot an index if it changed since its last snapshot (writers wait meanwhile).
+
+        A snapshot is a cache of the store: when it cannot be written (full or read-only disk), the
+        index stays dirty for the next attempt, and the search or write that asked for it goes on.
+        """
         with self._state.read():
             if index.vectors.dirty:
-                index.save(self.snapshot_path(index.name))
+                try:
+                    index.save(self.snapshot_path(index.name))
+                except OSError as exc:
+                    LOG.warning("cannot write the snapshot of %s (kept in memory, retried later): %s",
+                                index.name, exc)
 
     def save_all(self) -> None:
         with self._state.read():

@@ -23,7 +23,7 @@ from index.blobs import BlobStore, sha256_hex
 from index.errors import InvalidItem, InvalidQuery, ItemNotFound
 from index.postprocess import Whitening
 from index.records import UNSET, Item, NewItem, VersionInfo
-from index.validation import check_filter
+from index.validation import check_filter, check_metadata
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -45,15 +45,6 @@ _CHUNK = 900
 def _item(row: tuple) -> Item:
     return Item(id=row[0], external_id=row[1], label=row[2], metadata=json.loads(row[3]), sha256=row[4],
                 created_at=row[5])
-
-
-def _metadata_json(metadata: object) -> str:
-    if not isinstance(metadata, Mapping) or not all(isinstance(key, str) for key in metadata):
-        raise InvalidItem("metadata must be a JSON object with string keys")
-    try:
-        return json.dumps(dict(metadata), allow_nan=False, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise InvalidItem(f"metadata is not JSON-serialisable: {exc}") from exc
 
 
 def _optional_str(value: object, name: str) -> str | None:
@@ -124,10 +115,11 @@ class SQLiteItemStore:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield self._writer
+                self._writer.execute("COMMIT")  # a full disk can fail here: then nothing is kept
             except BaseException:
-                self._writer.execute("ROLLBACK")
+                if self._writer.in_transaction:  # SQLite may have rolled back by itself (SQLITE_FULL)
+                    self._writer.execute("ROLLBACK")
                 raise
-            self._writer.execute("COMMIT")
 
     def close(self) -> None:
         with self._connections_lock:
@@ -155,7 +147,7 @@ class SQLiteItemStore:
         With no live version yet, the first version in `vectors` becomes live in the same transaction.
         """
         rows = [(_optional_str(it.external_id, "external_id"), _optional_str(it.label, "label"),
-                 _metadata_json(it.metadata)) for it in items]
+                 check_metadata(it.metadata)) for it in items]
         now = time.time()
         with self._transaction() as conn:
             result: list[Item] = []
@@ -194,7 +186,7 @@ class SQLiteItemStore:
         if label is not UNSET:
             changes["label"] = _optional_str(label, "label")
         if metadata is not UNSET:
-            changes["metadata"] = _metadata_json(metadata)
+            changes["metadata"] = check_metadata(metadata)
         with self._transaction() as conn:
             if changes:
                 assignments = ", ".join(f"{column} = ?" for column in changes)
@@ -250,6 +242,14 @@ class SQLiteItemStore:
         for sha256 in orphans:
             self.blobs.delete(sha256)
         return len(orphans)
+
+    def discard_images(self, hashes: Iterable[str]) -> None:
+        """Erase the given images unless an item names them (after an add that failed). Call under the
+        gallery's writer lock, so that no add can be about to name them."""
+        shared = "SELECT 1 FROM items WHERE sha256 = ? LIMIT 1"
+        for sha256 in set(hashes):
+            if self._reader().execute(shared, (sha256,)).fetchone() is None:
+                self.blobs.delete(sha256)
 
     # reads
 

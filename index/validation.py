@@ -1,7 +1,8 @@
-"""Checks at the boundary of the gallery: arrays and search arguments, with typed errors."""
+"""Checks at the boundary of the gallery: arrays, item metadata and search arguments, with typed errors."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from numbers import Integral
@@ -9,9 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from index.errors import DimensionMismatch, InvalidFilter, InvalidQuery, InvalidVectors
+from index.errors import DimensionMismatch, InvalidFilter, InvalidItem, InvalidQuery, InvalidVectors
 
 UNIT_TOLERANCE = 1e-2  # stored vectors must have |norm - 1| below this
+MAX_METADATA_DEPTH = 16  # the item's object is level 1
+MAX_METADATA_BYTES = 64 * 1024  # canonical JSON, UTF-8
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # SQLite integers
 
 
 def check_vectors(vectors: np.ndarray, rows: int | None = None, *, unit: bool = False) -> np.ndarray:
@@ -40,6 +44,54 @@ def check_search(k: int, qe_n: int, qe_alpha: float) -> None:
         raise InvalidQuery(f"qe_alpha must be finite and >= 0, got {qe_alpha!r}")
 
 
+def check_metadata(metadata: object) -> str:
+    """Item metadata -> its canonical JSON (sorted keys, no spaces), or InvalidItem.
+
+    A JSON object with string keys, nested at most `MAX_METADATA_DEPTH` levels, of strings, booleans,
+    nulls, 64-bit integers and finite floats, at most `MAX_METADATA_BYTES` once serialised.
+    """
+    if not isinstance(metadata, Mapping):
+        raise InvalidItem("metadata must be a JSON object with string keys")
+    pending: list[tuple[object, int, str]] = [(metadata, 1, "metadata")]
+    while pending:  # iterative: a deep value must not exhaust the stack
+        value, depth, where = pending.pop()
+        if isinstance(value, Mapping | list | tuple):
+            if depth > MAX_METADATA_DEPTH:
+                raise InvalidItem(f"{where}: metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
+            if isinstance(value, Mapping):
+                for key, child in value.items():
+                    if not isinstance(key, str):
+                        raise InvalidItem(f"{where}: metadata keys must be strings, got {key!r}")
+                    pending.append((child, depth + 1, f"{where}.{key}"))
+            else:
+                pending.extend((child, depth + 1, f"{where}[{i}]") for i, child in enumerate(value))
+        else:
+            _check_scalar(value, where, InvalidItem)
+    try:
+        text = json.dumps(dict(metadata), allow_nan=False, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidItem(f"metadata is not JSON-serialisable: {exc}") from exc
+    size = len(text.encode())
+    if size > MAX_METADATA_BYTES:
+        raise InvalidItem(f"metadata is {size} bytes as JSON, more than the limit of {MAX_METADATA_BYTES}")
+    return text
+
+
+def _check_scalar(value: object, where: str, error: type[ValueError]) -> None:
+    """A JSON scalar the store can hold: str, bool, None, a 64-bit integer or a finite float."""
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, Integral):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise error(f"{where}: the integer {value} does not fit in 64 bits")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise error(f"{where}: {value} is not a finite number")
+        return
+    raise error(f"{where}: {type(value).__name__} is not a JSON value")
+
+
 def check_filter(metadata: Mapping[str, Any] | None) -> None:
     """A metadata equality filter: non-empty string keys without '"', values str, finite number, bool
     or None; InvalidFilter otherwise."""
@@ -50,6 +102,6 @@ def check_filter(metadata: Mapping[str, Any] | None) -> None:
     for key, value in metadata.items():
         if not isinstance(key, str) or not key or '"' in key:
             raise InvalidFilter(f"invalid metadata key {key!r}")
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not (value is None or isinstance(value, bool | str) or (number and math.isfinite(value))):
+        if isinstance(value, Mapping | list | tuple):
             raise InvalidFilter(f"metadata filter on {key!r} must be a string, number, boolean or null")
+        _check_scalar(value, f"metadata filter on {key!r}", InvalidFilter)

@@ -10,10 +10,13 @@ from fastapi import FastAPI
 
 import index
 from service.errors import ErrorTable, register_exception_handlers
+from service.limits import BodyLimits
 from service.metrics import ServiceMetrics
+from service.pixel_budget import PixelBudget
 from service.routes import gallery, health, models, search, train
-from service.runtime import Runtime
+from service.runtime import GALLERY_DIR, Runtime
 from service.settings import Settings
+from service.storage_health import StorageHealth, register_storage_faults
 
 LOG = logging.getLogger(__name__)
 
@@ -43,8 +46,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.runtime = None
     app.state.metrics = ServiceMetrics()
-    app.state.metrics.instrument(app)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_request_bytes, timeout_s=settings.body_timeout_s)
+    app.state.metrics.instrument(app)  # outside BodyLimits: its 408/413 are counted too
+    app.state.pixel_budget = PixelBudget(settings.max_decoded_pixels)
+    app.state.storage = StorageHealth([settings.data_dir, settings.data_dir / GALLERY_DIR])
     register_gallery_errors(register_exception_handlers(app))
+    register_storage_faults(app, app.state.storage)
     for module in (gallery, search, train, models, health):
         app.include_router(module.router)
     return app

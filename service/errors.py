@@ -33,6 +33,7 @@ _HTTP_CODES = {
     413: "too_large",
     415: "unsupported_format",
     422: "invalid_parameter",
+    507: "insufficient_storage",
     503: "unavailable",
 }
 
@@ -139,6 +140,22 @@ class NotReady(_Unavailable):
     """503: the service is starting or stopping (model or gallery not available)."""
 
     code = "not_ready"
+
+    def __init__(self, detail: str, *, retry_after: int = 5) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
+class InsufficientStorage(ServiceError):
+    """507: the disk of the store is full; nothing of the request was kept."""
+
+    status_code = 507
+    code = "insufficient_storage"
+
+
+class StorageUnavailable(_Unavailable):
+    """503: the store cannot be written or reached (read-only, permissions, I/O error)."""
+
+    code = "storage_unavailable"
 
     def __init__(self, detail: str, *, retry_after: int = 5) -> None:
         super().__init__(detail, retry_after=retry_after)

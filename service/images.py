@@ -32,6 +32,19 @@ _FOREIGN_MAGIC = (
 )
 
 
+def image_pixels(data: bytes, *, filename: str, max_bytes: int, max_pixels: int) -> int:
+    """Width x height of an uploaded image, read from its header only (nothing is decoded).
+
+    Raises what `decode_image` raises for the same bytes, except damage in the pixel data.
+    """
+    image = _open_checked(data, filename, max_bytes, max_pixels)
+    try:
+        width, height = image.size
+        return width * height
+    finally:
+        image.close()
+
+
 def decode_image(data: bytes, *, filename: str, max_bytes: int, max_pixels: int) -> Image.Image:
     """Decode one uploaded image to RGB, EXIF orientation applied, alpha composited on white.
 
@@ -40,23 +53,31 @@ def decode_image(data: bytes, *, filename: str, max_bytes: int, max_pixels: int)
     or `PayloadTooLarge` (413; `too_large` for bytes, `image_too_large` when width x height
     exceeds `max_pixels`).
     """
+    image = _open_checked(data, filename, max_bytes, max_pixels)
+    try:
+        _load(image, filename)
+        return upright_rgb(image, filename)
+    finally:
+        image.close()
+
+
+def _open_checked(data: bytes, filename: str, max_bytes: int, max_pixels: int) -> ImageFile.ImageFile:
+    """The opened header of an image within the byte, pixel and aspect-ratio limits."""
     if not data:
         raise InvalidImage(f"{filename}: the file is empty", code="empty_file")
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"{filename}: {len(data)} bytes, more than the limit of {max_bytes}")
     image = _open(data, filename)
-    try:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise PayloadTooLarge(f"{filename}: {width}x{height} = {width * height} pixels, "
-                                  f"more than the limit of {max_pixels}", code="image_too_large")
-        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-            raise InvalidImage(f"{filename}: {width}x{height} is more than {MAX_ASPECT_RATIO} times longer "
-                               f"than wide; crop it first", code="extreme_aspect_ratio")
-        _load(image, filename)
-        return upright_rgb(image, filename)
-    finally:
+    width, height = image.size
+    if width * height > max_pixels:
         image.close()
+        raise PayloadTooLarge(f"{filename}: {width}x{height} = {width * height} pixels, "
+                              f"more than the limit of {max_pixels}", code="image_too_large")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        image.close()
+        raise InvalidImage(f"{filename}: {width}x{height} is more than {MAX_ASPECT_RATIO} times longer "
+                           f"than wide; crop it first", code="extreme_aspect_ratio")
+    return image
 
 
 def _open(data: bytes, filename: str) -> ImageFile.ImageFile:

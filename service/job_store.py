@@ -93,6 +93,14 @@ class JobStore:
             ).fetchone()
         return self.get(row[0]) if row else None
 
+    def running_id(self) -> str | None:
+        """The id of the job that is running, if one is."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id FROM jobs WHERE status = 'running' ORDER BY seq LIMIT 1"
+            ).fetchone()
+        return row[0] if row else None
+
     def update(self, job_id: str, **fields: Any) -> None:
         """Set columns of one job; dict fields are stored as JSON."""
         values = {k: json.dumps(v) if k in _JSON_FIELDS and v is not None else v for k, v in fields.items()}

@@ -24,6 +24,8 @@ from service.worker import InferenceWorker
 
 LOG = logging.getLogger(__name__)
 
+GALLERY_DIR = "gallery"  # under the data directory
+
 
 @dataclass
 class Runtime:
@@ -53,7 +55,7 @@ class Runtime:
             registry.add_default(embedder.version, embedder.model.config.to_dict())
         else:
             registry.add_checkpoint(checkpoint)
-        gallery = await asyncio.to_thread(Gallery.open, data / "gallery", index_kind=settings.index_kind)
+        gallery = await asyncio.to_thread(Gallery.open, data / GALLERY_DIR, index_kind=settings.index_kind)
         worker = InferenceWorker(embedder, settings, metrics=metrics)
         await worker.start()
         searcher = SearchBatcher(gallery, on_batch=metrics.observe_search_batch)

@@ -154,7 +154,37 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class ErrorBody(BaseModel):
+    """Every error response: `detail` for people, `code` (snake_case) for programs."""
+
+    detail: str
+    code: str
+
+
+class IndexStatus(BaseModel):
+    backend: str = Field(description='the vector index library, e.g. "faiss"')
+    kind: str = Field(description="the index kind serving the live version")
+    dim: int = Field(description="dimension of the indexed vectors")
+    size: int = Field(description="vectors in the live version's index")
+
+
+class StoreStatus(BaseModel):
+    backend: str = Field(description='where items, images and vectors are kept, e.g. "sqlite"')
+    items: int | None = Field(description="items in the gallery (None when it cannot be read)")
+    writable: bool = Field(description="the last probe write into the data directory succeeded")
+    error: str | None = Field(description="the storage fault that makes the service not ready")
+
+
 class Readiness(BaseModel):
-    status: Literal["ready", "starting"]
+    """`/ready`: the same body with 200 when ready and 503 when not, `reasons` saying why not."""
+
+    ready: bool
+    reasons: list[str]
     model_version: str | None
-    gallery_size: int | None
+    device: str | None
+    precision: str | None
+    runtime: str | None = Field(description="what runs the model")
+    index: IndexStatus | None
+    store: StoreStatus
+    queue_depth: int = Field(description="images waiting for the model")
+    training: str | None = Field(description="the id of the running training job, or None")

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="bytes per uploaded file")
     max_files_per_request: int = Field(64, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="width x height; guards decompression bombs")
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1,
+                                   description="bytes of one request body; beyond: 413")
+    body_timeout_s: float = Field(60.0, gt=0, description="seconds for a request body to arrive; beyond: 408")
+    max_request_pixels: int = Field(200_000_000, ge=1,
+                                    description="decoded pixels of one request; beyond: 413")
+    max_decoded_pixels: int = Field(200_000_000, ge=1,
+                                    description="decoded pixels held across requests; beyond: 503")
     default_k: int = Field(10, ge=1, description="results per query when the client gives no k")
     max_k: int = Field(1000, ge=1, description="most results per query")
 
@@ -121,6 +128,9 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        if self.max_request_pixels > self.max_decoded_pixels:
+            raise ValueError(f"max_request_pixels ({self.max_request_pixels}) must not exceed "
+                             f"max_decoded_pixels ({self.max_decoded_pixels}): it could never run")
         if self.max_queue_size < self.max_files_per_request:
             raise ValueError(f"max_queue_size ({self.max_queue_size}) must hold one full request "
                              f"(max_files_per_request = {self.max_files_per_request})")

@@ -1,17 +1,21 @@
-"""Multipart uploads -> decoded images, with the limits of the settings (bytes -> image)."""
+"""Multipart uploads -> decoded images, and JSON form fields, within the settings' limits (bytes -> image)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import UploadFile
+from fastapi import Depends, Request, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from index import InvalidItem
+from index.validation import check_metadata
 from service.errors import InvalidParameter, PayloadTooLarge
-from service.images import decode_image
+from service.images import decode_image, image_pixels
+from service.pixel_budget import PixelBudget
 from service.settings import Settings
 
 
@@ -24,38 +28,95 @@ class Upload:
     image: Image.Image
 
 
-async def read_uploads(files: list[UploadFile], settings: Settings) -> list[Upload]:
-    """Read and decode every file, or fail naming the first bad one (nothing is kept then)."""
-    if not files:
-        raise InvalidParameter("no files were uploaded (multipart field 'files')")
-    if len(files) > settings.max_files_per_request:
-        raise PayloadTooLarge(
-            f"{len(files)} files in one request; the limit is {settings.max_files_per_request}"
-        )
-    uploads = []
-    for position, file in enumerate(files):
-        name = file.filename or f"file #{position}"
-        data = await file.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise PayloadTooLarge(f"{name}: larger than the limit of {settings.max_upload_bytes} bytes")
-        image = await run_in_threadpool(decode_image, data, filename=name,
-                                        max_bytes=settings.max_upload_bytes,
-                                        max_pixels=settings.max_image_pixels)
-        uploads.append(Upload(name, data, image))
-    return uploads
+class UploadReader:
+    """Reads and decodes the files of one request within the settings' limits.
+
+    Before decoding anything it adds up the pixels of every image from the headers: beyond
+    `max_request_pixels`, 413 (`too_many_pixels`); then it takes them from the service's
+    `PixelBudget` (503 when the service already decodes too much) until the request ends.
+    """
+
+    def __init__(self, settings: Settings, budget: PixelBudget) -> None:
+        self._settings = settings
+        self._budget = budget
+        self._held = 0
+
+    async def read(self, files: list[UploadFile]) -> list[Upload]:
+        """Every file decoded, in order, or an error naming the first bad one (nothing is kept then)."""
+        settings = self._settings
+        if not files:
+            raise InvalidParameter("no files were uploaded (multipart field 'files')")
+        if len(files) > settings.max_files_per_request:
+            raise PayloadTooLarge(
+                f"{len(files)} files in one request; the limit is {settings.max_files_per_request}"
+            )
+        named = []
+        for position, file in enumerate(files):
+            name = file.filename or f"file #{position}"
+            data = await file.read(settings.max_upload_bytes + 1)
+            if len(data) > settings.max_upload_bytes:
+                raise PayloadTooLarge(f"{name}: larger than the limit of {settings.max_upload_bytes} bytes")
+            named.append((name, data))
+        limits = {"max_bytes": settings.max_upload_bytes, "max_pixels": settings.max_image_pixels}
+        pixels = await run_in_threadpool(
+            lambda: sum(image_pixels(data, filename=name, **limits) for name, data in named))
+        if pixels > settings.max_request_pixels:
+            raise PayloadTooLarge(f"the images of this request have {pixels} pixels in all; the limit is "
+                                  f"{settings.max_request_pixels}", code="too_many_pixels")
+        self._budget.take(pixels)
+        self._held += pixels
+        uploads = []
+        for name, data in named:
+            image = await run_in_threadpool(decode_image, data, filename=name, **limits)
+            uploads.append(Upload(name, data, image))
+        return uploads
+
+    def release(self) -> None:
+        """Give the request's pixels back to the budget (its images are no longer used)."""
+        self._budget.give_back(self._held)
+        self._held = 0
+
+
+async def upload_reader(request: Request) -> AsyncIterator[UploadReader]:
+    """Dependency: an `UploadReader` whose pixels are given back when the request is done."""
+    reader = UploadReader(request.app.state.settings, request.app.state.pixel_budget)
+    try:
+        yield reader
+    finally:
+        reader.release()
+
+
+UploadsDep = Annotated[UploadReader, Depends(upload_reader)]
 
 
 def parse_json_object(text: str | None, field: str) -> dict[str, Any] | None:
-    """A form field that must hold a JSON object (or be absent)."""
+    """A form field that must hold a JSON object (or be absent); NaN, Infinity and nesting too deep
+    for the parser are refused."""
     if text is None or text == "":
         return None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise InvalidParameter(f"{field} must be a JSON object: {exc.msg} at position {exc.pos}") from exc
+    except RecursionError as exc:
+        raise InvalidParameter(f"{field} is nested too deeply") from exc
     if not isinstance(value, dict):
         raise InvalidParameter(f"{field} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def parse_metadata(text: str | None, field: str) -> dict[str, Any]:
+    """Item metadata from a form field: a JSON object within the gallery's depth, size and number limits."""
+    metadata = parse_json_object(text, field) or {}
+    try:
+        check_metadata(metadata)
+    except InvalidItem as exc:
+        raise InvalidParameter(f"{field}: {exc}") from exc
+    return metadata
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidParameter(f"{name} is not a JSON number")
 
 
 def per_file(values: list[str] | None, count: int, field: str, *,

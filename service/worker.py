@@ -52,6 +52,14 @@ class EmbedderLike(Protocol):
     @property
     def dim(self) -> int: ...
 
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute (autocast) dtype."""
+        ...
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> (3, S, S) float32 tensor."""
         ...
@@ -131,6 +139,11 @@ class InferenceWorker:
     def dim(self) -> int:
         """Embedding dimension of the current model."""
         return self._embedder.dim
+
+    @property
+    def embedder(self) -> EmbedderLike:
+        """The current model (the one the next round will use)."""
+        return self._embedder
 
     @property
     def queue_depth(self) -> int:

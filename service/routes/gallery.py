@@ -22,7 +22,7 @@ from service.schemas import (
 )
 from service.security import require_read_key, require_write_key
 from service.timing import Stopwatch
-from service.uploads import parse_json_object, per_file, read_uploads
+from service.uploads import UploadsDep, parse_metadata, per_file
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 WriteKey = Depends(require_write_key)
@@ -46,7 +46,7 @@ def search_hit(hit: Hit) -> SearchHit:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ItemsCreated, dependencies=[WriteKey])
 async def add_items(
     runtime: RuntimeDep,
-    settings: SettingsDep,
+    reader: UploadsDep,
     files: Annotated[list[UploadFile], File(description="one or more images")],
     labels: Annotated[list[str] | None, Form(description="one label per file, in order")] = None,
     metadata: Annotated[list[str] | None, Form(description="one JSON object per file, in order")] = None,
@@ -54,16 +54,16 @@ async def add_items(
                                                    "re-sending a known id returns the stored item")] = None,
 ) -> ItemsCreated:
     """Add images to the gallery: all of them, or none when one is bad."""
-    uploads = await read_uploads(files, settings)
-    count = len(uploads)
+    count = len(files)
     item_labels = per_file(labels, count, "labels", max_length=MAX_LABEL_LENGTH)
-    item_metadata = [parse_json_object(text, f"metadata[{i}]") or {}
+    item_metadata = [parse_metadata(text, f"metadata[{i}]")
                      for i, text in enumerate(per_file(metadata, count, "metadata"))]
     item_ids = per_file(external_ids, count, "external_ids")
     repeated = sorted(ext for ext, n in Counter(item_ids).items() if ext is not None and n > 1)
     if repeated:
         raise InvalidParameter(f"external_ids: {repeated} given to more than one file of the request; "
                                "each file needs its own id")
+    uploads = await reader.read(files)
     new_items = [
         NewItem(image=upload.data, external_id=ext, label=label, metadata=meta)
         for upload, ext, label, meta in zip(uploads, item_ids, item_labels, item_metadata, strict=True)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
-from service.errors import NotReady
+from service.readiness import readiness
 from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
@@ -16,14 +17,12 @@ async def health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Readiness, responses={503: {"description": "still starting"}})
-async def ready(request: Request) -> Readiness:
-    """The model is loaded and the gallery is open (readiness); 503 until then."""
-    runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        raise NotReady("starting: the model and the gallery are loading")
-    return Readiness(status="ready", model_version=runtime.worker.version,
-                     gallery_size=runtime.gallery.count())
+@router.get("/ready", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "not ready: `reasons` says why"}})
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: the model, the index and the store can serve; 503 with the same body otherwise."""
+    status = await readiness(request.app)
+    return JSONResponse(status.model_dump(mode="json"), status_code=200 if status.ready else 503)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -14,7 +14,7 @@ from service.schemas import BatchSearchResponse, EmbedResponse, SearchResponse
 from service.search_batcher import SearchOptions
 from service.security import require_read_key
 from service.timing import Stopwatch
-from service.uploads import parse_json_object, read_uploads
+from service.uploads import UploadsDep, parse_json_object
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require_read_key)])
 
@@ -39,6 +39,7 @@ def _options(version: str, label: str | None, metadata: str | None, qe_n: int,
 async def search(
     runtime: RuntimeDep,
     settings: SettingsDep,
+    reader: UploadsDep,
     file: Annotated[UploadFile, File(description="the query image")],
     k: KForm = None,
     label: LabelForm = None,
@@ -49,7 +50,7 @@ async def search(
     """The top-k gallery items for one image, best first (score: cosine similarity)."""
     clock = Stopwatch()
     k = settings.bounded_k(k)
-    (upload,) = await read_uploads([file], settings)
+    (upload,) = await reader.read([file])
     embedded = await runtime.worker.embed([upload.image])
     options = _options(embedded.version, label, metadata, qe_n, qe_alpha)
     hits = await runtime.searcher.search(embedded.vectors[0], k, options)
@@ -61,6 +62,7 @@ async def search(
 async def search_batch(
     runtime: RuntimeDep,
     settings: SettingsDep,
+    reader: UploadsDep,
     files: Annotated[list[UploadFile], File(description="query images")],
     k: KForm = None,
     label: LabelForm = None,
@@ -71,7 +73,7 @@ async def search_batch(
     """One result list per uploaded image, in upload order, from one FAISS call."""
     clock = Stopwatch()
     k = settings.bounded_k(k)
-    uploads = await read_uploads(files, settings)
+    uploads = await reader.read(files)
     embedded = await runtime.worker.embed([u.image for u in uploads])
     options = _options(embedded.version, label, metadata, qe_n, qe_alpha)
     _, results = await run_in_threadpool(
@@ -86,11 +88,11 @@ async def search_batch(
 @router.post("/embed", response_model=EmbedResponse)
 async def embed(
     worker: WorkerDep,
-    settings: SettingsDep,
+    reader: UploadsDep,
     files: Annotated[list[UploadFile], File(description="images to embed")],
 ) -> EmbedResponse:
     """The embedding (float32 unit vector) of each image, and the model version."""
-    uploads = await read_uploads(files, settings)
+    uploads = await reader.read(files)
     embedded = await worker.embed([u.image for u in uploads])
     return EmbedResponse(embeddings=embedded.vectors.tolist(), dim=int(embedded.vectors.shape[1]),
                          model_version=embedded.version)

@@ -1,0 +1,71 @@
+"""`readiness(app)`: the one status body of `/ready` (model, runtime, index, store, queue, training).
+
+Not ready while the runtime is starting or stopping, and while the data directory cannot be written
+(`StorageHealth.probe`, run at each call: a full or read-only disk is reported before a write fails).
+Everything that touches the disk or SQLite runs in a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import FastAPI
+
+import index
+from service.runtime import Runtime
+from service.schemas import IndexStatus, Readiness, StoreStatus
+from service.storage_health import StorageFault, StorageHealth, storage_error
+
+RUNTIME_NAME = "torch"
+PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # as in the settings
+STORE_BACKEND = "sqlite"
+INDEX_BACKEND = "faiss"
+
+
+async def readiness(app: FastAPI) -> Readiness:
+    """The service's status now; `ready` is False with the reasons when it cannot serve everything."""
+    storage: StorageHealth = app.state.storage
+    runtime: Runtime | None = app.state.runtime
+    fault = await asyncio.to_thread(storage.probe)
+    reasons = [f"storage: {fault.detail}"] if fault is not None else []
+    if runtime is None:
+        reasons.insert(0, "starting or stopping: the model and the gallery are not loaded")
+        return Readiness(ready=False, reasons=reasons, model_version=None, device=None, precision=None,
+                         runtime=None, index=None, store=_store(None, fault), queue_depth=0, training=None)
+    try:
+        items, index_status, training = await asyncio.to_thread(_gallery_facts, runtime)
+    except Exception as exc:  # the store cannot be read: not ready, and say why
+        error = storage_error(exc)
+        if error is None:
+            raise
+        reasons.append(f"storage: {error.detail}")
+        items, index_status, training = None, None, None
+    embedder = runtime.worker.embedder
+    return Readiness(
+        ready=not reasons, reasons=reasons, model_version=embedder.version, device=str(embedder.device),
+        precision=_precision(embedder.dtype), runtime=RUNTIME_NAME, index=index_status,
+        store=_store(items, fault), queue_depth=runtime.worker.queue_depth, training=training,
+    )
+
+
+def _precision(dtype: object) -> str:
+    name = str(dtype).removeprefix("torch.")
+    return PRECISION_NAMES.get(name, name)
+
+
+def _store(items: int | None, fault: StorageFault | None) -> StoreStatus:
+    return StoreStatus(backend=STORE_BACKEND, items=items, writable=fault is None,
+                       error=fault.detail if fault is not None else None)
+
+
+def _gallery_facts(runtime: Runtime) -> tuple[int, IndexStatus, str | None]:
+    """(items, the live index, the running job) read from the gallery and the job store (blocking)."""
+    gallery = runtime.gallery
+    try:
+        stats = gallery.index_stats()
+        dim = gallery.version_info(stats.version).dim
+        status = IndexStatus(backend=INDEX_BACKEND, kind=stats.kind, dim=dim, size=stats.vectors)
+    except index.UnknownVersion:  # no vector stored yet
+        status = IndexStatus(backend=INDEX_BACKEND, kind=runtime.settings.index_kind, dim=runtime.worker.dim,
+                             size=0)
+    return gallery.count(), status, runtime.jobs.running_id()

@@ -12,6 +12,7 @@ import index
 from service.errors import ErrorTable, register_exception_handlers
 from service.limits import BodyLimits
 from service.metrics import ServiceMetrics
+from service.openapi import install_openapi
 from service.pixel_budget import PixelBudget
 from service.routes import gallery, health, models, search, train
 from service.runtime import GALLERY_DIR, Runtime
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_storage_faults(app, app.state.storage)
     for module in (gallery, search, train, models, health):
         app.include_router(module.router)
+    install_openapi(app)
     return app
 
 

@@ -23,16 +23,18 @@ from index.errors import (
     VectorNotFound,
     VersionInUse,
 )
-from index.faiss_index import FaissVectorIndex
+from index.faiss_index import FaissBackend, FaissVectorIndex
+from index.filters import MetadataFilter
 from index.gallery import Gallery
 from index.kinds import IndexSpec
-from index.protocols import ItemStore, VectorIndex
+from index.protocols import ItemStore, VectorBackend, VectorIndex
 from index.records import UNSET, Hit, IndexStats, Item, NewItem, VersionInfo
 from index.store import SQLiteItemStore
 
 __all__ = [
     "UNSET",
     "DimensionMismatch",
+    "FaissBackend",
     "FaissVectorIndex",
     "Gallery",
     "GalleryError",
@@ -49,6 +51,7 @@ __all__ = [
     "Item",
     "ItemNotFound",
     "ItemStore",
+    "MetadataFilter",
     "MissingVectors",
     "NewItem",
     "NotEnoughData",
@@ -56,6 +59,7 @@ __all__ = [
     "SnapshotCorrupt",
     "StorageCorrupted",
     "UnknownVersion",
+    "VectorBackend",
     "VectorIndex",
     "VectorNotFound",
     "VersionInUse",

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,10 @@ class FaissVectorIndex:
     @property
     def dim(self) -> int:
         return int(self._index.d)
+
+    @property
+    def kind(self) -> str:
+        return self.spec.name
 
     def __len__(self) -> int:
         return int(self._index.ntotal) - len(self._tombstones)
@@ -284,3 +289,20 @@ class FaissVectorIndex:
                            exact_fallback=bool(meta["exact_fallback"]), gpu=gpu)
         loaded_index._tombstones.update(int(i) for i in meta["tombstones"])
         return loaded_index, meta
+
+
+@dataclass(frozen=True)
+class FaissBackend:
+    """Makes and loads `FaissVectorIndex`es of one index kind (the `VectorBackend` of FAISS)."""
+
+    spec: IndexSpec
+    gpu: bool = False
+
+    def training_points(self, dim: int, n: int) -> int:
+        return training_points_needed(self.spec.create(dim, n))
+
+    def create(self, dim: int, n: int, training: np.ndarray | None) -> FaissVectorIndex:
+        return FaissVectorIndex.create(self.spec, dim, n, training, self.gpu)
+
+    def load(self, path: Path) -> tuple[FaissVectorIndex, dict[str, Any]]:
+        return FaissVectorIndex.load(path, self.spec, self.gpu)

@@ -3,25 +3,24 @@
 Layout under `root`: `items.sqlite3` (items, vectors, versions), `blobs/ab/cdef...` (images),
 `faiss/<version>.index` (snapshots: a cache rebuilt from the store when needed), `.lock` (one process).
 
-Concurrency: one writer at a time (`_writer`). Readers share `_state`; a writer holds it exclusively only
-while it commits to SQLite and applies the same change to FAISS, so a search never sees half a batch, nor
-an item in one and not the other. Image files are written before that, under `_writer` alone.
+Concurrency: the `IndexRegistry` holds the locks. One writer at a time (`writer()`); readers share the
+state lock (`reading()`); a writer holds it exclusively (`writing()`) only while it commits to the store
+and applies the same change to the indexes, so a search never sees half a batch, nor an item in one and
+not the other. Image files are written before that, under the writer lock alone. Lock order: writer,
+then state.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from index.errors import (
-    GalleryError,
     InvalidQuery,
     ItemNotFound,
     MissingVectors,
@@ -29,15 +28,16 @@ from index.errors import (
     VectorNotFound,
     VersionInUse,
 )
-from index.faiss_index import configure_faiss, resolve_gpu
+from index.faiss_index import FaissBackend, configure_faiss, resolve_gpu
+from index.filters import MetadataFilter
 from index.kinds import IndexSpec
-from index.locking import ProcessLock, ReadWriteLock
+from index.locking import ProcessLock
 from index.postprocess import WHITENING_KINDS, fit_learned_whitening, fit_pca_whitening
-from index.protocols import ItemStore
+from index.protocols import ItemStore, VectorBackend
 from index.records import UNSET, Hit, IndexStats, Item, NewItem, VersionInfo
 from index.registry import IndexRegistry
 from index.store import SQLiteItemStore
-from index.validation import check_filter, check_search, check_vectors
+from index.validation import check_search, check_vectors
 from index.vectors import quantize
 
 LOG = logging.getLogger(__name__)
@@ -53,18 +53,14 @@ PCA_SAMPLE = 100_000
 class Gallery:
     """Items, images and per-version vectors, searchable by inner product. Thread-safe."""
 
-    def __init__(self, root: Path, store: ItemStore, spec: IndexSpec, *, gpu: bool = False,
+    def __init__(self, root: Path, store: ItemStore, backend: VectorBackend, *,
                  process_lock: ProcessLock | None = None) -> None:
         self.root = root
         self._store = store
         self._process_lock = process_lock
-        self._writer = threading.Lock()
-        self._state = ReadWriteLock()
-        self._registry = IndexRegistry(root / "faiss", store, spec, gpu=gpu, writer=self._writer,
-                                       state=self._state)
-        self._indexes = self._registry.indexes
+        self._registry = IndexRegistry(root / "faiss", store, backend)
+        self._writer = self._registry.writer()
         self._live = store.live_version()
-        self._closed = False
 
     @classmethod
     def open(cls, root: Path, *, index_kind: str = "Flat", use_gpu: str = "auto", nprobe: int | None = None,
@@ -85,7 +81,7 @@ class Gallery:
         store = None
         try:
             store = SQLiteItemStore.open(root)
-            gallery = cls(root, store, spec, gpu=gpu, process_lock=lock)
+            gallery = cls(root, store, FaissBackend(spec, gpu), process_lock=lock)
             if gallery._live is not None and gallery._live in store.versions():
                 gallery._registry.ensure(gallery._live)
         except BaseException:
@@ -98,13 +94,10 @@ class Gallery:
     def close(self) -> None:
         """Write snapshots of the changed indexes, then release the store and the lock. Idempotent."""
         with self._writer:
-            if self._closed:
+            if self._registry.closed:
                 return
-            self._registry.save_all()
-            with self._state.write():
-                self._closed = True
-                self._indexes.clear()
-                self._store.close()
+            self._registry.close()  # no reader is inside, and none gets in from now on
+            self._store.close()
             if self._process_lock is not None:
                 self._process_lock.release()
 
@@ -113,20 +106,6 @@ class Gallery:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[None]:
-        with self._state.read():
-            if self._closed:
-                raise GalleryError("the gallery is closed")
-            yield
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        with self._state.write():
-            if self._closed:
-                raise GalleryError("the gallery is closed")
-            yield
 
     # items
 
@@ -147,7 +126,7 @@ class Gallery:
             if was_live is not None and was_live not in checked:
                 raise MissingVectors(f"add() needs vectors for the live version {was_live!r}")
             hashes = self._store.put_images([item.image for item in items])
-            with self._writing():
+            with self._registry.writing() as indexes:
                 try:
                     stored, created = self._store.add(items, hashes, checked)
                 except BaseException:  # refused or not written: no image of it stays behind
@@ -156,8 +135,7 @@ class Gallery:
                 rows = np.flatnonzero(created)
                 ids = np.asarray([stored[row].id for row in rows], dtype=np.int64)
                 for version, array in checked.items():
-                    if version in self._indexes and len(ids):
-                        self._indexes[version].add(ids, array[rows])
+                    indexes.add(version, ids, array[rows])
                 self._live = self._store.live_version()
         if self._live != was_live:  # the first version stored became live: index it now
             self._registry.ensure(self._live)
@@ -165,51 +143,50 @@ class Gallery:
         return stored
 
     def get(self, item_id: int) -> Item:
-        with self._reading():
+        with self._registry.reading():
             return self._store.get(item_id)
 
     def get_by_external_id(self, external_id: str) -> Item:
-        with self._reading():
+        with self._registry.reading():
             return self._store.get_by_external_id(external_id)
 
     def list_items(self, offset: int = 0, limit: int = 100,
                    label: str | None = None) -> tuple[list[Item], int]:
         """A page of items in id order, and how many match `label` in all."""
-        with self._reading():
+        with self._registry.reading():
             return self._store.list_items(offset, limit, label)
 
     def labelled_items(self, labels: set[str] | None = None) -> list[Item]:
         """Items that have a label (one of `labels` when given), in id order."""
-        with self._reading():
+        with self._registry.reading():
             return self._store.labelled_items(labels)
 
     def count(self) -> int:
-        with self._reading():
+        with self._registry.reading():
             return self._store.count()
 
     def image(self, item_id: int) -> bytes:
-        with self._reading():
+        with self._registry.reading():
             return self._store.image(item_id)
 
     def image_path(self, item_id: int) -> Path:
         """Where the item's image file is (read-only: other items may share it)."""
-        with self._reading():
+        with self._registry.reading():
             return self._store.image_path(item_id)
 
     def update(self, item_id: int, *, label: str | None = UNSET, metadata: Mapping[str, Any] = UNSET) -> Item:
         """Set the label (None clears it) and/or replace the metadata."""
-        with self._writer, self._writing():
+        with self._writer, self._registry.writing():
             return self._store.update(item_id, label=label, metadata=metadata)
 
     def delete(self, item_id: int) -> Item:
         """Delete an item: out of every index at once, its image erased unless another item shares it."""
-        with self._writer, self._writing():
+        with self._writer, self._registry.writing() as indexes:
             deleted = self._store.delete([item_id])
             if not deleted:
                 raise ItemNotFound(f"no item with id {item_id}")
-            for index in self._indexes.values():
-                index.remove(np.asarray([item_id], dtype=np.int64))
-            versions = list(self._indexes)
+            indexes.remove(np.asarray([item_id], dtype=np.int64))
+            versions = self._store.versions()
         self._registry.maintain(versions)
         return deleted[0]
 
@@ -224,8 +201,8 @@ class Gallery:
     # search
 
     def search(self, queries: np.ndarray, k: int, *, label: str | None = None,
-               metadata: Mapping[str, Any] | None = None, qe_n: int = 0, qe_alpha: float = 3.0,
-               version: str | None = None) -> tuple[str, list[list[Hit]]]:
+               metadata: Mapping[str, Any] | MetadataFilter | None = None, qe_n: int = 0,
+               qe_alpha: float = 3.0, version: str | None = None) -> tuple[str, list[list[Hit]]]:
         """Top-k items for each query (Q,d) from one model version (the live one by default).
 
         Returns that version and, per query, up to k hits by descending score. `label` / `metadata` keep
@@ -233,31 +210,29 @@ class Gallery:
         applies alpha-QE with the top `qe_n` hits and weight exponent `qe_alpha`.
         """
         check_search(k, qe_n, qe_alpha)
-        check_filter(metadata)
+        terms = MetadataFilter.of(metadata)
         k, qe_n, qe_alpha = int(k), int(qe_n), float(qe_alpha)
         queries = check_vectors(queries)
         name = self._resolve(version)
-        if name not in self._indexes and name == self._live and name not in self.versions():
-            # live, but no vector stored yet
-            return name, [[] for _ in range(len(queries))]
-        for _ in range(2):  # the index may be dropped or replaced between loading and reading it
-            self._registry.ensure(name)
-            with self._reading():
-                index = self._indexes.get(name)
-                if index is None:
-                    continue
-                allowed = None
-                if label is not None or metadata:
-                    allowed = self._store.matching_ids(name, label, metadata)
-                scores, ids = index.search(queries, k, allowed, qe_n, qe_alpha)
-                items = self._store.get_many(ids[ids >= 0].tolist())
-            return name, [[Hit(items[i], float(s)) for s, i in zip(row_s, row_i, strict=True) if i in items]
-                          for row_s, row_i in zip(scores, ids.tolist(), strict=True)]
+        for _ in range(2):  # the index may be loaded, or dropped or replaced, between two attempts
+            with self._registry.reading() as indexes:  # one acquisition when the index is loaded
+                index = indexes.get(name)
+                if index is not None:
+                    allowed = None
+                    if label is not None or terms is not None:
+                        allowed = self._store.matching_ids(name, label, terms)
+                    scores, ids = index.search(queries, k, allowed, qe_n, qe_alpha)
+                    items = self._store.get_many(ids[ids >= 0].tolist())
+                    return name, [[Hit(items[i], float(s)) for s, i in zip(row_s, row_i, strict=True)
+                                   if i in items] for row_s, row_i in zip(scores, ids.tolist(), strict=True)]
+                if name == self._live and name not in self._store.versions():
+                    return name, [[] for _ in range(len(queries))]  # live, but no vector stored yet
+            self._registry.ensure(name)  # UnknownVersion if it has no vectors
         raise UnknownVersion(f"model version {name!r} was dropped")
 
     def similar(self, item_id: int, k: int, *, label: str | None = None,
-                metadata: Mapping[str, Any] | None = None, qe_n: int = 0, qe_alpha: float = 3.0,
-                version: str | None = None) -> list[Hit]:
+                metadata: Mapping[str, Any] | MetadataFilter | None = None, qe_n: int = 0,
+                qe_alpha: float = 3.0, version: str | None = None) -> list[Hit]:
         """Up to k items most similar to a stored item (the item itself excluded), by its stored vector."""
         name = self._resolve(version)
         _, hits = self.search(self.vector(item_id, name)[None, :], k + 1, label=label, metadata=metadata,
@@ -267,7 +242,7 @@ class Gallery:
     def vector(self, item_id: int, version: str | None = None) -> np.ndarray:
         """The stored (raw, not whitened) vector (d,) of an item for a version (the live one by default)."""
         name = self._resolve(version)
-        with self._reading():
+        with self._registry.reading():
             found, vectors = self._store.vectors(name, np.asarray([item_id], dtype=np.int64))
             if not len(found):
                 self._store.get(item_id)  # ItemNotFound if the item itself is missing
@@ -288,16 +263,16 @@ class Gallery:
 
     def versions(self) -> list[str]:
         """Every version with stored vectors, oldest first."""
-        with self._reading():
+        with self._registry.reading():
             return self._store.versions()
 
     def version_info(self, version: str) -> VersionInfo:
-        with self._reading():
+        with self._registry.reading():
             return self._store.version_info(version)
 
     def ids_missing_vectors(self, version: str) -> np.ndarray:
         """Sorted ids (N,) of current items that have no vector for `version`."""
-        with self._reading():
+        with self._registry.reading():
             return self._store.ids_missing_vectors(version)
 
     def put_vectors(self, version: str, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> int:
@@ -313,11 +288,10 @@ class Gallery:
 
     def _put_vectors(self, version: str, ids: np.ndarray, vectors: np.ndarray) -> int:
         """Caller holds the writer lock; `ids` (N,) are unique."""
-        with self._writing():
+        with self._registry.writing() as indexes:
             written = self._store.put_vectors(version, ids, vectors)
-            if version in self._indexes and len(written):
-                kept = np.isin(ids, written)
-                self._indexes[version].add(ids[kept], vectors[kept])
+            kept = np.isin(ids, written)
+            indexes.add(version, ids[kept], vectors[kept])
         return len(written)
 
     def activate(self, version: str, fill_missing: Callable[[list[Item]], np.ndarray] | None = None) -> None:
@@ -342,13 +316,15 @@ class Gallery:
             known = version in self._store.versions()
             if not known and self._store.count():
                 raise UnknownVersion(f"no vectors are stored for model version {version!r}")
-            if known and version not in self._indexes:  # created just now by fill_missing
+            with self._registry.reading() as indexes:
+                loaded = indexes.get(version) is not None
+            if known and not loaded:  # created just now by fill_missing
                 built = self._registry.build(version)
             if len(missing):
                 LOG.warning("version %s goes live with %d items lacking a vector", version, len(missing))
-            with self._writing():
+            with self._registry.writing() as indexes:
                 if built is not None:
-                    self._indexes[version] = built
+                    indexes.put(built)
                 self._store.set_live_version(version)
                 self._live = version
         if built is not None:
@@ -357,27 +333,22 @@ class Gallery:
 
     def drop_version(self, version: str) -> None:
         """Delete a version that is not live: its vectors, settings and snapshot."""
-        with self._writer, self._writing():
+        with self._writer, self._registry.writing() as indexes:
             if version == self._live:
                 raise VersionInUse(f"model version {version!r} is live; activate another one first")
             self._store.drop_version(version)
-            self._indexes.pop(version, None)
+            indexes.drop(version)
             self._registry.snapshot_path(version).unlink(missing_ok=True)
 
     # indexes and post-processing
-
-    def rebuild(self, version: str | None = None) -> None:
-        """Rebuild a version's index from the store (retrains, drops tombstones) while the current one
-        serves, then swap."""
-        self._registry.rebuild(self._resolve(version))
 
     def index_stats(self, version: str | None = None) -> IndexStats:
         """What serves a version (the live one by default); loads its index if needed."""
         name = self._resolve(version)
         index = self._registry.ensure(name)
-        with self._reading():
+        with self._registry.reading():
             vectors = index.vectors
-            return IndexStats(name, vectors.spec.name, vectors.factory, len(vectors), vectors.tombstones,
+            return IndexStats(name, vectors.kind, vectors.factory, len(vectors), vectors.tombstones,
                               vectors.exact_fallback)
 
     def snapshot(self) -> None:
@@ -391,7 +362,7 @@ class Gallery:
         if kind not in WHITENING_KINDS:
             raise InvalidQuery(f"whitening kind must be one of {WHITENING_KINDS}, got {kind!r}")
         name = self._resolve(version)
-        with self._reading():
+        with self._registry.reading():
             if kind == "learned":
                 labels = {item.id: item.label for item in self._store.labelled_items()}
                 ids, vectors = self._store.vectors(name, np.asarray(sorted(labels), dtype=np.int64))
@@ -418,8 +389,5 @@ class Gallery:
         return self._settings_changed(name)
 
     def _settings_changed(self, version: str) -> VersionInfo:
-        with self._reading():
-            loaded = version in self._indexes
-        if loaded:
-            self._registry.rebuild(version)
+        self._registry.rebuild(version, only_loaded=True)
         return self.version_info(version)

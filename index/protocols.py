@@ -1,8 +1,10 @@
-"""The two interfaces the gallery is built on, so that other backends can replace the embedded ones.
+"""The interfaces the gallery is built on, exactly as `Gallery`, `IndexRegistry` and `VersionIndex` use them.
 
-`ItemStore` is the durable side: items, image bytes and the per-version vectors, written in one
-transaction (SQLite now; PostgreSQL could follow). `VectorIndex` is the searchable side (FAISS now;
-Milvus could follow). Arrays are NumPy: ids int64, vectors float32 C-contiguous.
+`ItemStore` is the durable side: items, image bytes and the per-version vectors and their
+post-processing, each write atomic (SQLite now; PostgreSQL can implement it). `VectorIndex` is the
+searchable side of one version and `VectorBackend` makes and loads them (FAISS now; Milvus can implement
+both). `service/` reaches all of this only through `Gallery`. Arrays are NumPy: ids int64 (N,), vectors
+float32 C-contiguous (N,d).
 """
 
 from __future__ import annotations
@@ -13,21 +15,32 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from index.filters import MetadataFilter
 from index.postprocess import Whitening
 from index.records import Item, NewItem, VersionInfo
 
 
 class ItemStore(Protocol):
-    """Durable items, images and vectors. Writes are atomic; callers keep writers from interleaving."""
+    """Durable items, images and vectors. Writes are atomic; the gallery keeps writers from interleaving."""
+
+    # writes
 
     def put_images(self, images: Sequence[bytes]) -> list[str]:
         """Durably store image bytes before the rows naming them; returns their sha256s."""
 
+    def discard_images(self, hashes: Iterable[str]) -> None:
+        """Erase the given images unless an item names them (after a failed add), under the writer."""
+
+    def sweep_blobs(self) -> int:
+        """Erase image files no item names; returns how many. The gallery keeps writers out meanwhile."""
+
     def add(self, items: Sequence[NewItem], hashes: Sequence[str],
             vectors: Mapping[str, np.ndarray]) -> tuple[list[Item], list[bool]]:
-        """Rows + vectors (N,d) per version, all or nothing; (items in input order, which ones are new)."""
+        """Rows + vectors (N,d) per version, all or nothing; (items in input order, which ones are new).
+        With no live version yet, the first version in `vectors` becomes live."""
 
-    def update(self, item_id: int, *, label: str | None = ..., metadata: Mapping[str, Any] = ...) -> Item: ...
+    def update(self, item_id: int, *, label: str | None = ..., metadata: Mapping[str, Any] = ...) -> Item:
+        """Set the label and/or replace the metadata; ItemNotFound if there is no such item."""
 
     def delete(self, ids: Iterable[int]) -> list[Item]:
         """Delete items with their vectors, and images nothing else shares; returns the deleted items."""
@@ -35,16 +48,31 @@ class ItemStore(Protocol):
     def put_vectors(self, version: str, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """Store vectors (N,d) of existing items that lack one for `version`; returns the ids written."""
 
-    def get(self, item_id: int) -> Item: ...
+    def set_live_version(self, version: str) -> None: ...
 
-    def get_many(self, ids: Iterable[int]) -> dict[int, Item]: ...
+    def drop_version(self, version: str) -> None:
+        """Delete a version's vectors and settings."""
+
+    def set_whitening(self, version: str, whitening: Whitening | None) -> None: ...
+
+    def set_dba(self, version: str, n: int, alpha: float) -> None: ...
+
+    def close(self) -> None: ...
+
+    # item reads
+
+    def get(self, item_id: int) -> Item:
+        """ItemNotFound if there is no such item."""
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, Item]:
+        """Items by id; ids that do not exist are absent."""
 
     def get_by_external_id(self, external_id: str) -> Item: ...
 
-    def list_items(self, offset: int = 0, limit: int = 100,
-                   label: str | None = None) -> tuple[list[Item], int]: ...
+    def list_items(self, offset: int, limit: int, label: str | None) -> tuple[list[Item], int]:
+        """A page of items in id order, and how many match `label` in all."""
 
-    def labelled_items(self, labels: set[str] | None = None) -> list[Item]: ...
+    def labelled_items(self, labels: set[str] | None) -> list[Item]: ...
 
     def count(self) -> int: ...
 
@@ -52,24 +80,20 @@ class ItemStore(Protocol):
 
     def image_path(self, item_id: int) -> Path: ...
 
-    def matching_ids(self, version: str, label: str | None, metadata: Mapping[str, Any] | None) -> np.ndarray:
+    def matching_ids(self, version: str, label: str | None, metadata: MetadataFilter | None) -> np.ndarray:
         """Sorted ids (N,) of items with a `version` vector and the given label / metadata values."""
+
+    # versions and vectors
 
     def live_version(self) -> str | None: ...
 
-    def set_live_version(self, version: str) -> None: ...
+    def versions(self) -> list[str]:
+        """Every version with stored vectors, oldest first."""
 
-    def versions(self) -> list[str]: ...
-
-    def version_info(self, version: str) -> VersionInfo: ...
-
-    def drop_version(self, version: str) -> None: ...
+    def version_info(self, version: str) -> VersionInfo:
+        """UnknownVersion if it has no vectors."""
 
     def whitening(self, version: str) -> Whitening | None: ...
-
-    def set_whitening(self, version: str, whitening: Whitening | None) -> None: ...
-
-    def set_dba(self, version: str, n: int, alpha: float) -> None: ...
 
     def vectors(self, version: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found ids (M,), vectors (M,d)) for the given ids."""
@@ -77,26 +101,41 @@ class ItemStore(Protocol):
     def vector_ids(self, version: str) -> np.ndarray:
         """Sorted ids (N,) that have a `version` vector."""
 
-    def ids_missing_vectors(self, version: str) -> np.ndarray: ...
+    def ids_missing_vectors(self, version: str) -> np.ndarray:
+        """Sorted ids (N,) of items without a `version` vector."""
 
-    def iter_vectors(self, version: str, batch: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+    def iter_vectors(self, version: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids (B,), vectors (B,d)) in batches, in id order."""
 
-    def sample_vectors(self, version: str, n: int, seed: int = 0) -> np.ndarray: ...
-
-    def sweep_blobs(self) -> int:
-        """Erase image files no item names; returns how many. Callers keep writers out meanwhile."""
-
-    def discard_images(self, hashes: Iterable[str]) -> None:
-        """Erase the given images unless an item names them (after a failed add), under the writer."""
-
-    def close(self) -> None: ...
+    def sample_vectors(self, version: str, n: int) -> np.ndarray:
+        """Up to n vectors (n,d) drawn at random (to train an index or a whitening)."""
 
 
 class VectorIndex(Protocol):
-    """Searchable vectors with int64 ids and inner-product scores."""
+    """Searchable vectors of one version with int64 ids and inner-product scores. Not thread-safe."""
 
     @property
     def dim(self) -> int: ...
+
+    @property
+    def dirty(self) -> bool:
+        """Changed since it was made, loaded or last saved."""
+
+    @property
+    def kind(self) -> str:
+        """The configured index kind (e.g. "HNSW")."""
+
+    @property
+    def factory(self) -> str:
+        """What serves now (e.g. "Flat" while a trained kind waits for enough vectors)."""
+
+    @property
+    def tombstones(self) -> int:
+        """Removed ids still held until the next rebuild."""
+
+    @property
+    def exact_fallback(self) -> bool:
+        """A trained kind that serves exactly until it has enough vectors to train."""
 
     def __len__(self) -> int: ...
 
@@ -115,3 +154,22 @@ class VectorIndex(Protocol):
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """Indexed vectors (N, dim) of present ids (N,)."""
+
+    def maintenance(self) -> str | None:
+        """Why it should be rebuilt from the store now ("train", "retrain", "compact"), or None."""
+
+    def save(self, path: Path, meta: dict[str, Any]) -> None:
+        """Persist (a snapshot file, or nothing for a server-side index) with the caller's `meta`."""
+
+
+class VectorBackend(Protocol):
+    """Makes and loads the `VectorIndex` of a version."""
+
+    def training_points(self, dim: int, n: int) -> int:
+        """Vectors needed to train an index for `n` vectors of `dim` (0: no training)."""
+
+    def create(self, dim: int, n: int, training: np.ndarray | None) -> VectorIndex:
+        """An empty index for about `n` vectors, trained on `training` (M, dim) when the kind needs it."""
+
+    def load(self, path: Path) -> tuple[VectorIndex, dict[str, Any]]:
+        """(index, the `meta` it was saved with); SnapshotCorrupt when unusable."""

@@ -1,25 +1,30 @@
-"""`IndexRegistry`: the loaded `VersionIndex` of each model version, and their life cycle.
+"""`IndexRegistry`: the loaded `VersionIndex` of each model version, their locks, and their life cycle.
+
+The registry alone holds the indexes and the two locks that guard them: `writer()` (one writer of the
+store and the indexes at a time) and a readers-writer lock entered through `reading()` / `writing()`,
+which hand out a view of the indexes that is valid only inside the block. Lock order: writer, then
+state; never the other way round.
 
 An index is loaded from `faiss/<version>.index` or, if that snapshot is missing, damaged or stale, built
 from the store. Builds (also for training, compaction and new post-processing settings) run without the
-gallery's locks while the previous index keeps serving; the result is then reconciled with the store
-under the writer lock (vectors added or deleted meanwhile) and swapped in under the exclusive state lock.
+locks while the previous index keeps serving; the result is then reconciled with the store under the
+writer lock (vectors added or deleted meanwhile) and swapped in under the exclusive state lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 
-from index.errors import SnapshotCorrupt
-from index.kinds import IndexSpec
+from index.errors import GalleryError, SnapshotCorrupt
 from index.locking import ReadWriteLock
-from index.protocols import ItemStore
+from index.protocols import ItemStore, VectorBackend
 from index.version_index import VersionIndex, VersionSettings
 
 LOG = logging.getLogger(__name__)
@@ -27,23 +32,90 @@ LOG = logging.getLogger(__name__)
 _RECONCILE_CHUNK = 16384
 
 
-class IndexRegistry:
-    """Per-version indexes. `indexes` may be read under `state.read()` and changed under `state.write()`."""
+class IndexView:
+    """The loaded indexes as seen under the registry's shared lock (do not keep it past the block)."""
 
-    def __init__(self, directory: Path, store: ItemStore, spec: IndexSpec, *, gpu: bool,
-                 writer: threading.Lock, state: ReadWriteLock) -> None:
-        self.directory = directory
-        self.indexes: dict[str, VersionIndex] = {}
+    def __init__(self, indexes: dict[str, VersionIndex]) -> None:
+        self._indexes = indexes
+
+    def get(self, version: str) -> VersionIndex | None:
+        return self._indexes.get(version)
+
+
+class WritableIndexView(IndexView):
+    """The loaded indexes under the registry's exclusive lock: changes apply to every search after it."""
+
+    def add(self, version: str, ids: np.ndarray, raw: np.ndarray) -> None:
+        """Raw vectors (N, model_dim) of new ids (N,) into `version`'s index, if it is loaded."""
+        index = self._indexes.get(version)
+        if index is not None and len(ids):
+            index.add(ids, raw)
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Ids (N,) out of every loaded index."""
+        for index in self._indexes.values():
+            index.remove(ids)
+
+    def put(self, index: VersionIndex) -> None:
+        self._indexes[index.name] = index
+
+    def drop(self, version: str) -> None:
+        self._indexes.pop(version, None)
+
+
+class IndexRegistry:
+    """Per-version indexes behind one readers-writer lock, and the gallery's writer lock."""
+
+    def __init__(self, directory: Path, store: ItemStore, backend: VectorBackend) -> None:
+        self._directory = directory
         self._store = store
-        self._spec = spec
-        self._gpu = gpu
-        self._writer = writer
-        self._state = state
+        self._backend = backend
+        self._indexes: dict[str, VersionIndex] = {}
+        self._writer = threading.Lock()
+        self._state = ReadWriteLock()
+        self._closed = False
         self._build_locks: dict[str, threading.Lock] = {}
         self._build_locks_guard = threading.Lock()
 
+    # locks
+
+    def writer(self) -> threading.Lock:
+        """The writer lock: one writer of the store and the indexes at a time (taken before `writing`)."""
+        return self._writer
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[IndexView]:
+        """Shared: searches and store reads see no half-applied write. GalleryError once closed."""
+        with self._state.read():
+            if self._closed:
+                raise GalleryError("the gallery is closed")
+            yield IndexView(self._indexes)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[WritableIndexView]:
+        """Exclusive, under `writer()`: a store commit and the same change to the indexes, at once."""
+        with self._state.write():
+            if self._closed:
+                raise GalleryError("the gallery is closed")
+            yield WritableIndexView(self._indexes)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Snapshot what changed, then refuse every later `reading` / `writing`. Call under `writer()`."""
+        if self._closed:
+            return
+        self.save_all()
+        with self._state.write():
+            self._closed = True
+            self._indexes.clear()
+
+    # life cycle
+
     def snapshot_path(self, version: str) -> Path:
-        return self.directory / f"{quote(version, safe='')}.index"
+        return self._directory / f"{quote(version, safe='')}.index"
 
     def settings(self, version: str) -> VersionSettings:
         """The version's post-processing as stored now (UnknownVersion if it has no vectors)."""
@@ -51,25 +123,29 @@ class IndexRegistry:
         return VersionSettings(info.dim, self._store.whitening(version), info.dba_n, info.dba_alpha)
 
     def build(self, version: str) -> VersionIndex:
-        """A new index of `version` from the store (no gallery lock needed)."""
-        return VersionIndex.build(version, self.settings(version), self._spec, self._store, self._gpu)
+        """A new index of `version` from the store (no lock needed)."""
+        return VersionIndex.build(version, self.settings(version), self._backend, self._store)
 
     def _build_lock(self, version: str) -> threading.Lock:
         with self._build_locks_guard:
             return self._build_locks.setdefault(version, threading.Lock())
 
+    def _loaded(self, version: str) -> VersionIndex | None:
+        with self.reading() as view:
+            return view.get(version)
+
     def ensure(self, version: str) -> VersionIndex:
-        """The loaded index of `version`, loading or building it first. Call without the gallery's locks."""
-        with self._state.read():
-            if version in self.indexes:
-                return self.indexes[version]
+        """The loaded index of `version`, loading or building it first. Call without the locks."""
+        loaded = self._loaded(version)
+        if loaded is not None:
+            return loaded
         with self._build_lock(version):
-            with self._state.read():
-                if version in self.indexes:
-                    return self.indexes[version]
+            loaded = self._loaded(version)
+            if loaded is not None:
+                return loaded
             path = self.snapshot_path(version)
             try:
-                candidate = VersionIndex.load(path, version, self.settings(version), self._spec, self._gpu)
+                candidate = VersionIndex.load(path, version, self.settings(version), self._backend)
                 LOG.info("loaded %s (%d vectors)", path, len(candidate))
             except SnapshotCorrupt as exc:
                 if path.exists():
@@ -77,17 +153,20 @@ class IndexRegistry:
                 candidate = self.build(version)
             return self._install(candidate)
 
-    def rebuild(self, version: str) -> None:
-        """Replace the index of `version` by a fresh build. Call without the gallery's locks."""
+    def rebuild(self, version: str, *, only_loaded: bool = False) -> None:
+        """Replace the index of `version` (if loaded, with `only_loaded`) by a fresh build, while it keeps
+        serving. Call without the locks."""
+        if only_loaded and self._loaded(version) is None:
+            return
         with self._build_lock(version):
             self._install(self.build(version))
 
     def maintain(self, versions: Iterable[str]) -> None:
         """Rebuild loaded indexes that ask for it (training possible, grown, many tombstones), unless one
-        is being built already. Call without the gallery's locks."""
+        is being built already. Call without the locks."""
         for version in versions:
-            with self._state.read():
-                index = self.indexes.get(version)
+            with self.reading() as view:
+                index = view.get(version)
                 reason = index.vectors.maintenance() if index is not None else None
             lock = self._build_lock(version)
             if reason is not None and lock.acquire(blocking=False):
@@ -101,13 +180,13 @@ class IndexRegistry:
         with self._writer:
             if candidate.settings.fingerprint() != self.settings(candidate.name).fingerprint():
                 candidate = self.build(candidate.name)  # settings changed during the build
-            self.reconcile(candidate)
-            with self._state.write():
-                self.indexes[candidate.name] = candidate
+            self._reconcile(candidate)
+            with self.writing() as view:
+                view.put(candidate)
         self.save(candidate)
         return candidate
 
-    def reconcile(self, index: VersionIndex) -> None:
+    def _reconcile(self, index: VersionIndex) -> None:
         """Add the store's vectors the index lacks, remove those the store no longer has. Caller: writer."""
         stored = self._store.vector_ids(index.name)
         indexed = index.vectors.ids()
@@ -137,6 +216,6 @@ class IndexRegistry:
 
     def save_all(self) -> None:
         with self._state.read():
-            indexes = list(self.indexes.values())
+            indexes = list(self._indexes.values())
         for index in indexes:
             self.save(index)

@@ -21,9 +21,10 @@ import numpy as np
 from index import vectors as vector_rows
 from index.blobs import BlobStore, sha256_hex
 from index.errors import InvalidItem, InvalidQuery, ItemNotFound
+from index.filters import MetadataFilter
 from index.postprocess import Whitening
 from index.records import UNSET, Item, NewItem, VersionInfo
-from index.validation import check_filter, check_metadata
+from index.validation import check_metadata
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -53,14 +54,14 @@ def _optional_str(value: object, name: str) -> str | None:
     return value
 
 
-def filter_sql(label: str | None, metadata: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
+def filter_sql(label: str | None,
+               metadata: MetadataFilter | Mapping[str, Any] | None) -> tuple[str, list[Any]]:
     """A WHERE fragment over `items` (alias i) for label and metadata equality, with its parameters."""
     clauses, params = ["1"], []
     if label is not None:
         clauses.append("i.label = ?")
         params.append(label)
-    check_filter(metadata)
-    for key, value in (metadata or {}).items():
+    for key, value in MetadataFilter.of(metadata) or ():
         path = f'$."{key}"'
         if isinstance(value, bool) or value is None:
             clauses.append("json_type(i.metadata, ?) = ?")
@@ -306,7 +307,8 @@ class SQLiteItemStore:
     def image_path(self, item_id: int) -> Path:
         return self.blobs.path(self.get(item_id).sha256)
 
-    def matching_ids(self, version: str, label: str | None, metadata: Mapping[str, Any] | None) -> np.ndarray:
+    def matching_ids(self, version: str, label: str | None,
+                     metadata: MetadataFilter | Mapping[str, Any] | None) -> np.ndarray:
         """Sorted ids (N,) of items with a `version` vector whose label / metadata equal the given ones."""
         where, params = filter_sql(label, metadata)
         vid, _ = vector_rows.version_id(self._reader(), version)

@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from index.errors import DimensionMismatch, SnapshotCorrupt
-from index.faiss_index import FaissVectorIndex
-from index.kinds import IndexSpec, training_points_needed
 from index.postprocess import Whitening, apply_whitening, database_side_augmentation, query_expansion
-from index.protocols import ItemStore, VectorIndex
+from index.protocols import ItemStore, VectorBackend, VectorIndex
 
 LOG = logging.getLogger(__name__)
 
@@ -78,9 +76,10 @@ def _augment(settings: VersionSettings, vectors: np.ndarray, ids: np.ndarray,
 
 
 class VersionIndex:
-    """One model version's vectors in FAISS, with its whitening / DBA. Not thread-safe (see Gallery)."""
+    """One model version's vectors in a `VectorIndex`, with its whitening / DBA. Not thread-safe (see
+    IndexRegistry)."""
 
-    def __init__(self, name: str, settings: VersionSettings, vectors: FaissVectorIndex) -> None:
+    def __init__(self, name: str, settings: VersionSettings, vectors: VectorIndex) -> None:
         self.name = name
         self.settings = settings
         self.vectors = vectors
@@ -108,8 +107,8 @@ class VersionIndex:
         return self.vectors.search(queries, k, allowed)
 
     @classmethod
-    def build(cls, name: str, settings: VersionSettings, spec: IndexSpec, store: ItemStore,
-              gpu: bool = False) -> VersionIndex:
+    def build(cls, name: str, settings: VersionSettings, backend: VectorBackend,
+              store: ItemStore) -> VersionIndex:
         """Build from the durable vectors of `name` in `store` (training trained kinds if enough exist).
 
         With DBA, an index without DBA is built first to find each vector's neighbours.
@@ -117,12 +116,12 @@ class VersionIndex:
         n = len(store.vector_ids(name))
         plain = None
         if settings.dba_n and n:
-            plain = cls.build(name, VersionSettings(settings.model_dim, settings.whitening), spec, store, gpu)
-        needed = training_points_needed(spec.create(settings.index_dim, n))
+            plain = cls.build(name, VersionSettings(settings.model_dim, settings.whitening), backend, store)
+        needed = backend.training_points(settings.index_dim, n)
         training = None
         if needed and n >= needed:
             training = settings.transform(store.sample_vectors(name, max(needed, min(n, TRAINING_SAMPLE))))
-        version = cls(name, settings, FaissVectorIndex.create(spec, settings.index_dim, n, training, gpu))
+        version = cls(name, settings, backend.create(settings.index_dim, n, training))
         for ids, raw in store.iter_vectors(name):
             vectors = settings.transform(raw)
             if plain is not None:
@@ -135,10 +134,9 @@ class VersionIndex:
         self.vectors.save(path, {"version": self.name, **self.settings.fingerprint()})
 
     @classmethod
-    def load(cls, path: Path, name: str, settings: VersionSettings, spec: IndexSpec,
-             gpu: bool = False) -> VersionIndex:
+    def load(cls, path: Path, name: str, settings: VersionSettings, backend: VectorBackend) -> VersionIndex:
         """From a snapshot; SnapshotCorrupt if it is damaged or was built with other settings."""
-        vectors, meta = FaissVectorIndex.load(path, spec, gpu)
+        vectors, meta = backend.load(path)
         expected = {"version": name, **settings.fingerprint()}
         stale = any(meta.get(key) != value for key, value in expected.items())
         if stale or vectors.dim != settings.index_dim:

@@ -1,0 +1,33 @@
+"""`MetadataFilter`: a metadata equality filter, checked once when it is made, frozen and hashable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from index.validation import check_filter
+
+Scalar = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class MetadataFilter:
+    """Items whose metadata value under each key equals the given one (type and value).
+
+    Make it with `MetadataFilter.of(mapping)`, which validates (`InvalidFilter`); the terms are sorted
+    by key, so equal filters are equal and hash alike (queries with one filter share a search).
+    """
+
+    terms: tuple[tuple[str, Scalar], ...]
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any] | MetadataFilter | None) -> MetadataFilter | None:
+        """The filter of a mapping (None or {} -> None: no filter); a filter is returned as it is."""
+        if metadata is None or isinstance(metadata, MetadataFilter):
+            return metadata
+        check_filter(metadata)
+        return cls(tuple(sorted(metadata.items()))) if metadata else None
+
+    def __iter__(self) -> Iterator[tuple[str, Scalar]]:
+        return iter(self.terms)

@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 LOG = logging.getLogger(__name__)
 
@@ -247,8 +249,21 @@ async def _handle_http_exception(request: Request, exc: StarletteHTTPException) 
         detail = f"no such route: {request.method} {request.url.path}"
     elif status_code == 405 and detail == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
         detail = f"method {request.method} is not allowed on {request.url.path}"
+    headers = exc.headers
+    if status_code == 405:  # Starlette names the methods of the first route matching the path only
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
     _log_client_error(request, status_code, code, detail)
-    return error_response(status_code, detail, code, exc.headers)
+    return error_response(status_code, detail, code, headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on the request's path."""
+    methods: set[str] = set()
+    for context in iter_route_contexts(request.app.routes):
+        path, allowed = getattr(context, "path", None), getattr(context, "methods", None)
+        if path and allowed and compile_path(path)[0].fullmatch(request.url.path):
+            methods |= allowed
+    return sorted(methods)
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -36,7 +36,7 @@ class ItemPage(BaseModel):
 
 
 class ItemUpdate(BaseModel):
-    """PATCH body: the fields present replace the stored ones (null clears the label)."""
+    """PATCH body: the fields present replace the stored ones (null clears the label or the metadata)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -117,6 +117,8 @@ async def get_item_image(gallery: GalleryDep, item_id: ItemId) -> Response:
 async def update_item(gallery: GalleryDep, item_id: ItemId, update: ItemUpdate) -> ItemPublic:
     """Replace the label and/or the metadata of an item."""
     changes = update.model_dump(exclude_unset=True)
+    if "metadata" in changes and changes["metadata"] is None:
+        changes["metadata"] = {}  # null clears the metadata, as it clears the label
     return item_public(await run_in_threadpool(lambda: gallery.update(item_id, **changes)))
 
 

@@ -43,6 +43,21 @@ class AuxClassifier(nn.Module):
         return self.fc(self.norm(x))
 
 
+class Whitening(nn.Module):
+    """Learned whitening (Radenovic et al., TPAMI 2018): x -> L2norm(P (x - mu)), P (d, d).
+
+    Starts as the identity (mu = 0, P = I); `model.whitening.fit_whitening` computes mu and P."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("projection", torch.eye(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.normalize((x.float() - self.mean) @ self.projection.T, dim=1)
+
+
 class CGD(nn.Module):
     """The CGD network for one `CGDConfig` over one `Backbone`."""
 
@@ -59,6 +74,7 @@ class CGD(nn.Module):
             nn.Linear(channels, config.branch_dim, bias=False) for _ in config.descriptors
         )
         self.classifier = AuxClassifier(channels, config.num_classes) if config.num_classes else None
+        self.whitening = Whitening(config.embedding_dim) if config.whitening else None
 
     @property
     def embedding_dim(self) -> int:
@@ -68,27 +84,51 @@ class CGD(nn.Module):
         """(B, 3, H, W) -> backbone map (B, C, h, w)."""
         return self.backbone(x)
 
-    def forward_descriptors(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) -> one (B, C) float32 global descriptor per configured letter."""
-        features = self.forward_features(x)
+    def pool(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone map (B, C, h, w) -> one (B, C) float32 global descriptor per configured letter."""
         # Pooling and head run in float32 even under autocast: they are cheap, and x^p or a
         # 1000-channel projection in bf16 would cost embedding fidelity.
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with torch.autocast(device_type=features.device.type, enabled=False):
             return [pool(features.float()) for pool in self.pools]
 
-    def forward_train(self, x: torch.Tensor) -> CGDOutput:
-        """Embedding, raw concatenation and auxiliary logits for one batch."""
-        descriptors = self.forward_descriptors(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+    def forward_descriptors(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> one (B, C) float32 global descriptor per configured letter."""
+        return self.pool(self.forward_features(x))
+
+    def forward_head(self, features: torch.Tensor) -> CGDOutput:
+        """Backbone map (B, C, h, w) -> embedding, raw concatenation and auxiliary logits."""
+        descriptors = self.pool(features)
+        with torch.autocast(device_type=features.device.type, enabled=False):
             branches = [proj(desc) for proj, desc in zip(self.projections, descriptors, strict=True)]
             raw = torch.cat(branches, dim=1)
             embedding = F.normalize(torch.cat([F.normalize(b, dim=1) for b in branches], dim=1), dim=1)
             logits = self.classifier(descriptors[0]) if self.classifier is not None else None
         return CGDOutput(embedding, raw, logits)
 
+    def forward_train(self, x: torch.Tensor) -> CGDOutput:
+        """Embedding (before whitening), raw concatenation and auxiliary logits for one batch."""
+        return self.forward_head(self.forward_features(x))
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Backbone map (B, C, h, w) -> (B, d) unit-norm embedding, whitened when the model has it."""
+        embedding = self.forward_head(features).embedding
+        return embedding if self.whitening is None else self.whitening(embedding)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, d) unit-norm embedding."""
-        return self.forward_train(x).embedding
+        """(B, 3, H, W) -> (B, d) unit-norm embedding (whitened when the model has learned whitening)."""
+        return self.embed_features(self.forward_features(x))
+
+    def set_whitening(self, mean: torch.Tensor | None, projection: torch.Tensor | None = None) -> None:
+        """Apply learned whitening `L2norm(projection @ (e - mean))` after the embedding (None removes it)."""
+        if mean is None:
+            self.config = self.config.with_changes(whitening=False)
+            self.whitening = None
+            return
+        self.config = self.config.with_changes(whitening=True)
+        whitening = Whitening(self.config.embedding_dim)
+        whitening.mean.copy_(mean)
+        whitening.projection.copy_(projection)
+        self.whitening = whitening.to(next(self.parameters()).device)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the auxiliary classifier (0 removes it) and record it in the config."""

@@ -43,6 +43,7 @@ class CGDConfig:
 
     `descriptors` is a string of 1 to 3 distinct letters from S (SPoC), M (MAC) and G (GeM);
     the first letter feeds the auxiliary classifier. `embedding_dim` is split evenly over them.
+    `whitening`: the model ends with a learned whitening (d x d, fitted after training).
     """
 
     backbone: str = "tf_efficientnet_lite0"
@@ -51,6 +52,7 @@ class CGDConfig:
     gem_p: float = 3.0
     learn_gem_p: bool = False
     num_classes: int = 0
+    whitening: bool = False
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
     def __post_init__(self) -> None:

@@ -69,10 +69,11 @@ def set_train_mode(model: CGD, *, freeze_bn: bool) -> None:
             norm.eval()
 
 
-def set_backbone_trainable(model: CGD, trainable: bool, *, freeze_bn: bool) -> None:
-    """(Un)freeze the backbone; frozen BatchNorm affine parameters stay frozen either way."""
+def set_backbone_trainable(model: CGD, trainable: bool, *, freeze_bn: bool,
+                           part: nn.Module | None = None) -> None:
+    """(Un)freeze the backbone, or only `part` of it; frozen BatchNorm affine parameters stay frozen."""
     frozen_bn = {id(p) for m in backbone_norms(model) for p in m.parameters()} if freeze_bn else set()
-    for parameter in model.backbone.parameters():
+    for parameter in (part or model.backbone).parameters():
         parameter.requires_grad_(trainable and id(parameter) not in frozen_bn)
 
 

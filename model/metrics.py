@@ -52,6 +52,13 @@ def _chunk_rows(relevant: np.ndarray, start: int, chunk_size: int, k_min: int) -
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8), *,
                       chunk_size: int = 4096) -> dict[str, float]:
+    """See `query_scores`: its per-query figures averaged."""
+    metrics, _ = query_scores(embeddings, labels, ks, chunk_size=chunk_size)
+    return metrics
+
+
+def query_scores(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8), *,
+                 chunk_size: int = 4096) -> tuple[dict[str, float], np.ndarray]:
     """Recall@K for each K in `ks` and MAP@R, as fractions in [0, 1].
 
     embeddings: (N, d) unit rows (inner product = cosine similarity); labels: (N,) class labels.
@@ -64,6 +71,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
     Queries run `chunk_size` at a time, fewer when a chunk's largest R would need more than
     `MAX_NEIGHBOURS_PER_CHUNK` neighbour entries, so memory stays bounded for any N.
     Raises ValueError for bad shapes, non-finite values, or when no class has 2 or more items.
+    Returns the metrics and the (N,) AP@R of each query (NaN where R = 0), for paired comparisons.
     """
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     label_array = np.asarray(labels).reshape(-1)
@@ -102,9 +110,10 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
             r = relevant[query_ids]
             ranks = np.arange(1, k + 1)
             precision_at_hits = np.where(match & (ranks <= r[:, None]), np.cumsum(match, axis=1) / ranks, 0.0)
-            scored = r > 0
-            average_precisions.append(precision_at_hits.sum(axis=1)[scored] / r[scored])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                average_precisions.append(np.where(r > 0, precision_at_hits.sum(axis=1) / r, np.nan))
             start += rows
+    per_query = np.concatenate(average_precisions)
     metrics = {f"recall@{k}": hits[k] / n for k in cutoffs}
-    metrics["map@r"] = float(np.concatenate(average_precisions).mean())
-    return metrics
+    metrics["map@r"] = float(np.nanmean(per_query))
+    return metrics, per_query

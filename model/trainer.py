@@ -1,9 +1,10 @@
 """Fine-tuning a CGD model on labelled images, with model selection on a validation hold-out.
 
 `train(images, config, out=...)` splits a validation set off the given (training) images, measures
-the start model on it, trains, validates after every epoch, and writes the best model to `out`:
-the trained one only when it beats the start model on validation (higher MAP@R, ties broken by
-R@1); otherwise the start model itself, and the result says `improved=False`.
+the start model on it, trains (by default from a trunk feature cache: `model.train_engines`),
+validates after every epoch, fits learned whitening when it helps, and writes the best model to
+`out`: the trained one only when it beats the start model on validation by more than the
+validation set's noise (`model.selection`); otherwise the start model itself, with `improved=False`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import copy
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,23 +22,27 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.cgd import CGD
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.curves import write_curves
-from model.data import LabelledImage, LabelledImageDataset, class_index, short_side_median
+from model.data import LabelledImage, class_index, short_side_median
 from model.default import default_model
-from model.device import autocast, resolve_device, resolve_precision
+from model.device import resolve_device, resolve_precision
 from model.embedder import Embedder
-from model.evaluation import evaluate, inference_dataset
-from model.finetune import parameter_groups, set_backbone_trainable, set_train_mode, training_model
+from model.evaluation import embed_dataset, inference_dataset
+from model.finetune import parameter_groups, set_train_mode, training_model
 from model.losses import build_criterion
+from model.metrics import query_scores
 from model.sampler import ClassBalancedBatchSampler
 from model.schedule import StepPlan, lr_factor, plan_steps
-from model.splits import ValMode, split_validation
-from model.transforms import train_transform
+from model.selection import better, choose_whitening, map_gain
+from model.splits import split_validation
+from model.stages import StageSplit, split_backbone
+from model.train_config import TrainConfig
+from model.train_engines import TrainEngine, build_engine
+from model.whitening import apply_whitening
 
 LOG = logging.getLogger(__name__)
 
@@ -50,76 +56,19 @@ class CancelFlag(Protocol):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """A training recipe. The defaults are the `cgd train` / `POST /train` recipe (docs/RESULTS.md)."""
-
-    loss: str = "proxy_anchor"
-    epochs: int = 30
-    max_minutes: float | None = None
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    lr: float = 1e-4
-    backbone_lr: float | None = None
-    head_lr: float | None = None
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    images_per_class: int = 4
-    image_size: int | None = None
-    descriptors: str | None = None
-    embedding_dim: int | None = None
-    warmup_epochs: int = 1
-    freeze_bn: bool = True
-    grad_clip: float | None = 10.0
-    hflip: bool = False
-    val_fraction: float = 0.2
-    val_mode: ValMode = "auto"
-    patience: int | None = 4
-    keep_start_if_not_better: bool = True  # False: write the best trained weights even when worse
-    seed: int = 0
-    num_workers: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    eval_batch_size: int = 64
-    cache_images: bool = True
-    progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
-        if self.images_per_class < 2 or self.batch_size < 2 * self.images_per_class:
-            raise ValueError(f"batch_size {self.batch_size} must hold at least 2 classes of "
-                             f"images_per_class {self.images_per_class} (>= 2)")
-        if self.optimizer not in ("adamw", "adam"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; use adamw or adam")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
-
-    @property
-    def classes_per_batch(self) -> int:
-        return self.batch_size // self.images_per_class
-
-    @property
-    def resolved_backbone_lr(self) -> float:
-        return self.lr if self.backbone_lr is None else self.backbone_lr
-
-    @property
-    def resolved_head_lr(self) -> float:
-        return 10 * self.lr if self.head_lr is None else self.head_lr
-
-
-@dataclass(frozen=True)
 class Progress:
-    """One training step's report. `eta_s` is the estimated time left, in seconds."""
+    """One report. `phase` is "caching" (steps count cached images) or "training" (optimiser steps);
+    `eta_s` is the estimated time left in that phase, in seconds."""
 
     epoch: int
     epochs: int
     step: int
     steps: int
-    loss: float
+    loss: float | None
     lr: float
     images_per_s: float
     eta_s: float
+    phase: str = "training"
 
 
 @dataclass
@@ -136,6 +85,7 @@ class TrainResult:
     kept_start_model: bool = False
     val_mode: str = "classes"
     image_size: int = 224
+    recipe: dict[str, Any] = field(default_factory=dict)
 
 
 def auto_image_size(images: Sequence[LabelledImage], start_size: int) -> int:
@@ -144,11 +94,6 @@ def auto_image_size(images: Sequence[LabelledImage], start_size: int) -> int:
     more than the start model's size."""
     side = short_side_median(images)
     return int(min(start_size, max(64, 32 * round(3 * side / 32))))
-
-
-def better(candidate: dict[str, float], reference: dict[str, float]) -> bool:
-    """Higher MAP@R wins; ties are broken by Recall@1."""
-    return (candidate["map@r"], candidate["recall@1"]) > (reference["map@r"], reference["recall@1"])
 
 
 def seed_everything(seed: int) -> None:
@@ -163,7 +108,7 @@ def load_start(start: Path | None) -> CGD:
 
 
 class _Run:
-    """The mutable state of one training run (model, optimiser, clocks, history)."""
+    """The mutable state of one training run (model, optimiser, engine, clocks, history)."""
 
     def __init__(self, images: Sequence[LabelledImage], config: TrainConfig, out: Path,
                  start: Path | None) -> None:
@@ -172,12 +117,12 @@ class _Run:
         self.device = resolve_device(config.device)
         self.dtype = resolve_precision(self.device, config.precision)
         seed_everything(config.seed)
-        train_images, val_images, self.val_mode = split_validation(
+        self.train_images, self.val_images, self.val_mode = split_validation(
             images, config.val_fraction, config.val_mode, config.seed)
-        self.classes, labels = class_index(train_images)
+        self.classes, self.labels = class_index(self.train_images)
+        _, self.val_labels = class_index(self.val_images)
         self.start_model = load_start(start)
-        start_size = self.start_model.config.image_size
-        self.image_size = config.image_size or auto_image_size(train_images, start_size)
+        self.image_size = config.image_size or self.auto_image_size()
         embedding_dim = config.embedding_dim or self.start_model.embedding_dim
         self.criterion = build_criterion(config.loss, num_classes=len(self.classes),
                                          embedding_dim=embedding_dim).to(self.device)
@@ -186,6 +131,7 @@ class _Run:
         self.model = training_model(self.start_model, num_classes=len(self.classes) if uses_logits else 0,
                                     image_size=self.image_size, descriptors=config.descriptors,
                                     embedding_dim=embedding_dim)
+        self.model.set_whitening(None)
         self.model.to(self.device, memory_format=torch.channels_last)
         groups = parameter_groups(self.model, backbone_lr=config.resolved_backbone_lr,
                                   head_lr=config.resolved_head_lr, freeze_bn=config.freeze_bn)
@@ -196,53 +142,76 @@ class _Run:
         optimiser_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimiser = optimiser_class(groups, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
-        self.sampler = ClassBalancedBatchSampler(labels, config.classes_per_batch, config.images_per_class,
-                                                 seed=config.seed)
-        dataset = LabelledImageDataset(train_images, labels, train_transform(
-            self.model.config.preprocessing, hflip=config.hflip), cache=config.cache_images)
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=config.num_workers,
-                                 persistent_workers=config.num_workers > 0)
-        self.val_images = val_images
-        self.val_trained = inference_dataset(Embedder(self.model, "training", device=self.device),
-                                             val_images, cache=config.cache_images)
+        self.sampler = ClassBalancedBatchSampler(self.labels, config.classes_per_batch,
+                                                 config.images_per_class, seed=config.seed)
+        self.engine: TrainEngine | None = None
+        self.cache_views = 0
         self.history: list[dict[str, Any]] = []
         self.step = 0
         self.epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best: dict[str, float] = {}
         self.baseline: dict[str, float] = {}
+        self.baseline_ap: np.ndarray | None = None
         self.val_s = 0.0
         self.train_s = 0.0
         self.plan = plan_steps(config.epochs, len(self.sampler))
         LOG.info("training on %d images of %d classes, validating on %d images (%s hold-out), "
-                 "%d px, %s on %s", len(train_images), len(self.classes), len(val_images),
+                 "%d px, %s on %s", len(self.train_images), len(self.classes), len(self.val_images),
                  self.val_mode, self.image_size, self.dtype, self.device)
 
-    def validate(self, model: CGD) -> dict[str, float]:
+    def auto_image_size(self) -> int:
+        """The start model's size when the cached engine will run: the pretrained trunk sees objects
+        at the scale it was trained for, and the cache takes away the cost of large inputs
+        (docs/RESULTS.md: 32 px images trained at 96 px lost test R@1 that 224 px kept). The full
+        engine keeps the cheaper `auto_image_size`."""
+        start_size = self.start_model.config.image_size
+        cached = self.config.engine != "full" and split_backbone(
+            self.start_model.backbone, self.config.tail_stages) is not None
+        return start_size if cached else auto_image_size(self.train_images, start_size)
+
+    def split(self) -> StageSplit | None:
+        """The trunk/tail split of the cached engine, or None when the full engine is to run."""
+        if self.config.engine == "full":
+            return None
+        split = split_backbone(self.model.backbone, self.config.tail_stages)
+        usable = split is not None and self.image_size % split.stride == 0
+        if not usable:
+            if self.config.engine == "cached":
+                raise ValueError(f"the cached engine needs a supported backbone and an image size that is a "
+                                 f"multiple of its trunk's stride; got {self.model.config.backbone} at "
+                                 f"{self.image_size} px")
+            return None
+        return split
+
+    def validate(self) -> tuple[dict[str, float], np.ndarray]:
+        """Validation metrics of the model being trained, and the AP@R of each validation query."""
         began = time.perf_counter()
-        if model is self.model:
-            dataset = self.val_trained
-        else:
-            dataset = inference_dataset(Embedder(model, "start", device=self.device), self.val_images)
-        metrics = evaluate(model, dataset, batch_size=self.config.eval_batch_size, device=str(self.device),
-                           precision=self.config.precision)
+        metrics, per_query = query_scores(self.engine.val_embeddings(), self.val_labels.numpy())
         self.val_s = time.perf_counter() - began
-        return metrics
+        return metrics, per_query
+
+    def validate_start(self) -> tuple[dict[str, float], np.ndarray]:
+        """The start model as it serves (its own image size, its whitening) on the validation images:
+        from the feature cache when it shares the trunk and size, else by a full forward."""
+        embeddings = self.engine.val_embeddings_of(self.start_model)
+        if embeddings is None:
+            embedder = Embedder(self.start_model, "start", device=self.device)
+            embeddings, _ = embed_dataset(embedder, inference_dataset(embedder, self.val_images),
+                                          self.config.eval_batch_size)
+        return query_scores(embeddings, self.val_labels.numpy())
 
     def set_lr(self) -> float:
         factor = lr_factor(self.step, self.plan.planned_steps)
-        warm = self.epoch < self.config.warmup_epochs
+        warm = self.epoch < self.config.effective_warmup_epochs
         for group in self.optimiser.param_groups:
             frozen = warm and group.get("name") == "backbone"
             group["lr"] = 0.0 if frozen else group["initial_lr"] * factor
         return self.config.resolved_head_lr * factor
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        labels = labels.to(self.device, non_blocking=True)
-        with autocast(self.device, self.dtype):
-            output = self.model.forward_train(images)
-        loss = self.criterion(output, labels).total
+    def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> float:
+        output = self.engine.forward(inputs)
+        loss = self.criterion(output, labels.to(self.device, non_blocking=True)).total
         self.optimiser.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip:
@@ -253,9 +222,25 @@ class _Run:
         self.scaler.update()
         return float(loss.detach())
 
+    def probe_speed(self, steps: int = 3) -> float:
+        """Optimiser-step-equivalent seconds of a forward and backward with the backbone trainable,
+        measured on real batches without changing any weight (gradients are dropped)."""
+        self.engine.set_trainable(True)
+        set_train_mode(self.model, freeze_bn=True)
+        batches = iter(self.engine.batches(self.sampler))
+        timings = []
+        for _ in range(steps + 1):
+            inputs, labels = next(batches)
+            began = time.perf_counter()
+            loss = self.criterion(self.engine.forward(inputs), labels.to(self.device)).total
+            loss.backward()
+            timings.append(time.perf_counter() - began)
+        self.optimiser.zero_grad(set_to_none=True)
+        return float(np.median(timings[1:]))
+
     def end_epoch(self, losses: list[float], images_per_s: float) -> bool:
         """Validate, record, keep the best weights; True when patience has run out."""
-        metrics = self.validate(self.model)
+        metrics, _ = self.validate()
         row = {"epoch": self.epoch + 1, "step": self.step, "loss": float(np.mean(losses)) if losses else None,
                "val": metrics, "seconds": round(self.train_s, 1), "images_per_s": round(images_per_s, 1)}
         self.history.append(row)
@@ -316,60 +301,88 @@ def train(
     resume: bool = False,
 ) -> TrainResult:
     """Fine-tune from `start` (a checkpoint; None = the embedded default) on `images`, write the
-    selected model to `out` and its curves beside it. With `resume`, continue from the state
-    `<out>.resume.pt` that a previous, interrupted call with the same config left."""
+    selected model to `out` and its curves beside it (the feature cache lives in `<out>.cache/`
+    while training runs). With `resume`, continue from the state `<out>.resume.pt` that a previous,
+    interrupted call with the same config left."""
     t0 = time.perf_counter()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     run = _Run(images, config, out, start)
     budget_s = None if config.max_minutes is None else 60.0 * config.max_minutes
-    if not (resume and _restore_state(run)):
-        run.baseline = run.validate(run.start_model)
-        LOG.info("start model on validation: R@1 %.4f MAP@R %.4f", run.baseline["recall@1"],
-                 run.baseline["map@r"])
-    began = t0 - run.train_s
-    stopped: Stopped = "completed"
-    trained_images, trained_s = 0, 0.0  # after warm-up: the speed the budget plan is made from
+    report = on_progress or (lambda progress: None)
 
-    def replan(images_per_s: float) -> None:
-        """Fit the remaining steps to the budget at `images_per_s`; never after the first LR drop,
-        so the speed of a shared machine can move the drops only while they lie ahead."""
-        if budget_s is None or run.step >= 0.6 * run.plan.planned_steps:
+    def cancelled() -> bool:
+        return cancel is not None and cancel.is_set()
+
+    cache_dir = out.with_suffix(".cache")
+    try:
+        run.engine = build_engine(run.model, config, run.train_images, run.labels, run.val_images,
+                                  device=run.device, dtype=run.dtype, split=run.split(), budget_s=budget_s,
+                                  cache_dir=cache_dir, report=lambda done, total, rate, views: report(
+                                      Progress(0, run.plan.epochs, done, total, None, 0.0, rate * views,
+                                               (total - done) / max(rate, 1e-9), phase="caching")),
+                                  cancelled=cancelled)
+        run.cache_views = getattr(run.engine, "views", 0)
+        if run.engine is None:
+            return _finish(run, "cancelled", cache_dir)
+        run.baseline, run.baseline_ap = run.validate_start()
+        if not (resume and _restore_state(run)):
+            LOG.info("start model on validation: R@1 %.4f MAP@R %.4f", run.baseline["recall@1"],
+                     run.baseline["map@r"])
+        return _train_loop(run, budget_s, t0, report, cancelled, cache_dir)
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[Progress], None],
+                cancelled: Callable[[], bool], cache_dir: Path) -> TrainResult:
+    config = run.config
+    step_s = run.probe_speed()
+    run.validate()  # measures the cost of one validation pass
+    began = t0 - run.train_s
+
+    def replan(steps_per_s: float) -> None:
+        """Fit the remaining steps to the budget; never after the first LR drop, so the speed of a
+        shared machine can move the drops only while they lie ahead."""
+        if run.step >= 0.6 * run.plan.planned_steps and run.step > 0:
             return
         run.plan = plan_steps(config.epochs, len(run.sampler), budget_s=budget_s,
                               elapsed_s=time.perf_counter() - began, steps_done=run.step,
-                              steps_per_s=images_per_s / config.batch_size, val_s=run.val_s)
+                              steps_per_s=steps_per_s, val_s=run.val_s)
         bar.total = run.plan.planned_steps
-        LOG.info("time budget %.1f min: %d steps planned at %.1f images/s", config.max_minutes,
-                 run.plan.planned_steps, images_per_s)
+
     bar = tqdm(total=run.plan.planned_steps, initial=run.step, disable=not config.progress_bar,
-               desc="train", unit="step", dynamic_ncols=True)
+               desc=f"train ({run.engine.name})", unit="step", dynamic_ncols=True)
+    replan(1.0 / step_s)
+    LOG.info("%s engine, %d px: %d steps planned (%.2f s a step measured)%s", run.engine.name,
+             run.image_size, run.plan.planned_steps, step_s,
+             f" within {config.max_minutes} min" if budget_s else "")
+    stopped: Stopped = "completed"
+    trained_steps, trained_s = 0, 0.0  # after warm-up: the speed the budget plan is made from
     while run.step < run.plan.planned_steps and stopped == "completed":
         run.sampler.set_epoch(run.epoch)
-        set_backbone_trainable(run.model, run.epoch >= config.warmup_epochs, freeze_bn=config.freeze_bn)
+        warm = run.epoch < config.effective_warmup_epochs
+        run.engine.set_trainable(not warm)
         set_train_mode(run.model, freeze_bn=config.freeze_bn)
         losses: list[float] = []
         window_start, window_images = time.perf_counter(), 0
-        for batch, labels in run.loader:
+        for batch, labels in run.engine.batches(run.sampler):
             lr = run.set_lr()
             losses.append(run.train_step(batch, labels))
             run.step += 1
             window_images += len(labels)
             images_per_s = window_images / max(1e-9, time.perf_counter() - window_start)
-            elapsed = time.perf_counter() - began
-            warm = run.epoch < config.warmup_epochs
-            if not warm and trained_s == 0.0 and len(losses) == 5:
-                replan(images_per_s)
-            eta = (run.plan.planned_steps - run.step) * config.batch_size / max(images_per_s, 1e-9)
+            steps_per_s = images_per_s / len(labels) if warm or not trained_s else trained_steps / trained_s
+            eta = (run.plan.planned_steps - run.step) / max(steps_per_s, 1e-9) + run.val_s * max(
+                0, run.plan.epochs - run.epoch)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
-            if on_progress is not None:
-                on_progress(Progress(run.epoch + 1, run.plan.epochs, run.step, run.plan.planned_steps,
-                                     losses[-1], lr, images_per_s, eta))
-            if cancel is not None and cancel.is_set():
+            report(Progress(run.epoch + 1, run.plan.epochs, run.step, run.plan.planned_steps,
+                            losses[-1], lr, images_per_s, eta))
+            if cancelled():
                 stopped = "cancelled"
                 break
-            if budget_s is not None and elapsed + run.val_s >= budget_s:
+            if budget_s is not None and time.perf_counter() - began + run.val_s >= budget_s:
                 stopped = "budget"
                 break
             if run.step >= run.plan.planned_steps:
@@ -378,11 +391,11 @@ def train(
         if stopped == "cancelled":
             break
         window_s = time.perf_counter() - window_start
-        if run.epoch >= config.warmup_epochs:
-            trained_images, trained_s = trained_images + window_images, trained_s + window_s
+        if not warm:
+            trained_steps, trained_s = trained_steps + len(losses), trained_s + window_s
         exhausted = run.end_epoch(losses, window_images / max(1e-9, window_s))
         if trained_s > 0:
-            replan(trained_images / trained_s)
+            replan(trained_steps / trained_s)
         run.epoch += 1
         _save_state(run)
         if exhausted and run.step < run.plan.planned_steps:
@@ -391,30 +404,53 @@ def train(
     bar.close()
     if stopped == "completed" and run.plan.budget_limited:
         stopped = "budget"
-    return _finish(run, stopped)
+    return _finish(run, stopped, cache_dir)
 
 
-def _finish(run: _Run, stopped: Stopped) -> TrainResult:
-    """Write the selected model, the curves, and drop the resume state."""
-    improved = bool(run.best) and better(run.best, run.baseline)
+def _finish(run: _Run, stopped: Stopped, cache_dir: Path) -> TrainResult:
+    """Select (whitening, the promotion rule), write the model and the curves, drop the resume state."""
+    recipe: dict[str, Any] = {"engine": run.engine.name if run.engine else None, "image_size": run.image_size,
+                              "cache_views": run.cache_views, "steps": run.step, "epochs": run.epoch,
+                              "train_images": len(run.train_images), "val_images": len(run.val_images),
+                              "whitening": None, "train_seconds": round(run.train_s, 1)}
+    improved = False
+    if run.best_state is not None:
+        run.model.load_state_dict(run.best_state)
+        plain = run.engine.val_embeddings()
+        val_labels = run.val_labels.numpy()
+        fitted = None
+        if run.config.whitening != "none":
+            fitted = choose_whitening(run.engine.train_embeddings(), run.labels.numpy(), plain, val_labels,
+                                      run.config.whitening, seed=run.config.seed)
+        if fitted is not None:
+            run.model.set_whitening(torch.from_numpy(fitted.mean), torch.from_numpy(fitted.projection))
+            plain = apply_whitening(plain, fitted)
+            recipe["whitening"] = fitted.kind
+        run.best, final_ap = query_scores(plain, val_labels)
+        gain = map_gain(final_ap, run.baseline_ap, seed=run.config.seed)
+        improved = gain.significant and run.best["recall@1"] >= run.baseline["recall@1"]
+        recipe["map_gain"] = {"mean": round(gain.mean, 4), "lower": round(gain.lower, 4),
+                              "queries": gain.queries}
     extra = {"train_config": asdict(run.config), "baseline": run.baseline, "best": run.best,
-             "improved": improved, "stopped": stopped, "val_mode": run.val_mode, "history": run.history}
+             "improved": improved, "stopped": stopped, "val_mode": run.val_mode, "history": run.history,
+             "recipe": recipe}
     use_trained = run.best_state is not None and (improved or not run.config.keep_start_if_not_better)
     if use_trained:
-        run.model.load_state_dict(run.best_state)
         version = save_checkpoint(run.out, run.model.cpu().eval(), classes=run.classes, metrics=run.best,
                                   extra=extra)
         if not improved:
-            LOG.warning("training did not beat the start model on validation (MAP@R %.4f vs %.4f): "
-                        "writing the trained model as asked", run.best["map@r"], run.baseline["map@r"])
+            LOG.warning("training did not beat the start model beyond validation noise: writing the "
+                        "trained model as asked")
     else:
-        LOG.warning("training did not beat the start model on validation (MAP@R %.4f vs %.4f): "
-                    "keeping the start model", run.best.get("map@r", math.nan), run.baseline["map@r"])
+        LOG.warning("training did not beat the start model beyond validation noise (MAP@R %.4f vs %.4f): "
+                    "keeping the start model", run.best.get("map@r", math.nan),
+                    run.baseline.get("map@r", math.nan))
         version = save_checkpoint(run.out, copy.deepcopy(run.start_model).cpu().eval(),
                                   classes=run.classes, metrics=run.baseline, extra=extra)
-    write_curves(run.history, run.out, run.baseline)
+    if run.history:
+        write_curves(run.history, run.out, run.baseline)
     _state_path(run.out).unlink(missing_ok=True)
     return TrainResult(checkpoint=run.out, version=version, baseline=run.baseline,
                        best=run.best or dict(run.baseline), improved=improved, history=run.history,
                        stopped=stopped, kept_start_model=not use_trained, val_mode=run.val_mode,
-                       image_size=run.image_size)
+                       image_size=run.image_size, recipe=recipe)

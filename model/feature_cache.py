@@ -1,0 +1,150 @@
+"""A disk-backed cache of trunk feature maps, so that training runs only the backbone's tail.
+
+Each training image is decoded once and cut into `views` augmented views of (S + 2 * stride) px
+(view 0: the whole image resized; the others: random resized crops); the frozen trunk maps each to
+a (c, S/stride + 2, S/stride + 2) map, stored as float16 in a memory-mapped file of the job's work
+directory. A training batch takes one random view per image and a random (S/stride)^2 window of it:
+a random crop of S px, in feature space. Validation images get one centre view at S px, as
+inference sees them.
+
+Size: images x views x c x (S/stride + 2)^2 x 2 bytes; for EfficientNet-Lite0 at 224 px
+(c = 112, 16 x 16) that is 57 KiB per view, 0.56 GiB per 10,000 images and view.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import transforms as T
+
+from model.config import Preprocessing
+from model.data import LabelledImage, open_rgb
+from model.device import autocast
+from model.transforms import inference_transform
+
+LOG = logging.getLogger(__name__)
+CHUNK = 32
+
+
+def view_transforms(pre: Preprocessing, stride: int, views: int, *, hflip: bool) -> list[T.Compose]:
+    """The image -> tensor transform of each cached view, all (3, S + 2*stride, S + 2*stride)."""
+    size = pre.image_size + 2 * stride
+    normalise = [T.ToTensor(), T.Normalize(mean=pre.mean, std=pre.std)]
+    resize = T.InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
+    whole = T.Compose([T.Resize(size, interpolation=resize), T.CenterCrop(size), *normalise])
+    flip = [T.RandomHorizontalFlip()] if hflip else []
+    jittered = T.Compose([T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=resize), *flip,
+                          *normalise])
+    return [whole] + [jittered] * (views - 1)
+
+
+def cache_bytes(images: int, views: int, channels: int, cells: int) -> int:
+    """Disk bytes of a cache of `images` x `views` maps of `channels` x `cells`^2 float16 values."""
+    return images * views * channels * cells * cells * 2
+
+
+class FeatureCache:
+    """Trunk maps of the training views (memory-mapped float16) and of the validation images."""
+
+    def __init__(self, directory: Path, train: np.ndarray, val: np.ndarray, cells: int) -> None:
+        self.directory = directory
+        self.train = train  # (N, V, c, cells + 2, cells + 2)
+        self.val = val  # (M, c, cells, cells)
+        self.cells = cells
+
+    @property
+    def views(self) -> int:
+        return int(self.train.shape[1])
+
+    def batch(self, indices: Sequence[int], rng: np.random.Generator) -> torch.Tensor:
+        """(B, c, cells, cells) float32: a random view and a random window of each indexed image."""
+        indices = np.asarray(indices)
+        chosen = rng.integers(0, self.views, size=len(indices))
+        maps = np.asarray(self.train[indices, chosen])  # (B, c, cells + 2, cells + 2)
+        offsets = rng.integers(0, 3, size=(len(indices), 2))
+        windows = np.stack([m[:, y:y + self.cells, x:x + self.cells] for m, (y, x) in zip(maps, offsets,
+                                                                                           strict=True)])
+        return torch.from_numpy(windows.astype(np.float32))
+
+    def centre(self, rows: slice) -> torch.Tensor:
+        """(B, c, cells, cells) float32: the centre window of view 0 (the whole image) of those rows."""
+        maps = np.asarray(self.train[rows, 0, :, 1:1 + self.cells, 1:1 + self.cells])
+        return torch.from_numpy(maps.astype(np.float32))
+
+
+@torch.inference_mode()
+def _run_trunk(trunk: torch.nn.Module, tensors: list[torch.Tensor], device: torch.device,
+               dtype: torch.dtype = torch.float32) -> np.ndarray:
+    batch = torch.stack(tensors).to(device).contiguous(memory_format=torch.channels_last)
+    with autocast(device, dtype):
+        return trunk(batch).float().cpu().numpy().astype(np.float16)
+
+
+def measure_trunk(trunk: torch.nn.Module, pre: Preprocessing, stride: int, device: torch.device,
+                  images: Sequence[LabelledImage], dtype: torch.dtype = torch.float32) -> float:
+    """Seconds per view (decode + transform + trunk), measured on up to CHUNK images."""
+    sample = list(images[:CHUNK])
+    transform = view_transforms(pre, stride, 1, hflip=False)[0]
+    decoded = [open_rgb(image.path) for image in sample]
+    _run_trunk(trunk, [transform(image) for image in decoded[:2]], device, dtype)  # warm-up
+    began = time.perf_counter()
+    _run_trunk(trunk, [transform(image) for image in decoded], device, dtype)
+    return (time.perf_counter() - began) / len(sample)
+
+
+def build_cache(
+    directory: Path,
+    train_images: Sequence[LabelledImage],
+    val_images: Sequence[LabelledImage],
+    trunk: torch.nn.Module,
+    pre: Preprocessing,
+    *,
+    stride: int,
+    channels: int,
+    views: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    hflip: bool = False,
+    seed: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> FeatureCache | None:
+    """Run the trunk (eval mode) over every view and write the cache; None when cancelled."""
+    cells = pre.image_size // stride
+    directory.mkdir(parents=True, exist_ok=True)
+    train = np.lib.format.open_memmap(directory / "train_views.npy", mode="w+", dtype=np.float16,
+                                      shape=(len(train_images), views, channels, cells + 2, cells + 2))
+    val = np.zeros((len(val_images), channels, cells, cells), dtype=np.float16)
+    transforms = view_transforms(pre, stride, views, hflip=hflip)
+    val_transform = inference_transform(pre)
+    torch.manual_seed(seed)
+    trunk.eval()
+    total, done = len(train_images) + len(val_images), 0
+    for start in range(0, len(train_images), CHUNK):
+        decoded = [open_rgb(image.path) for image in train_images[start:start + CHUNK]]
+        for view, transform in enumerate(transforms):
+            train[start:start + len(decoded), view] = _run_trunk(
+                trunk, [transform(image) for image in decoded], device, dtype)
+        done += len(decoded)
+        if on_progress is not None:
+            on_progress(done, total)
+        if cancelled():
+            return None
+    for start in range(0, len(val_images), CHUNK):
+        decoded = [open_rgb(image.path) for image in val_images[start:start + CHUNK]]
+        val[start:start + len(decoded)] = _run_trunk(trunk, [val_transform(image) for image in decoded],
+                                                     device, dtype)
+        done += len(decoded)
+        if on_progress is not None:
+            on_progress(done, total)
+    train.flush()
+    LOG.info("feature cache: %d images x %d views + %d validation images, %.1f MiB in %s",
+             len(train_images), views, len(val_images), train.nbytes / 2**20, directory)
+    return FeatureCache(directory, train, val, cells)
+
+

@@ -1,0 +1,79 @@
+"""Model selection on the validation split: which epoch is best, and whether a trained model is
+better than the one it would replace by more than the validation set's own noise.
+
+The promotion rule is a paired bootstrap over the validation queries: each query's AP@R under the
+new and the old model, resampled with replacement; the new model wins only when the lower end of the
+one-sided 95% interval of the mean AP@R gain is above zero and Recall@1 did not fall. A small
+validation set thus needs a large gain, a large one a small gain.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.metrics import query_scores
+from model.whitening import FittedWhitening, apply_whitening, fit_learned_whitening, fit_pca_whitening
+
+LOG = logging.getLogger(__name__)
+
+BOOTSTRAP_SAMPLES = 2000
+CONFIDENCE = 0.95
+
+
+def better(candidate: dict[str, float], reference: dict[str, float]) -> bool:
+    """Higher MAP@R wins; ties are broken by Recall@1 (the per-epoch choice)."""
+    return (candidate["map@r"], candidate["recall@1"]) > (reference["map@r"], reference["recall@1"])
+
+
+@dataclass(frozen=True)
+class Gain:
+    """The paired comparison of two models on the same validation queries."""
+
+    mean: float  # mean AP@R gain, new - old
+    lower: float  # lower end of its one-sided CONFIDENCE bootstrap interval
+    queries: int
+
+    @property
+    def significant(self) -> bool:
+        return self.lower > 0.0
+
+
+def map_gain(new_ap: np.ndarray, old_ap: np.ndarray, seed: int = 0) -> Gain:
+    """Bootstrap the mean AP@R gain over the queries scored by both (NaN: no relevant item)."""
+    new_ap, old_ap = np.asarray(new_ap, np.float64), np.asarray(old_ap, np.float64)
+    if new_ap.shape != old_ap.shape:
+        raise ValueError(f"per-query scores of different shapes: {new_ap.shape} vs {old_ap.shape}")
+    scored = ~(np.isnan(new_ap) | np.isnan(old_ap))
+    diff = (new_ap - old_ap)[scored]
+    if diff.size == 0:
+        return Gain(0.0, 0.0, 0)
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(0, diff.size, size=(BOOTSTRAP_SAMPLES, diff.size))
+    means = diff[samples].mean(axis=1)
+    return Gain(float(diff.mean()), float(np.quantile(means, 1.0 - CONFIDENCE)), int(diff.size))
+
+
+def choose_whitening(train: np.ndarray, train_labels: np.ndarray, val: np.ndarray, val_labels: np.ndarray,
+                     choice: str = "auto", seed: int = 0) -> FittedWhitening | None:
+    """Whitening fitted on the training split's embeddings and kept only when the validation MAP@R
+    gains beyond noise (`map_gain`); `choice` "auto" tries learned, then PCA, and keeps the better."""
+    kinds = ("learned", "pca") if choice == "auto" else (choice,)
+    _, best_ap = query_scores(val, val_labels)
+    best = None
+    for kind in kinds:
+        try:
+            fitted = (fit_learned_whitening(train, train_labels) if kind == "learned"
+                      else fit_pca_whitening(train))
+        except ValueError as exc:
+            LOG.info("no %s whitening: %s", kind, exc)
+            continue
+        _, ap = query_scores(apply_whitening(val, fitted), val_labels)
+        gain = map_gain(ap, best_ap, seed=seed)
+        LOG.info("%s whitening on validation: MAP@R gain %+.4f (lower bound %+.4f)", kind, gain.mean,
+                 gain.lower)
+        if gain.significant:
+            best, best_ap = fitted, ap
+    return best

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from model.train_config import TrainConfig
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-PromotePolicy = Literal["if_better", "always", "never"]
+WhiteningName = Literal["auto", "learned", "pca", "none"]
+
+
+class Promotion(StrEnum):
+    """When a training job's model replaces the serving one."""
+
+    IF_BETTER = "if_better"  # only when it beats the serving model beyond validation noise
+    ALWAYS = "always"  # the trained weights, whatever validation says
+    NEVER = "never"  # registered for a later manual activation
+
+
 LossName = Literal["triplet", "contrastive", "proxy_anchor", "triplet_mdr"]
 MAX_LABEL_LENGTH = 256
 
@@ -83,9 +96,20 @@ class TrainRequest(BaseModel):
     descriptors: str | None = Field(default=None, pattern=r"^[SMGsmg]{1,3}$")
     labels: list[str] | None = Field(default=None, description="train on these labels only")
     val_fraction: float | None = Field(default=None, gt=0, lt=0.9)
-    promote: PromotePolicy = "if_better"
+    whitening: WhiteningName | None = Field(
+        default=None, description="learned whitening fitted after training, kept only when validation "
+        "gains beyond noise (auto: learned, then PCA)")
+    promote: Promotion = Promotion.IF_BETTER
     max_minutes: float | None = Field(default=None, gt=0, le=24 * 60,
                                       description="training budget; re-embedding is reported apart")
+
+    def train_config(self, default_max_minutes: float) -> TrainConfig:
+        """The trainer's recipe: the fields set here, TrainConfig's defaults for the rest."""
+        fields = self.model_dump(exclude_none=True, exclude={"labels", "promote"})
+        fields.setdefault("max_minutes", default_max_minutes)
+        # promote=always promotes what training made, even when the start model validates better.
+        return TrainConfig(**fields, progress_bar=False,
+                           keep_start_if_not_better=self.promote is not Promotion.ALWAYS)
 
     @field_validator("descriptors")
     @classmethod
@@ -109,7 +133,8 @@ class JobProgress(BaseModel):
     lr: float | None = None
     images_per_s: float | None = None
     eta_s: float | None = None
-    phase: Literal["preparing", "training", "re-embedding", "done"] = "training"
+    phase: Literal["preparing", "caching", "training", "re-embedding", "done"] = Field(
+        default="training", description="caching: step/steps count images whose trunk features are cached")
     reembedded: int | None = Field(default=None, description="gallery images re-embedded so far")
     to_reembed: int | None = Field(default=None, description="gallery images to re-embed")
 
@@ -130,6 +155,9 @@ class JobPublic(BaseModel):
     error: str | None
     training_seconds: float | None
     reembedding_seconds: float | None
+    recipe: dict[str, Any] | None = Field(
+        default=None, description="what was actually run: engine, image size, cached views, steps, epochs, "
+        "whitening, validation MAP@R gain and its bootstrap lower bound")
 
 
 class JobList(BaseModel):
@@ -148,6 +176,24 @@ class ModelPublic(BaseModel):
 class ModelList(BaseModel):
     models: list[ModelPublic]
     active: str
+
+
+class ActivationAccepted(BaseModel):
+    job_id: str
+
+
+class ActivationPublic(BaseModel):
+    """An activation job: the gallery re-embedded for `version`, then model and index switched."""
+
+    id: str
+    version: str
+    status: Literal["running", "succeeded", "failed", "cancelled"]
+    reembedded: int = Field(description="gallery images re-embedded so far")
+    to_reembed: int = Field(description="gallery images to re-embed")
+    created_at: float
+    finished_at: float | None
+    seconds: float | None = Field(description="how long re-embedding and switch took")
+    error: str | None
 
 
 class Health(BaseModel):

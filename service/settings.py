@@ -50,9 +50,14 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="images per forward pass")
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits to fill up")
     max_queue_size: int = Field(256, ge=1, description="images waiting for the model; beyond: 503")
-    decode_threads: int = Field(4, ge=1, description="threads that preprocess images for the model")
+    decode_threads: int = Field(4, ge=1, description="preprocessing threads of a worker run on its own "
+                                "(in the service, preprocessing runs on the io_threads executor)")
+    io_threads: int = Field(4, ge=1, description="the one executor for gallery, storage and image work")
+    search_batch_size: int = Field(256, ge=1, description="most queries answered by one index search")
+    search_queue_size: int = Field(1024, ge=1, description="queries waiting for the index; beyond: 503")
     inference_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's")
-    train_threads: int = Field(1, ge=1, description="threads of the training process")
+    train_threads: int = Field(0, ge=0, description="threads of the training process (0: every core); it "
+                               "runs at nice 10, so serving work takes the CPU first")
     train_max_minutes: float = Field(15.0, gt=0, description="time budget of a training job by default")
 
     # Request limits

@@ -1,19 +1,25 @@
 """One training run in a spawned child process, so a crash or OOM in training cannot take the API down.
 
-The parent sends a `TrainingSpec`; the child trains with `model.trainer.train` on capped threads
-and sends back ("progress", dict) messages, then one ("result", dict) or ("error", str).
+The parent sends a `TrainingSpec` (with the `TrainConfig` itself); the child trains with
+`model.trainer.train` and sends back ("progress", Progress) messages, then one ("result",
+TrainResult) or ("error", str). The child runs at a lower scheduling priority (nice 10) on all the
+threads it is given: it takes every idle core, and the serving process wins whenever it has work.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from model.train_config import TrainConfig
+from model.trainer import Progress, TrainResult
 
 LOG = logging.getLogger(__name__)
 _SPAWN = mp.get_context("spawn")
@@ -24,10 +30,11 @@ class TrainingSpec:
     """Everything the child needs, as plain data (it is pickled across the process boundary)."""
 
     images: list[tuple[str, str]]  # (image file, label)
-    config: dict[str, Any]  # model.trainer.TrainConfig fields
+    config: TrainConfig
     start_checkpoint: str | None  # None = the embedded default model
     out: str
-    threads: int
+    threads: int  # 0: every core
+    nice: int = 10
 
 
 class TrainingFailed(RuntimeError):
@@ -37,22 +44,21 @@ class TrainingFailed(RuntimeError):
 def _child_main(spec: TrainingSpec, messages: mp.Queue, cancel: Any) -> None:
     import torch
 
-    torch.set_num_threads(max(1, spec.threads))
+    os.nice(spec.nice)
+    torch.set_num_threads(spec.threads or os.cpu_count() or 1)
     from model.data import LabelledImage
-    from model.trainer import TrainConfig, train
+    from model.trainer import train
 
     try:
         result = train(
             [LabelledImage(Path(path), label) for path, label in spec.images],
-            TrainConfig(**spec.config),
+            spec.config,
             out=Path(spec.out),
             start=Path(spec.start_checkpoint) if spec.start_checkpoint else None,
-            on_progress=lambda progress: messages.put(("progress", asdict(progress))),
+            on_progress=lambda progress: messages.put(("progress", progress)),
             cancel=cancel,
         )
-        summary = asdict(result)
-        summary["checkpoint"] = str(result.checkpoint)
-        messages.put(("result", summary))
+        messages.put(("result", result))
     except Exception as exc:  # reported to the parent, which marks the job failed
         logging.getLogger(__name__).exception("training failed")
         messages.put(("error", f"{type(exc).__name__}: {exc}"))
@@ -60,10 +66,10 @@ def _child_main(spec: TrainingSpec, messages: mp.Queue, cancel: Any) -> None:
 
 def run_training(
     spec: TrainingSpec,
-    on_progress: Callable[[dict[str, Any]], None],
+    on_progress: Callable[[Progress], None],
     cancel_requested: Callable[[], bool],
     poll_s: float = 0.5,
-) -> dict[str, Any]:
+) -> TrainResult:
     """Run `spec` in a child process; blocks until it ends and returns the trainer's result."""
     messages: mp.Queue = _SPAWN.Queue()
     cancel = _SPAWN.Event()

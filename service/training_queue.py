@@ -14,25 +14,23 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from model.data import LabelledImage
 from model.splits import split_validation
-from model.trainer import TrainConfig
+from model.train_config import TrainConfig
+from model.trainer import Progress, TrainResult
 from service.errors import Conflict, InvalidParameter
 from service.job_store import FINISHED, Job, JobStore
 from service.model_registry import ModelRegistry
-from service.model_swap import ModelSwapper
+from service.model_swap import ModelSwapper, SwapCancelled
+from service.schemas import Promotion, TrainRequest
 from service.training_process import TrainingSpec, run_training
 
 LOG = logging.getLogger(__name__)
 MIN_IMAGES_PER_LABEL = 2
-
-# Request fields -> model.trainer.TrainConfig fields (only those the client set are passed).
-_CONFIG_FIELDS = {"loss": "loss", "epochs": "epochs", "lr": "lr", "batch_size": "batch_size",
-                  "image_size": "image_size", "descriptors": "descriptors",
-                  "val_fraction": "val_fraction", "max_minutes": "max_minutes"}
 
 
 def trainable_labels(label_counts: Counter[str]) -> list[str]:
@@ -40,29 +38,17 @@ def trainable_labels(label_counts: Counter[str]) -> list[str]:
     return sorted(label for label, n in label_counts.items() if n >= MIN_IMAGES_PER_LABEL)
 
 
-def train_config(params: dict[str, Any], default_max_minutes: float) -> dict[str, Any]:
-    """The `model.trainer.TrainConfig` fields of a job's request parameters."""
-    config = {field: params[key] for key, field in _CONFIG_FIELDS.items() if params.get(key) is not None}
-    config.setdefault("max_minutes", default_max_minutes)
-    config["progress_bar"] = False
-    # promote=always promotes what training made, even when the start model validates better.
-    config["keep_start_if_not_better"] = params.get("promote", "if_better") != "always"
-    return config
-
-
-def check_trainable(labels: list[str], config: dict[str, Any]) -> None:
-    """`InvalidParameter` for a job the trainer would refuse: an impossible recipe, or a validation
-    split (made as the trainer makes it, from the images' `labels`) without 2 labels and a pair."""
+def check_trainable(images: list[LabelledImage], config: TrainConfig) -> None:
+    """`InvalidParameter` for a job the trainer would refuse: a validation split (made as the
+    trainer makes it) without 2 labels and a pair."""
     try:
-        recipe = TrainConfig(**config)
-        _, val, _ = split_validation([LabelledImage(Path(), label) for label in labels],
-                                     recipe.val_fraction, recipe.val_mode, recipe.seed)
+        _, val, _ = split_validation(images, config.val_fraction, config.val_mode, config.seed)
     except ValueError as exc:
         raise InvalidParameter(f"training cannot start: {exc}") from exc
     per_label = Counter(image.label for image in val)
     if len(per_label) < 2 or max(per_label.values()) < 2:
         raise InvalidParameter(
-            f"training cannot start: its validation split (val_fraction {recipe.val_fraction}) would hold "
+            f"training cannot start: its validation split (val_fraction {config.val_fraction}) would hold "
             f"{dict(per_label)} images per label, and validation needs 2 labels, one with 2 images; "
             f"add labelled images or raise val_fraction"
         )
@@ -103,19 +89,27 @@ class TrainingQueue:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def submit(self, params: dict[str, Any]) -> Job:
-        """Queue a job after checking that the gallery has enough labelled items for it."""
-        labels = params.get("labels")
-        counts = Counter(item.label for item in self._gallery.labelled_items(set(labels) if labels else None))
+    def training_images(self, labels: list[str] | None) -> list[LabelledImage]:
+        """The labelled gallery images a job trains on: those of labels with a pair or more."""
+        items = self._gallery.labelled_items(set(labels) if labels else None)
+        counts = Counter(item.label for item in items)
         usable = trainable_labels(counts)
         if len(usable) < 2:
             raise InvalidParameter(
                 f"training needs at least 2 labels with at least {MIN_IMAGES_PER_LABEL} images each; "
                 f"the gallery has {len(usable)} (label counts: {dict(counts.most_common(10))})"
             )
-        check_trainable([label for label in usable for _ in range(counts[label])],
-                        train_config(params, self._default_max_minutes))
-        job = self.jobs.create(params)
+        return [LabelledImage(self._gallery.image_path(item.id), item.label)
+                for item in items if item.label in set(usable)]
+
+    def submit(self, request: TrainRequest) -> Job:
+        """Queue a job after checking that the gallery has enough labelled items for it."""
+        try:
+            config = request.train_config(self._default_max_minutes)
+        except ValueError as exc:
+            raise InvalidParameter(f"training cannot start: {exc}") from exc
+        check_trainable(self.training_images(request.labels), config)
+        job = self.jobs.create(request.model_dump(mode="json", exclude_none=True))
         self._wake.set()
         return job
 
@@ -146,50 +140,63 @@ class TrainingQueue:
     def _run(self, job: Job) -> None:
         started = time.time()
         self.jobs.update(job.id, status="running", started_at=started, progress={"phase": "preparing"})
-        params = job.params
-        labels = params.get("labels")
-        items = self._gallery.labelled_items(set(labels) if labels else None)
-        usable = set(trainable_labels(Counter(item.label for item in items)))
-        images = [(str(self._gallery.image_path(item.id)), item.label)
-                  for item in items if item.label in usable]
+        request = TrainRequest.model_validate(job.params)
+        images = self.training_images(request.labels)
         start_model = self._registry.active
-        spec = TrainingSpec(images=images, config=train_config(params, self._default_max_minutes),
+        spec = TrainingSpec(images=[(str(image.path), image.label) for image in images],
+                            config=request.train_config(self._default_max_minutes),
                             start_checkpoint=start_model.checkpoint if start_model else None,
                             out=str(self._workdir / f"{job.id}.pt"), threads=self._threads)
 
         last: dict[str, Any] = {}
 
-        def on_progress(progress: dict[str, Any]) -> None:
-            last.update(progress)
-            self.jobs.update(job.id, progress={**progress, "phase": "training"})
+        def on_progress(progress: Progress) -> None:
+            last.update(asdict(progress))
+            self.jobs.update(job.id, progress=dict(last))
 
         outcome = run_training(spec, on_progress, lambda: job.id in self._cancelled)
-        training_s = time.time() - started
         summary = {
-            "baseline_metrics": outcome["baseline"],
-            "new_metrics": outcome["best"],
-            "improved": outcome["improved"],
-            "training_seconds": round(training_s, 1),
+            "baseline_metrics": outcome.baseline,
+            "new_metrics": outcome.best,
+            "improved": outcome.improved,
+            "training_seconds": round(time.time() - started, 1),
             "images": len(images),
-            "labels": len(usable),
+            "labels": len({image.label for image in images}),
             "start_model": start_model.version if start_model else None,
+            "recipe": outcome.recipe,
         }
-        if outcome["stopped"] == "cancelled":
+        if outcome.stopped == "cancelled":
             reason = "cancelled: the service stopped" if self._stopping.is_set() else "cancelled by request"
             self.jobs.update(job.id, status="cancelled", finished_at=time.time(),
                               result={**summary, "promoted": False, "message": reason})
             return
-        record = self._registry.add_checkpoint(Path(outcome["checkpoint"]))
-        policy = params.get("promote", "if_better")
-        promote = {"always": True, "never": False}.get(policy, outcome["improved"])
-        summary.update(model_version=record.version, promoted=promote, message=_message(outcome, promote))
+        if outcome.kept_start_model:  # unchanged weights: no new version, nothing to re-embed
+            summary.update(model_version=None, promoted=False,
+                           message=_message(outcome, False, request.promote))
+            self.jobs.update(job.id, status="succeeded", finished_at=time.time(), result=summary,
+                              progress={**last, "phase": "done"})
+            return
+        record = self._registry.add_checkpoint(Path(outcome.checkpoint))
+        promote = request.promote is Promotion.ALWAYS or (
+            request.promote is Promotion.IF_BETTER and outcome.improved)
+        summary.update(model_version=record.version, promoted=promote,
+                       message=_message(outcome, promote, request.promote))
         if promote:
             self.jobs.update(job.id, result=summary, progress={**last, "phase": "re-embedding"})
             future = asyncio.run_coroutine_threadsafe(
-                self._swapper.activate(record.version, on_progress=self._reembed_progress(job.id, last)),
+                self._swapper.activate(record.version, on_progress=self._reembed_progress(job.id, last),
+                                       cancelled=lambda: job.id in self._cancelled),
                 self._loop,
             )
-            summary["reembedding_seconds"] = round(future.result(), 1)
+            try:
+                summary["reembedding_seconds"] = round(future.result(), 1)
+            except SwapCancelled:  # the old model keeps serving
+                why = "the service stopped" if self._stopping.is_set() else "by request"
+                summary.update(promoted=False,
+                               message=f"cancelled {why} while re-embedding; the old model serves")
+                self.jobs.update(job.id, status="cancelled", finished_at=time.time(), result=summary,
+                                  progress={**last, "phase": "re-embedding"})
+                return
         self.jobs.update(job.id, status="succeeded", finished_at=time.time(), result=summary,
                           progress={**last, "phase": "done"})
 
@@ -203,11 +210,17 @@ class TrainingQueue:
         return report
 
 
-def _message(outcome: dict[str, Any], promoted: bool) -> str:
-    old, new = outcome["baseline"].get("map@r"), outcome["best"].get("map@r")
+def _message(outcome: TrainResult, promoted: bool, policy: Promotion) -> str:
+    old, new = outcome.baseline.get("map@r"), outcome.best.get("map@r")
+    gain = outcome.recipe.get("map_gain") or {}
     comparison = f"validation MAP@R {old:.4f} -> {new:.4f}" if old is not None and new is not None else ""
+    if gain:
+        comparison += f", gain {gain['mean']:+.4f} with bootstrap lower bound {gain['lower']:+.4f}"
     if promoted:
         return f"promoted: the new model serves the gallery ({comparison})"
-    if not outcome["improved"]:
-        return f"not promoted: training did not beat the current model ({comparison}); it keeps serving"
-    return f"not promoted (promote=never) ({comparison})"
+    if outcome.kept_start_model:
+        return (f"kept the serving model: training did not beat it beyond validation noise ({comparison}); "
+                f"no new model version was registered")
+    if policy is Promotion.NEVER:
+        return f"not promoted (promote=never) ({comparison})"
+    return f"not promoted: training did not beat the serving model beyond validation noise ({comparison})"

@@ -17,31 +17,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--split", default="train", help="labels.csv split to train on (default: train)")
     train.add_argument("--start", type=Path, default=None,
                        help="checkpoint to start from (default: embedded model)")
-    train.add_argument("--loss", default="proxy_anchor",
-                       help="proxy_anchor (default) | triplet | contrastive | triplet_mdr")
-    train.add_argument("--epochs", type=int, default=30)
+    # Options left unset take TrainConfig's defaults: the same recipe as POST /train.
+    train.add_argument("--loss", help="proxy_anchor (default) | triplet | contrastive | triplet_mdr")
+    train.add_argument("--epochs", type=int)
     train.add_argument("--max-minutes", type=float, default=DEFAULT_MAX_MINUTES,
                        help=f"time budget in minutes (default {DEFAULT_MAX_MINUTES:g}; 0 = epochs only)")
-    train.add_argument("--image-size", type=int, default=None, help="default: from the images' resolution")
-    train.add_argument("--batch-size", type=int, default=64, help="P classes x K images per batch")
-    train.add_argument("--images-per-class", type=int, default=4, help="K")
-    train.add_argument("--descriptors", default=None, help="e.g. SG, MG, G (default: the start model's)")
-    train.add_argument("--embedding-dim", type=int, default=None)
-    train.add_argument("--lr", type=float, default=1e-4, help="base (backbone) learning rate")
-    train.add_argument("--backbone-lr", type=float, default=None)
-    train.add_argument("--head-lr", type=float, default=None, help="default: 10 x --lr")
-    train.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw")
-    train.add_argument("--warmup-epochs", type=int, default=1)
-    train.add_argument("--no-freeze-bn", dest="freeze_bn", action="store_false")
-    train.add_argument("--grad-clip", type=float, default=10.0, help="0 disables clipping")
-    train.add_argument("--hflip", action="store_true", help="random horizontal flips (off: mirrors differ)")
-    train.add_argument("--val-fraction", type=float, default=0.2)
-    train.add_argument("--val-mode", choices=("auto", "classes", "images"), default="auto")
-    train.add_argument("--patience", type=int, default=4, help="epochs without improvement; 0 = never stop")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    train.add_argument("--image-size", type=int, help="default: the start model's (cached engine)")
+    train.add_argument("--batch-size", type=int, help="P classes x K images per batch (default 64)")
+    train.add_argument("--images-per-class", type=int, help="K (default 4)")
+    train.add_argument("--descriptors", help="e.g. SG, MG, G (default: the start model's)")
+    train.add_argument("--embedding-dim", type=int)
+    train.add_argument("--lr", type=float, help="base (backbone) learning rate (default 1e-4)")
+    train.add_argument("--backbone-lr", type=float)
+    train.add_argument("--head-lr", type=float, help="default: 10 x --lr")
+    train.add_argument("--optimizer", choices=("adamw", "adam"))
+    train.add_argument("--warmup-epochs", type=int, help="heads-only epochs (default 1)")
+    train.add_argument("--no-freeze-bn", dest="freeze_bn", action="store_false", default=None)
+    train.add_argument("--grad-clip", type=float, help="0 disables clipping (default 10)")
+    train.add_argument("--hflip", action="store_true", default=None,
+                       help="random horizontal flips (off: mirrors differ)")
+    train.add_argument("--val-fraction", type=float)
+    train.add_argument("--val-mode", choices=("auto", "classes", "images"))
+    train.add_argument("--patience", type=int, help="epochs without improvement; 0 = never stop")
+    train.add_argument("--engine", choices=("auto", "cached", "full"),
+                       help="cached: train the backbone's last stages from a trunk feature cache (default)")
+    train.add_argument("--cache-views", type=int, help="augmented views cached per image (default: budget)")
+    train.add_argument("--whitening", choices=("auto", "learned", "pca", "none"))
+    train.add_argument("--seed", type=int)
+    train.add_argument("--workers", dest="num_workers", type=int, help="DataLoader workers (full engine)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     train.add_argument("--resume", action="store_true", help="continue an interrupted run into --out")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     train.set_defaults(handler=run_train)
@@ -65,27 +70,32 @@ def _images(root: Path, split: str) -> list:
     return read_class_folders(root)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from model.trainer import TrainConfig, train
+_CONFIG_OPTIONS = ("loss", "epochs", "image_size", "batch_size", "images_per_class", "descriptors",
+                   "embedding_dim", "lr", "backbone_lr", "head_lr", "optimizer", "warmup_epochs", "freeze_bn",
+                   "hflip", "val_fraction", "val_mode", "engine", "cache_views", "whitening", "seed",
+                   "num_workers", "device", "precision")
 
-    config = TrainConfig(
-        loss=args.loss, epochs=args.epochs, max_minutes=args.max_minutes or None, optimizer=args.optimizer,
-        lr=args.lr, backbone_lr=args.backbone_lr, head_lr=args.head_lr, batch_size=args.batch_size,
-        images_per_class=args.images_per_class, image_size=args.image_size, descriptors=args.descriptors,
-        embedding_dim=args.embedding_dim, warmup_epochs=args.warmup_epochs, freeze_bn=args.freeze_bn,
-        grad_clip=args.grad_clip or None, hflip=args.hflip, val_fraction=args.val_fraction,
-        val_mode=args.val_mode, patience=args.patience or None, seed=args.seed, num_workers=args.workers,
-        device=args.device, precision=args.precision, progress_bar=args.progress,
-    )
+
+def run_train(args: argparse.Namespace) -> int:
+    from model.train_config import TrainConfig
+    from model.trainer import train
+
+    options = {name: getattr(args, name) for name in _CONFIG_OPTIONS if getattr(args, name) is not None}
+    if args.grad_clip is not None:
+        options["grad_clip"] = args.grad_clip or None
+    if args.patience is not None:
+        options["patience"] = args.patience or None
+    config = TrainConfig(**options, max_minutes=args.max_minutes or None, progress_bar=args.progress)
     result = train(_images(args.data, args.split), config, out=args.out, start=args.start, resume=args.resume)
     summary = {
         "checkpoint": str(result.checkpoint), "version": result.version, "improved": result.improved,
         "kept_start_model": result.kept_start_model, "stopped": result.stopped, "val_mode": result.val_mode,
-        "image_size": result.image_size, "epochs_run": len(result.history),
+        "image_size": result.image_size, "epochs_run": len(result.history), "recipe": result.recipe,
         "validation_start_model": result.baseline, "validation_best_trained": result.best,
     }
     if result.kept_start_model:
-        sys.stdout.write("training did not beat the start model on validation: the start model was kept\n")
+        sys.stdout.write("training did not beat the start model beyond validation noise: "
+                         "the start model was kept\n")
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, status
-from starlette.concurrency import run_in_threadpool
 
-from service.deps import TrainingDep
+from service.deps import GatewayDep, TrainingDep
 from service.job_store import Job
 from service.schemas import JobAccepted, JobList, JobProgress, JobPublic, TrainRequest
 from service.security import require_read_key, require_write_key
@@ -24,32 +23,34 @@ def job_public(job: Job) -> JobPublic:
         model_version=result.get("model_version"), promoted=result.get("promoted"),
         message=result.get("message"), error=job.error,
         training_seconds=result.get("training_seconds"),
-        reembedding_seconds=result.get("reembedding_seconds"),
+        reembedding_seconds=result.get("reembedding_seconds"), recipe=result.get("recipe"),
     )
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted,
              dependencies=[Depends(require_write_key)])
-async def start_training(training: TrainingDep, request: TrainRequest | None = None) -> JobAccepted:
+async def start_training(training: TrainingDep, gateway: GatewayDep,
+                         request: TrainRequest | None = None) -> JobAccepted:
     """Queue a fine-tuning job on the labelled gallery items (all fields optional)."""
-    params = (request or TrainRequest()).model_dump(exclude_none=True)
-    job = await run_in_threadpool(training.submit, params)
+    job = await gateway.run(training.submit, request or TrainRequest())
     return JobAccepted(job_id=job.id, status=job.status)
 
 
 @router.get("", response_model=JobList, dependencies=[Depends(require_read_key)])
-async def list_jobs(training: TrainingDep, limit: int = Query(100, ge=1, le=1000)) -> JobList:
+async def list_jobs(training: TrainingDep, gateway: GatewayDep,
+                    limit: int = Query(100, ge=1, le=1000)) -> JobList:
     """Most recent jobs first."""
-    return JobList(jobs=[job_public(j) for j in training.jobs.list(limit)])
+    return JobList(jobs=[job_public(j) for j in await gateway.run(training.jobs.list, limit)])
 
 
 @router.get("/{job_id}", response_model=JobPublic, dependencies=[Depends(require_read_key)])
-async def get_job(training: TrainingDep, job_id: str) -> JobPublic:
+async def get_job(training: TrainingDep, gateway: GatewayDep, job_id: str) -> JobPublic:
     """Status, progress, old and new validation metrics, resulting model version, error."""
-    return job_public(training.jobs.get(job_id))
+    return job_public(await gateway.run(training.jobs.get, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, dependencies=[Depends(require_write_key)])
-async def cancel_job(training: TrainingDep, job_id: str) -> JobPublic:
-    """Cancel a queued job at once, or a running one at its next training step."""
-    return job_public(training.cancel(job_id))
+async def cancel_job(training: TrainingDep, gateway: GatewayDep, job_id: str) -> JobPublic:
+    """Cancel a queued job at once, or a running one at its next training step or re-embedding chunk
+    (the model serving now keeps serving)."""
+    return job_public(await gateway.run(training.cancel, job_id))

@@ -29,7 +29,7 @@ def test_defaults() -> None:
     assert (settings.default_k, settings.max_k) == (10, 1000)
     assert settings.api_key is None and settings.read_api_key is None
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
-    assert settings.inference_threads is None and settings.train_threads == 1
+    assert settings.inference_threads is None and settings.train_threads == 0
 
 
 def test_environment_variables_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_settings_file_must_exist_and_hold_known_names(
         {"max_queue_size": 0},
         {"decode_threads": 0},
         {"inference_threads": 0},
-        {"train_threads": 0},
+        {"train_threads": -1},
         {"max_upload_bytes": 0},
         {"max_files_per_request": 0},
         {"max_image_pixels": 0},

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict:
             subprocess.run(cgd("ingest", str(args.data), "--split", "train", "--url", url),
                            cwd=REPO, check=True)
             record["ingest_s"] = round(time.perf_counter() - began, 1)
-            record["gallery_items"] = client.get("/ready").json()["gallery_size"]
+            record["gallery_items"] = client.get("/ready").json()["store"]["items"]
             began = time.perf_counter()
             accepted = client.post("/train", json=args.request)
             accepted.raise_for_status()

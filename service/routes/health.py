@@ -9,6 +9,7 @@ from service.readiness import readiness
 from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
+READY_RETRY_AFTER_S = 5
 
 
 @router.get("/health", response_model=Health)
@@ -22,7 +23,10 @@ async def health() -> Health:
 async def ready(request: Request) -> JSONResponse:
     """Readiness: the model, the index and the store can serve; 503 with the same body otherwise."""
     status = await readiness(request.app)
-    return JSONResponse(status.model_dump(mode="json"), status_code=200 if status.ready else 503)
+    if status.ready:
+        return JSONResponse(status.model_dump(mode="json"))
+    return JSONResponse(status.model_dump(mode="json"), status_code=503,
+                        headers={"Retry-After": str(READY_RETRY_AFTER_S)})
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -30,6 +34,6 @@ async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is not None:
-        runtime.metrics.gallery_size.set(runtime.gallery.count())
-        runtime.metrics.observe_jobs(runtime.jobs.count_by_status())
+        runtime.metrics.gallery_size.set(await runtime.gateway.count())
+        runtime.metrics.observe_jobs(await runtime.gateway.run(runtime.jobs.count_by_status))
     return request.app.state.metrics.response()

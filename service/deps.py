@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from index import Gallery
 from service.errors import NotReady
+from service.gallery_gateway import GalleryGateway
 from service.runtime import Runtime
 from service.settings import Settings
 from service.training_queue import TrainingQueue
@@ -29,8 +29,8 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_gallery(runtime: RuntimeDep) -> Gallery:
-    return runtime.gallery
+def get_gateway(runtime: RuntimeDep) -> GalleryGateway:
+    return runtime.gateway
 
 
 def get_worker(runtime: RuntimeDep) -> InferenceWorker:
@@ -41,6 +41,6 @@ def get_training(runtime: RuntimeDep) -> TrainingQueue:
     return runtime.training
 
 
-GalleryDep = Annotated[Gallery, Depends(get_gallery)]
+GatewayDep = Annotated[GalleryGateway, Depends(get_gateway)]
 WorkerDep = Annotated[InferenceWorker, Depends(get_worker)]
 TrainingDep = Annotated[TrainingQueue, Depends(get_training)]

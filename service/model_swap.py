@@ -1,27 +1,50 @@
 """Switching the serving model: re-embed the gallery with it, then swap model and index atomically.
 
-While the new version's vectors are computed, the old model keeps serving. The final catch-up
-(items ingested meanwhile), the index switch and the model switch happen under the exclusive
-side of `SwapGate`, which ingestion holds in shared mode: no item is ever stored with vectors
-of one version only, and no response mixes two versions.
+While the new version's vectors are computed, the old model keeps serving. Re-embedding is a
+pipeline: chunks of the worker's batch size are read, decoded (upright RGB, as at ingestion) and
+preprocessed on the gateway's executor, several chunks ahead of the model, which embeds them in the
+inference worker's model thread; the vectors are written through the gateway. Search batches go
+first: before each forward pass the swapper waits (briefly) until no request waits for the model,
+and once it has seen traffic it runs smaller passes for a while. Items deleted meanwhile are skipped.
+A cancel request is honoured between two chunks, up to the final switch; the old model then keeps
+serving. The final catch-up (items ingested meanwhile), the index switch and the model switch happen
+under the exclusive side of `SwapGate`, which ingestion holds in shared mode: no item is ever stored
+with vectors of one version only, and no response mixes two versions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from model.data import open_rgb
 from model.embedder import Embedder
+from service.gallery_gateway import GalleryGateway
 from service.model_registry import ModelRegistry
+from service.worker import InferenceWorker
 
 LOG = logging.getLogger(__name__)
-REEMBED_CHUNK = 64
+
+YIELD_POLL_S = 0.002  # how often the swapper looks whether requests wait for the model
+YIELD_MAX_S = 0.25  # longest it waits for them before a pass (so traffic cannot starve it)
+TRAFFIC_HOLD_S = 2.0  # after requests were seen, passes stay small this long
+TRAFFIC_PASS_FRACTION = 8  # passes under traffic: batch size / this (a search waits less behind one)
+MODEL_WAIT_S = 0.002  # a pass that waited longer for the model thread ran after a request's round
+
+Progress = Callable[[int, int], None]
+Cancelled = Callable[[], bool]
+
+
+class SwapCancelled(Exception):
+    """The swap stopped at a cancel request before switching; the old model keeps serving."""
 
 
 class SwapGate:
@@ -59,53 +82,116 @@ class SwapGate:
 
 
 class ModelSwapper:
-    """Makes a registered model version the serving one (promotion after training, or rollback)."""
+    """Makes a registered model version the serving one (promotion after training, or rollback).
 
-    def __init__(self, worker, gallery, registry: ModelRegistry, gate: SwapGate, *, device: str,
-                 precision: str = "auto") -> None:
+    `batch_size`: images per chunk and per forward pass without traffic; `prefetch`: chunks decoded
+    ahead of the model (the executor's threads).
+    """
+
+    def __init__(self, worker: InferenceWorker, gateway: GalleryGateway, registry: ModelRegistry,
+                 gate: SwapGate, *, device: str, precision: str = "auto", batch_size: int = 32,
+                 prefetch: int = 2) -> None:
         self._worker = worker
-        self._gallery = gallery
+        self._gateway = gateway
         self._registry = registry
         self._gate = gate
         self._device = device
         self._precision = precision
+        self._batch_size = batch_size
+        self._prefetch = prefetch
         self._lock = asyncio.Lock()
+        self._traffic_until = 0.0
 
-    async def activate(self, version: str, on_progress: Callable[[int, int], None] | None = None) -> float:
-        """Make a registered version serve (promotion or rollback); returns the seconds it took."""
+    async def activate(self, version: str, on_progress: Progress | None = None,
+                       cancelled: Cancelled | None = None) -> float:
+        """Make a registered version serve (promotion or rollback); returns the seconds it took.
+
+        Raises `SwapCancelled` when `cancelled()` turned true before the switch.
+        """
         record = self._registry.get(version)
         if self._worker.version == version:
             return 0.0
-        embedder = await asyncio.to_thread(
-            Embedder.load, record.checkpoint, device=self._device, precision=self._precision
-        )
-        return await self.switch_to(embedder, on_progress)
+        embedder = await self._gateway.run(Embedder.load, record.checkpoint, device=self._device,
+                                           precision=self._precision)
+        return await self.switch_to(embedder, on_progress, cancelled)
 
-    async def switch_to(self, embedder: Embedder,
-                        on_progress: Callable[[int, int], None] | None = None) -> float:
+    async def switch_to(self, embedder: Embedder, on_progress: Progress | None = None,
+                        cancelled: Cancelled | None = None) -> float:
         """Re-embed what the gallery lacks for `embedder`'s version, then swap model and index."""
         started = time.perf_counter()
         version = embedder.version
+        cancelled = cancelled or (lambda: False)
         async with self._lock:
-            await self._embed_missing(embedder, version, on_progress)
+            await self._embed_missing(embedder, on_progress, cancelled)
             async with self._gate.exclusive():
-                await self._embed_missing(embedder, version, None)
-                self._gallery.activate(version)
+                await self._embed_missing(embedder, None, cancelled)
+                if cancelled():
+                    raise SwapCancelled(f"the switch to {version} was cancelled")
+                await self._gateway.activate(version)
                 if self._worker.version != version:
                     self._worker.swap(embedder)
-                self._registry.set_active(version)
+                await self._gateway.run(self._registry.set_active, version)
         seconds = time.perf_counter() - started
         LOG.info("model %s is live (re-embedding and swap took %.1f s)", version, seconds)
         return seconds
 
-    async def _embed_missing(self, embedder: Embedder, version: str,
-                             on_progress: Callable[[int, int], None] | None) -> None:
-        missing = np.asarray(self._gallery.ids_missing_vectors(version), dtype=np.int64)
-        for start in range(0, len(missing), REEMBED_CHUNK):
-            ids = missing[start:start + REEMBED_CHUNK]
-            # decoded as at ingestion and in training (upright RGB, alpha on white)
-            images = [open_rgb(self._gallery.image_path(int(i))) for i in ids]
-            vectors = await self._worker.run_in_model_thread(embedder.embed_images, images)
-            self._gallery.put_vectors(version, ids, vectors)
-            if on_progress is not None:
-                on_progress(start + len(ids), len(missing))
+    async def _embed_missing(self, embedder: Embedder, on_progress: Progress | None,
+                             cancelled: Cancelled) -> None:
+        """Embed and store the vectors `embedder`'s version lacks: decoding runs `prefetch` chunks ahead."""
+        version = embedder.version
+        missing = await self._gateway.ids_missing_vectors(version)
+        step = self._batch_size
+        chunks = [missing[start:start + step] for start in range(0, len(missing), step)]
+
+        def read(path: Path) -> torch.Tensor:
+            return embedder.preprocess(open_rgb(path))
+
+        pending: collections.deque[asyncio.Task] = collections.deque()
+        done = 0
+        try:
+            for position, ids in enumerate(chunks):
+                while len(pending) < self._prefetch and position + len(pending) < len(chunks):
+                    ahead = chunks[position + len(pending)]
+                    pending.append(asyncio.ensure_future(self._gateway.read_images(ahead, read)))
+                kept, tensors = await pending.popleft()
+                if cancelled():
+                    raise SwapCancelled(f"re-embedding for {version} was cancelled")
+                if tensors:
+                    vectors = await self._embed(embedder, torch.stack(tensors))
+                    await self._gateway.put_vectors(version, kept, vectors)
+                done += len(ids)
+                if on_progress is not None:  # it may write the job's progress: off the event loop
+                    await self._gateway.run(on_progress, done, len(missing))
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _embed(self, embedder: Embedder, batch: torch.Tensor) -> np.ndarray:
+        """(B,3,S,S) -> (B,d) in the model thread, in passes that let waiting requests go first."""
+        vectors, start = [], 0
+        while start < len(batch):
+            await self._yield_to_requests()
+            size = self._batch_size
+            if time.monotonic() < self._traffic_until:
+                size = max(1, self._batch_size // TRAFFIC_PASS_FRACTION)
+            part = batch[start:start + size]
+            submitted = time.monotonic()
+            began, embedded = await self._worker.run_in_model_thread(_timed, embedder, part)
+            if began - submitted > MODEL_WAIT_S:  # a request's round ran first: there is traffic
+                self._traffic_until = time.monotonic() + TRAFFIC_HOLD_S
+            vectors.append(embedded)
+            start += len(part)
+        return np.concatenate(vectors)
+
+    async def _yield_to_requests(self) -> None:
+        """Wait (at most `YIELD_MAX_S`) while requests wait for the model; remember that there were."""
+        deadline = time.monotonic() + YIELD_MAX_S
+        while self._worker.queue_depth > 0 and time.monotonic() < deadline:
+            self._traffic_until = time.monotonic() + TRAFFIC_HOLD_S
+            await asyncio.sleep(YIELD_POLL_S)
+
+
+def _timed(embedder: Embedder, batch: torch.Tensor) -> tuple[float, np.ndarray]:
+    """In the model thread: (when the pass began, the (B,d) vectors of batch (B,3,S,S))."""
+    return time.monotonic(), embedder.embed_tensors(batch)

@@ -26,14 +26,17 @@ async def readiness(app: FastAPI) -> Readiness:
     """The service's status now; `ready` is False with the reasons when it cannot serve everything."""
     storage: StorageHealth = app.state.storage
     runtime: Runtime | None = app.state.runtime
-    fault = await asyncio.to_thread(storage.probe)
+    if runtime is not None:
+        fault = await runtime.gateway.run(storage.probe)
+    else:  # starting or stopping: the gateway's executor may not exist
+        fault = await asyncio.to_thread(storage.probe)
     reasons = [f"storage: {fault.detail}"] if fault is not None else []
     if runtime is None:
         reasons.insert(0, "starting or stopping: the model and the gallery are not loaded")
         return Readiness(ready=False, reasons=reasons, model_version=None, device=None, precision=None,
                          runtime=None, index=None, store=_store(None, fault), queue_depth=0, training=None)
     try:
-        items, index_status, training = await asyncio.to_thread(_gallery_facts, runtime)
+        items, index_status, training = await runtime.gateway.run(_gallery_facts, runtime)
     except Exception as exc:  # the store cannot be read: not ready, and say why
         error = storage_error(exc)
         if error is None:
@@ -60,7 +63,7 @@ def _store(items: int | None, fault: StorageFault | None) -> StoreStatus:
 
 def _gallery_facts(runtime: Runtime) -> tuple[int, IndexStatus, str | None]:
     """(items, the live index, the running job) read from the gallery and the job store (blocking)."""
-    gallery = runtime.gallery
+    gallery = runtime.gateway.gallery  # on the gateway's executor
     try:
         stats = gallery.index_stats()
         dim = gallery.version_info(stats.version).dim

@@ -11,8 +11,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from index import Gallery
 from model.embedder import Embedder
+from service.activations import Activations
+from service.gallery_gateway import GalleryGateway
 from service.job_store import JobStore
 from service.metrics import ServiceMetrics
 from service.model_registry import ModelRegistry
@@ -33,12 +34,13 @@ class Runtime:
 
     settings: Settings
     registry: ModelRegistry
-    gallery: Gallery
+    gateway: GalleryGateway
     worker: InferenceWorker
     searcher: SearchBatcher
     jobs: JobStore
     training: TrainingQueue
     swapper: ModelSwapper
+    activations: Activations
     gate: SwapGate
     metrics: ServiceMetrics
 
@@ -48,37 +50,41 @@ class Runtime:
         data.mkdir(parents=True, exist_ok=True)
         registry = ModelRegistry(data)
         checkpoint = _serving_checkpoint(settings, registry)
-        embedder = await asyncio.to_thread(
-            Embedder.load, checkpoint, device=settings.device, precision=settings.precision
-        )
+        gateway = await GalleryGateway.open(data / GALLERY_DIR, threads=settings.io_threads,
+                                            index_kind=settings.index_kind)
+        embedder = await gateway.run(Embedder.load, checkpoint, device=settings.device,
+                                     precision=settings.precision)
         if checkpoint is None:
             registry.add_default(embedder.version, embedder.model.config.to_dict())
         else:
             registry.add_checkpoint(checkpoint)
-        gallery = await asyncio.to_thread(Gallery.open, data / GALLERY_DIR, index_kind=settings.index_kind)
-        worker = InferenceWorker(embedder, settings, metrics=metrics)
+        worker = InferenceWorker(embedder, settings, metrics=metrics, executor=gateway.executor)
         await worker.start()
-        searcher = SearchBatcher(gallery, on_batch=metrics.observe_search_batch)
+        searcher = SearchBatcher(gateway, max_batch=settings.search_batch_size,
+                                 max_queue=settings.search_queue_size, on_batch=metrics.observe_search_batch)
         searcher.start()
         gate = SwapGate()
-        swapper = ModelSwapper(worker, gallery, registry, gate, device=settings.device,
-                               precision=settings.precision)
+        swapper = ModelSwapper(worker, gateway, registry, gate, device=settings.device,
+                               precision=settings.precision, batch_size=settings.max_batch_size,
+                               prefetch=settings.io_threads)
         await swapper.switch_to(embedder)
         jobs = JobStore(data / "jobs.sqlite3")
-        training = TrainingQueue(jobs, gallery, registry, swapper, asyncio.get_running_loop(),
+        training = TrainingQueue(jobs, gateway.gallery, registry, swapper, asyncio.get_running_loop(),
                                  workdir=data / "training", threads=settings.train_threads,
                                  default_max_minutes=settings.train_max_minutes)
         training.start()
-        LOG.info("serving model %s over %d gallery items", embedder.version, gallery.count())
-        return cls(settings, registry, gallery, worker, searcher, jobs, training, swapper, gate, metrics)
+        LOG.info("serving model %s over %d gallery items", embedder.version, await gateway.count())
+        return cls(settings, registry, gateway, worker, searcher, jobs, training, swapper,
+                   Activations(swapper), gate, metrics)
 
     async def close(self) -> None:
         """Graceful stop: no new jobs, finish queued embeddings, persist and close stores."""
-        await asyncio.to_thread(self.training.stop)
+        await self.activations.stop()
+        await self.gateway.run(self.training.stop)
         await self.worker.stop(drain=True)
         await self.searcher.stop()
-        self.jobs.close()
-        self.gallery.close()
+        await self.gateway.run(self.jobs.close)
+        await self.gateway.close()
 
 
 def _serving_checkpoint(settings: Settings, registry: ModelRegistry) -> Path | None:

@@ -1,38 +1,35 @@
-"""Answers search queries that arrive together with one FAISS call.
+"""Answers search queries that arrive together with one index search.
 
-One background task owns the queue. While a FAISS call runs, new queries wait; the next call
-takes all of them at once (grouped by model version and filters), so batching adds no delay.
+One background task owns a bounded queue (`max_queue` queries; beyond, `Overloaded`: 503 with
+Retry-After). While a search runs, new queries wait; the next search takes up to `max_batch` of
+them at once (grouped by model version and filters), so batching adds no delay.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from index import Hit
+from index import Hit, MetadataFilter
+from service.errors import Overloaded
+from service.gallery_gateway import GalleryGateway
 
 LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """What must be equal for queries to share one FAISS call."""
+    """What must be equal for queries to share one index search (hashable)."""
 
     version: str
     label: str | None = None
-    metadata: str | None = None  # canonical JSON of the equality filter
+    metadata: MetadataFilter | None = None
     qe_n: int = 0
     qe_alpha: float = 3.0
-
-    @property
-    def metadata_filter(self) -> dict[str, Any] | None:
-        """The metadata equality filter as the gallery takes it."""
-        return json.loads(self.metadata) if self.metadata else None
 
 
 @dataclass
@@ -46,11 +43,12 @@ class _Query:
 class SearchBatcher:
     """`await batcher.search(vector, k, options)` -> the hits of that one query."""
 
-    def __init__(self, gallery, *, max_batch: int = 256, on_batch=None) -> None:
-        self._gallery = gallery
+    def __init__(self, gateway: GalleryGateway, *, max_batch: int, max_queue: int,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self._gateway = gateway
         self._max_batch = max_batch
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Query] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Query] = asyncio.Queue(maxsize=max_queue)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -62,8 +60,13 @@ class SearchBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def search(self, vector: np.ndarray, k: int, options: SearchOptions) -> list[Hit]:
+        """The top-k hits of one query vector (d,); `Overloaded` when the queue is full."""
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Query(vector, k, options, future))
+        try:
+            self._queue.put_nowait(_Query(vector, k, options, future))
+        except asyncio.QueueFull:
+            raise Overloaded(f"the search queue is full ({self._queue.maxsize} queries waiting); "
+                             "retry shortly") from None
         return await future
 
     async def _run(self) -> None:
@@ -84,9 +87,9 @@ class SearchBatcher:
         if self._on_batch is not None:
             self._on_batch(len(queries))
         try:
-            _, results = await asyncio.to_thread(
-                self._gallery.search, vectors, k, label=options.label, metadata=options.metadata_filter,
-                qe_n=options.qe_n, qe_alpha=options.qe_alpha, version=options.version,
+            _, results = await self._gateway.search(
+                vectors, k, label=options.label, metadata=options.metadata, qe_n=options.qe_n,
+                qe_alpha=options.qe_alpha, version=options.version,
             )
         except Exception as exc:  # delivered to every waiting request
             for query in queries:

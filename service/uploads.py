@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, UploadFile
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from index import InvalidItem
 from index.validation import check_metadata
+from service.deps import get_runtime
 from service.errors import InvalidParameter, PayloadTooLarge
+from service.gallery_gateway import GalleryGateway
 from service.images import decode_image, image_pixels
 from service.pixel_budget import PixelBudget
 from service.settings import Settings
@@ -36,9 +37,10 @@ class UploadReader:
     `PixelBudget` (503 when the service already decodes too much) until the request ends.
     """
 
-    def __init__(self, settings: Settings, budget: PixelBudget) -> None:
+    def __init__(self, settings: Settings, budget: PixelBudget, gateway: GalleryGateway) -> None:
         self._settings = settings
         self._budget = budget
+        self._gateway = gateway  # header reads and decoding run on its executor
         self._held = 0
 
     async def read(self, files: list[UploadFile]) -> list[Upload]:
@@ -58,7 +60,7 @@ class UploadReader:
                 raise PayloadTooLarge(f"{name}: larger than the limit of {settings.max_upload_bytes} bytes")
             named.append((name, data))
         limits = {"max_bytes": settings.max_upload_bytes, "max_pixels": settings.max_image_pixels}
-        pixels = await run_in_threadpool(
+        pixels = await self._gateway.run(
             lambda: sum(image_pixels(data, filename=name, **limits) for name, data in named))
         if pixels > settings.max_request_pixels:
             raise PayloadTooLarge(f"the images of this request have {pixels} pixels in all; the limit is "
@@ -67,7 +69,7 @@ class UploadReader:
         self._held += pixels
         uploads = []
         for name, data in named:
-            image = await run_in_threadpool(decode_image, data, filename=name, **limits)
+            image = await self._gateway.run(decode_image, data, filename=name, **limits)
             uploads.append(Upload(name, data, image))
         return uploads
 
@@ -79,7 +81,8 @@ class UploadReader:
 
 async def upload_reader(request: Request) -> AsyncIterator[UploadReader]:
     """Dependency: an `UploadReader` whose pixels are given back when the request is done."""
-    reader = UploadReader(request.app.state.settings, request.app.state.pixel_budget)
+    reader = UploadReader(request.app.state.settings, request.app.state.pixel_budget,
+                          get_runtime(request).gateway)
     try:
         yield reader
     finally:

@@ -4,9 +4,9 @@ How a request flows (`await worker.embed(images)`):
 
 1. Admission: the request's images count against `max_queue_size` (images preprocessing or
    waiting); when they do not fit, `Overloaded` (503, Retry-After) is raised at once.
-2. Preprocessing: `embedder.preprocess` runs on each image in a pool of `decode_threads`
-   threads; the request then enters an asyncio queue as one job: its (3, S, S) tensors and a
-   Future for its result.
+2. Preprocessing: `embedder.preprocess` runs on each image in the given executor (the
+   service's one executor) or in a pool of `decode_threads` threads; the request then enters
+   an asyncio queue as one job: its (3, S, S) tensors and a Future for its result.
 3. Batching: one background task takes jobs until they hold `max_batch_size` images or
    `max_wait_ms` has passed since the first one, drops jobs whose Future was cancelled (the
    client left), and runs the model in a single dedicated thread, in forward passes of at most
@@ -26,7 +26,7 @@ import enum
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ParamSpec, Protocol, TypeVar
 
@@ -112,7 +112,7 @@ class InferenceWorker:
     """
 
     def __init__(self, embedder: EmbedderLike, settings: Settings, *,
-                 metrics: BatchObserver | None = None) -> None:
+                 metrics: BatchObserver | None = None, executor: Executor | None = None) -> None:
         self._embedder = embedder
         self._max_batch = settings.max_batch_size
         self._max_wait_s = settings.max_wait_ms / 1000.0
@@ -127,7 +127,8 @@ class InferenceWorker:
         self._none_preparing: asyncio.Event | None = None
         self._queue: asyncio.Queue[_Job | object] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._preprocess_pool: ThreadPoolExecutor | None = None
+        self._shared_pool = executor  # preprocessing runs there when given (the service's one executor)
+        self._preprocess_pool: Executor | None = None
         self._model_thread: ThreadPoolExecutor | None = None
 
     @property
@@ -154,7 +155,8 @@ class InferenceWorker:
         """Start the thread pools and the batching task (in the running event loop)."""
         if self._state is not _State.NEW:
             raise RuntimeError(f"the inference worker cannot start: it is {self._state.value}")
-        self._preprocess_pool = ThreadPoolExecutor(self._decode_threads, thread_name_prefix="cgd-preprocess")
+        self._preprocess_pool = self._shared_pool or ThreadPoolExecutor(self._decode_threads,
+                                                                        thread_name_prefix="cgd-preprocess")
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="cgd-model",
                                                 initializer=_init_model_thread,
                                                 initargs=(self._inference_threads,))
@@ -355,7 +357,8 @@ class InferenceWorker:
 
     def _shutdown_pools(self) -> None:
         self._model_thread.shutdown(wait=True)
-        self._preprocess_pool.shutdown(wait=True)
+        if self._shared_pool is None:
+            self._preprocess_pool.shutdown(wait=True)
 
 
 def _fail(jobs: list[_Job], error: Exception) -> None:

@@ -6,10 +6,9 @@ from collections import Counter
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Response, UploadFile, status
-from starlette.concurrency import run_in_threadpool
 
 from index import Hit, Item, NewItem
-from service.deps import GalleryDep, RuntimeDep, SettingsDep, WorkerDep
+from service.deps import GatewayDep, RuntimeDep, SettingsDep, WorkerDep
 from service.errors import InvalidParameter
 from service.schemas import (
     MAX_LABEL_LENGTH,
@@ -70,69 +69,69 @@ async def add_items(
     ]
     async with runtime.gate.shared():
         embedded = await runtime.worker.embed([upload.image for upload in uploads])
-        items = await run_in_threadpool(runtime.gallery.add, new_items, {embedded.version: embedded.vectors})
-    runtime.metrics.gallery_size.set(runtime.gallery.count())
+        items = await runtime.gateway.add(new_items, {embedded.version: embedded.vectors})
+    runtime.metrics.gallery_size.set(await runtime.gateway.count())
     return ItemsCreated(items=[item_public(item) for item in items], model_version=embedded.version)
 
 
 @router.get("", response_model=ItemPage, dependencies=[ReadKey])
 async def list_items(
-    gallery: GalleryDep,
+    gateway: GatewayDep,
     offset: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     label: str | None = None,
 ) -> ItemPage:
     """Items in insertion order, a page at a time, optionally of one label."""
-    items, total = await run_in_threadpool(gallery.list_items, offset, limit, label)
+    items, total = await gateway.list_items(offset, limit, label)
     return ItemPage(items=[item_public(i) for i in items], total=total, offset=offset, limit=limit)
 
 
 @router.get("/external/{external_id:path}", response_model=ItemPublic, dependencies=[ReadKey])
-async def get_item_by_external_id(gallery: GalleryDep, external_id: ExternalId) -> ItemPublic:
-    return item_public(gallery.get_by_external_id(external_id))
+async def get_item_by_external_id(gateway: GatewayDep, external_id: ExternalId) -> ItemPublic:
+    return item_public(await gateway.get_by_external_id(external_id))
 
 
 @router.delete("/external/{external_id:path}", status_code=status.HTTP_204_NO_CONTENT,
                dependencies=[WriteKey])
 async def delete_item_by_external_id(runtime: RuntimeDep, external_id: ExternalId) -> Response:
-    await run_in_threadpool(runtime.gallery.delete_by_external_id, external_id)
-    runtime.metrics.gallery_size.set(runtime.gallery.count())
+    await runtime.gateway.delete_by_external_id(external_id)
+    runtime.metrics.gallery_size.set(await runtime.gateway.count())
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{item_id}", response_model=ItemPublic, dependencies=[ReadKey])
-async def get_item(gallery: GalleryDep, item_id: ItemId) -> ItemPublic:
-    return item_public(gallery.get(item_id))
+async def get_item(gateway: GatewayDep, item_id: ItemId) -> ItemPublic:
+    return item_public(await gateway.get(item_id))
 
 
 @router.get("/{item_id}/image", dependencies=[ReadKey],
             responses={200: {"content": {"image/*": {}}, "description": "the original bytes"}})
-async def get_item_image(gallery: GalleryDep, item_id: ItemId) -> Response:
+async def get_item_image(gateway: GatewayDep, item_id: ItemId) -> Response:
     """The image exactly as it was uploaded."""
-    data = await run_in_threadpool(gallery.image, item_id)
+    data = await gateway.image(item_id)
     return Response(content=data, media_type=_media_type(data))
 
 
 @router.patch("/{item_id}", response_model=ItemPublic, dependencies=[WriteKey])
-async def update_item(gallery: GalleryDep, item_id: ItemId, update: ItemUpdate) -> ItemPublic:
+async def update_item(gateway: GatewayDep, item_id: ItemId, update: ItemUpdate) -> ItemPublic:
     """Replace the label and/or the metadata of an item."""
     changes = update.model_dump(exclude_unset=True)
     if "metadata" in changes and changes["metadata"] is None:
         changes["metadata"] = {}  # null clears the metadata, as it clears the label
-    return item_public(await run_in_threadpool(lambda: gallery.update(item_id, **changes)))
+    return item_public(await gateway.update(item_id, **changes))
 
 
 @router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteKey])
 async def delete_item(runtime: RuntimeDep, item_id: ItemId) -> Response:
     """Remove an item from search at once, and its image unless another item shares it."""
-    await run_in_threadpool(runtime.gallery.delete, item_id)
-    runtime.metrics.gallery_size.set(runtime.gallery.count())
+    await runtime.gateway.delete(item_id)
+    runtime.metrics.gallery_size.set(await runtime.gateway.count())
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{item_id}/similar", response_model=SearchResponse, dependencies=[ReadKey])
 async def similar_items(
-    gallery: GalleryDep,
+    gateway: GatewayDep,
     worker: WorkerDep,
     settings: SettingsDep,
     item_id: ItemId,
@@ -143,12 +142,7 @@ async def similar_items(
     clock = Stopwatch()
     k = settings.bounded_k(k)
     version = worker.version
-
-    def similar() -> list[Hit]:
-        gallery.get(item_id)  # an unknown item is not_found, even before any vector is stored
-        return gallery.similar(item_id, k, label=label, version=version)
-
-    hits = await run_in_threadpool(similar)
+    hits = await gateway.similar(item_id, k, label=label, version=version)
     return SearchResponse(results=[search_hit(h) for h in hits], model_version=version,
                           took_ms=clock.elapsed_ms())
 

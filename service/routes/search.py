@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
-from starlette.concurrency import run_in_threadpool
 
+from index import MetadataFilter
 from service.deps import RuntimeDep, SettingsDep, WorkerDep
 from service.routes.gallery import search_hit
 from service.schemas import BatchSearchResponse, EmbedResponse, SearchResponse
@@ -27,12 +26,9 @@ QeNForm = Annotated[int, Form(ge=0, le=100, description="query expansion: neighb
 QeAlphaForm = Annotated[float, Form(ge=0, le=100, description="query expansion: similarity exponent")]
 
 
-def _options(version: str, label: str | None, metadata: str | None, qe_n: int,
-             qe_alpha: float) -> SearchOptions:
-    filters = parse_json_object(metadata, "metadata")
-    return SearchOptions(version=version, label=label,
-                         metadata=json.dumps(filters, sort_keys=True) if filters else None,
-                         qe_n=qe_n, qe_alpha=qe_alpha)
+def parse_filter(metadata: str | None) -> MetadataFilter | None:
+    """The metadata form field as the one filter object of the search (422 when it is not one)."""
+    return MetadataFilter.of(parse_json_object(metadata, "metadata"))
 
 
 @router.post("/search", response_model=SearchResponse)
@@ -50,9 +46,10 @@ async def search(
     """The top-k gallery items for one image, best first (score: cosine similarity)."""
     clock = Stopwatch()
     k = settings.bounded_k(k)
+    terms = parse_filter(metadata)  # a bad filter costs no decoding and no forward pass
     (upload,) = await reader.read([file])
     embedded = await runtime.worker.embed([upload.image])
-    options = _options(embedded.version, label, metadata, qe_n, qe_alpha)
+    options = SearchOptions(embedded.version, label, terms, qe_n, qe_alpha)
     hits = await runtime.searcher.search(embedded.vectors[0], k, options)
     return SearchResponse(results=[search_hit(h) for h in hits], model_version=embedded.version,
                           took_ms=clock.elapsed_ms())
@@ -73,14 +70,11 @@ async def search_batch(
     """One result list per uploaded image, in upload order, from one FAISS call."""
     clock = Stopwatch()
     k = settings.bounded_k(k)
+    terms = parse_filter(metadata)
     uploads = await reader.read(files)
     embedded = await runtime.worker.embed([u.image for u in uploads])
-    options = _options(embedded.version, label, metadata, qe_n, qe_alpha)
-    _, results = await run_in_threadpool(
-        lambda: runtime.gallery.search(embedded.vectors, k, label=options.label,
-                                       metadata=options.metadata_filter,
-                                       qe_n=qe_n, qe_alpha=qe_alpha, version=embedded.version)
-    )
+    _, results = await runtime.gateway.search(embedded.vectors, k, label=label, metadata=terms, qe_n=qe_n,
+                                              qe_alpha=qe_alpha, version=embedded.version)
     return BatchSearchResponse(results=[[search_hit(h) for h in hits] for hits in results],
                                model_version=embedded.version, took_ms=clock.elapsed_ms())
 

@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pixel_budget = PixelBudget(settings.max_decoded_pixels)
     app.state.storage = StorageHealth([settings.data_dir, settings.data_dir / GALLERY_DIR])
     register_gallery_errors(register_exception_handlers(app))
-    register_storage_faults(app, app.state.storage)
+    register_storage_faults(app)
     for module in (gallery, search, train, models, health):
         app.include_router(module.router)
     install_openapi(app)

@@ -2,10 +2,10 @@
 
 `storage_error(exc)` turns such an error into `InsufficientStorage` (507: no space, quota, file too
 large) or `StorageUnavailable` (503: read-only, permissions, I/O errors, a locked or unopenable
-database), or None for any other error. `StorageHealth` remembers the last fault and probes the data
-directory with a small write for `/ready`; a probe that succeeds clears the fault.
-`register_storage_faults(app, health)` answers those errors with the service's error body (through
-Starlette's exception middleware, so the keep-alive connection survives) and records them.
+database), or None for any other error. `register_storage_faults(app)` answers those errors with the
+service's error body, through Starlette's exception middleware, so the keep-alive connection survives
+(an unhandled exception made uvicorn drop it). `StorageHealth.probe` writes into the data directories
+for `/ready`, so that a full or read-only disk shows there before a client's write fails.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import errno
 import logging
 import os
 import sqlite3
-import threading
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,47 +55,28 @@ def storage_error(exc: BaseException) -> ServiceError | None:
 
 @dataclass(frozen=True)
 class StorageFault:
-    """The last storage fault: what it was and when (time.time())."""
+    """What a probe found: the error code a write would get, and why."""
 
     code: str
     detail: str
-    at: float
 
 
 class StorageHealth:
-    """The store's health: the last fault seen by a request, and a probe of the data directories."""
+    """The store's health, as a probe of the data directories finds it."""
 
     def __init__(self, directories: Sequence[Path]) -> None:
         self.directories = tuple(directories)
-        self._fault: StorageFault | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def fault(self) -> StorageFault | None:
-        return self._fault
-
-    def record(self, error: ServiceError) -> None:
-        with self._lock:
-            self._fault = StorageFault(error.code, error.detail, time.time())
 
     def probe(self) -> StorageFault | None:
-        """Write and erase `PROBE_BYTES` in each directory (blocking: run it in a thread).
-
-        Success clears the recorded fault; failure records and returns it.
-        """
+        """Write and erase `PROBE_BYTES` in each directory (blocking: run it in a thread); the first
+        fault found, or None when every directory can be written."""
         for directory in self.directories:
             try:
                 _probe_write(directory / f".probe-{uuid.uuid4().hex}")
             except OSError as exc:
                 error = storage_error(exc)
-                fault = StorageFault(error.code if error is not None else StorageUnavailable.code,
-                                     f"a probe write into {directory} failed: {exc.strerror or exc}",
-                                     time.time())
-                with self._lock:
-                    self._fault = fault
-                return fault
-        with self._lock:
-            self._fault = None
+                return StorageFault(error.code if error is not None else StorageUnavailable.code,
+                                    f"a probe write into {directory} failed: {exc.strerror or exc}")
         return None
 
 
@@ -112,8 +91,8 @@ def _probe_write(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def register_storage_faults(app: FastAPI, health: StorageHealth) -> None:
-    """Answer storage faults raised by any route with 507/503 and record them in `health`."""
+def register_storage_faults(app: FastAPI) -> None:
+    """Answer storage faults raised by any route with 507/503 (other OS and SQLite errors: 500)."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         error = storage_error(exc)
@@ -121,7 +100,6 @@ def register_storage_faults(app: FastAPI, health: StorageHealth) -> None:
             LOG.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path,
                       exc_info=(type(exc), exc, exc.__traceback__))
             return error_response(500, "internal error", "internal")
-        health.record(error)
         LOG.warning("%s %s -> %d %s: %s", request.method, request.url.path, error.status_code, error.code,
                     error.detail)
         return error_response(error.status_code, error.detail, error.code, error.headers)

@@ -11,7 +11,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from test_deploy_dockerfiles import DOCKERFILES, ROOT, Dockerfile
+
+from tests.deploy.test_deploy_dockerfiles import DOCKERFILES, ROOT, Dockerfile
 
 SCRIPT = ROOT / "docker" / "backup.py"
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from test_deploy_dockerfiles import CPU_DOCKERFILE, GPU_DOCKERFILE, ROOT, Dockerfile
+
+from tests.deploy.test_deploy_dockerfiles import CPU_DOCKERFILE, GPU_DOCKERFILE, ROOT, Dockerfile
 
 SCHEMA_PATH = Path(__file__).with_name("compose-spec.json")
 SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"

@@ -17,7 +17,8 @@ import sys
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
-from test_deploy_dockerfiles import CONSTRAINTS, GPU_DOCKERFILE, ROOT, Dockerfile, torch_install
+
+from tests.deploy.test_deploy_dockerfiles import CONSTRAINTS, GPU_DOCKERFILE, ROOT, Dockerfile, torch_install
 
 # faiss-gpu version -> the CUDA runtime its wheel requires (Requires-Dist of the PyPI wheel).
 FAISS_GPU_CUDA_REQUIREMENT = {

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-from test_deploy_dockerfiles import (
+
+from tests.deploy.test_deploy_dockerfiles import (
     CONSTRAINTS,
     CPU_DOCKERFILE,
     GPU_DOCKERFILE,

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_deploy_dockerfiles import DOCKERFILES, ROOT
+
+from tests.deploy.test_deploy_dockerfiles import DOCKERFILES, ROOT
 
 HADOLINT = Path(sys.executable).parent / "hadolint"
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image, ImageDraw
-from test_deploy_dockerfiles import CPU_DOCKERFILE, Dockerfile
+
+from tests.deploy.test_deploy_dockerfiles import CPU_DOCKERFILE, Dockerfile
 
 VENV_BIN = Path(sys.executable).parent
 IMAGE_VENV_BIN = "/opt/venv/bin"

@@ -1,4 +1,4 @@
-"""Child process of test_index_crash.py: ingests batches into a gallery until it is killed.
+"""Child process of test_gallery_crash.py: ingests batches into a gallery until it is killed.
 
 Usage: crash_writer.py ROOT INDEX_KIND SEED. After each `add` returns it writes "A <id> <external_id>"
 per item; it writes "X <id>" before a `delete` and "D <id>" after it returns. Those lines (flushed at once)

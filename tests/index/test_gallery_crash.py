@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from index import Gallery, ItemNotFound, SQLiteItemStore
+from tests.index.crash_writer import image_bytes  # the child's own definition of the images
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-from crash_writer import image_bytes  # noqa: E402  (the child's own definition of the images)
 
 
 def _run_and_kill(root: Path, kind: str, seed: int,

@@ -6,7 +6,6 @@ Each maps a non-negative feature map (B, C, H, W) to (B, C). Functional twins co
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,8 +20,12 @@ def mac(x: torch.Tensor) -> torch.Tensor:
 
 
 def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6) -> torch.Tensor:
-    """Generalised mean pooling ((1/|X|) sum x^p)^(1/p), x clamped at eps: (B,C,H,W) -> (B,C)."""
-    return F.avg_pool2d(x.clamp(min=eps).pow(p), kernel_size=x.shape[-2:]).pow(1.0 / p).flatten(1)
+    """Generalised mean pooling ((1/|X|) sum x^p)^(1/p), x clamped at eps: (B,C,H,W) -> (B,C).
+
+    A mean over the spatial dimensions (not an `avg_pool2d` whose kernel is the input's shape),
+    so that the graph exports to ONNX.
+    """
+    return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
 
 
 class SPoC(nn.Module):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,6 +14,7 @@ from index import (
     GalleryError,
     GalleryLocked,
     InvalidFilter,
+    InvalidItem,
     InvalidQuery,
     InvalidVectors,
     ItemNotFound,
@@ -199,3 +203,23 @@ def test_one_process_at_a_time_and_closed_is_closed(tmp_path, new_items, unit_ve
         gallery.count()
     with Gallery.open(tmp_path / "g") as again:
         assert again.count() == 0
+
+
+def blob_files(gallery) -> set[Path]:
+    return {path for path in (gallery.root / "blobs").glob("??/*") if path.is_file()}
+
+
+@pytest.mark.parametrize("metadata", [{"x": math.nan}, {"n": 10**30},
+                                      {"deep": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}])
+def test_an_add_refused_by_the_store_leaves_no_image_behind(open_gallery, new_items, unit_vectors,
+                                                            metadata) -> None:
+    gallery = open_gallery()
+    gallery.add(new_items(2, prefix="kept"), {"v1": unit_vectors(2)})
+    kept = blob_files(gallery)
+    refused = [*new_items(2, prefix="new"), NewItem(image=b"refused-image", metadata=metadata)]
+    with pytest.raises(InvalidItem):
+        gallery.add(refused, {"v1": unit_vectors(3, seed=1)})
+    assert blob_files(gallery) == kept
+    assert gallery.count() == 2
+    assert not list((gallery.root / "blobs" / ".tmp").iterdir())
+

@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 from model.checkpoint import read_checkpoint
 
 
@@ -27,13 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> int:
+    from model.data import open_rgb
     from model.embedder import Embedder
 
     embedder = Embedder.load(args.checkpoint, device=args.device)
-    images = []
-    for path in args.images:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
+    images = [open_rgb(path) for path in args.images]  # upright RGB, as the service decodes uploads
     vectors = embedder.embed_images(images, batch_size=args.batch_size)
     for path, vector in zip(args.images, vectors, strict=True):
         record = {"image": str(path), "model_version": embedder.version, "dim": len(vector),

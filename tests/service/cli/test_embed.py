@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from model import CGDConfig, create_cgd, save_checkpoint
+from model import CGDConfig, Embedder, create_cgd, save_checkpoint
+from service.images import decode_image
 
 
 def _cgd(*args: str) -> subprocess.CompletedProcess:
@@ -27,6 +29,35 @@ def test_embed_prints_a_unit_vector_per_image(caltech_dir):
         assert vector.shape == (1536,)
         assert abs(np.linalg.norm(vector) - 1.0) < 1e-5
         assert line["model_version"].startswith("default-")
+
+
+def _asymmetric(size: tuple[int, int] = (96, 64)) -> np.ndarray:
+    """(h, w, 3) uint8: a red left third, a blue bottom band, noise elsewhere; no symmetry to hide a turn."""
+    pixels = np.random.default_rng(7).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    pixels[:, : size[0] // 3] = (220, 30, 30)
+    pixels[-size[1] // 4:] = (30, 30, 220)
+    return pixels
+
+
+def test_embed_decodes_like_the_service(tmp_path):
+    """An EXIF-rotated JPEG and a transparent PNG: `cgd embed` gives the vectors of the service's decoding."""
+    rotated = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored image must be turned 90 degrees clockwise
+    Image.fromarray(_asymmetric()).save(rotated, format="JPEG", quality=95, exif=exif)
+    transparent = tmp_path / "logo.png"
+    rgba = np.dstack([_asymmetric(), np.zeros((64, 96), dtype=np.uint8)])
+    rgba[16:48, 24:72, 3] = 255  # an opaque window; the noise around it is hidden under alpha 0
+    Image.fromarray(rgba, "RGBA").save(transparent, format="PNG")
+
+    result = _cgd("embed", str(rotated), str(transparent), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    printed = np.array([json.loads(line)["embedding"] for line in result.stdout.splitlines()])
+    decoded = [decode_image(path.read_bytes(), filename=path.name, max_bytes=10**7, max_pixels=10**7)
+               for path in (rotated, transparent)]
+    assert decoded[0].size == (64, 96)  # upright: the turn was applied
+    expected = Embedder.load(device="cpu").embed_images(decoded)
+    np.testing.assert_allclose(printed, expected, atol=1e-5)
 
 
 def test_embed_reports_a_missing_file_cleanly(tmp_path):

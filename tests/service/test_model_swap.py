@@ -1,0 +1,168 @@
+"""ModelSwapper on a real app: re-embedding off the event loop, skipped deletions, cancellation.
+
+Each test runs the real service (embedded default model, FAISS, SQLite) with a second model version:
+the default model with its weights moved a little (another version, other vectors), registered as a
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import save_checkpoint
+from model.default import default_model
+from service.model_swap import SwapCancelled
+
+GALLERY = 24
+
+
+def variant_checkpoint(path: Path, seed: int = 1) -> Path:
+    """The default model with every weight moved by N(0, 1e-3)."""
+    model = default_model()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 1e-3)
+    save_checkpoint(path, model)
+    return path
+
+
+@pytest.fixture(scope="module")
+def variant(tmp_path_factory) -> Path:
+    return variant_checkpoint(tmp_path_factory.mktemp("variant") / "variant.pt")
+
+
+def fill(client, make_image, count: int = GALLERY) -> list[int]:
+    files = [("files", (f"{seed}.png", make_image(seed))) for seed in range(count)]
+    response = client.post("/gallery", files=files)
+    assert response.status_code == 201, response.text
+    return [item["id"] for item in response.json()["items"]]
+
+
+def register(client, checkpoint: Path) -> str:
+    return client.app.state.runtime.registry.add_checkpoint(checkpoint).version
+
+
+def test_swap_skips_items_deleted_while_re_embedding(tmp_path, open_app, make_image, variant):
+    with open_app(tmp_path / "data", max_batch_size=4) as client:
+        ids = fill(client, make_image)
+        runtime = client.app.state.runtime
+        version = register(client, variant)
+        gallery = runtime.gateway.gallery
+        doomed = ids[-3:]  # in the last chunks: their images are read after the first progress report
+        reports = []
+
+        def on_progress(done: int, total: int) -> None:  # runs on the gateway's executor
+            if not reports:
+                for item_id in doomed:
+                    gallery.delete(item_id)
+            reports.append((done, total))
+
+        client.portal.call(runtime.swapper.activate, version, on_progress)
+        assert runtime.worker.version == version == gallery.live_version
+        assert reports[-1] == (GALLERY, GALLERY)
+        stored = set(gallery.versions())
+        assert version in stored
+        assert not len(gallery.ids_missing_vectors(version))
+        hits = client.post("/search", files={"file": ("q.png", make_image(0))}, data={"k": "50"}).json()
+        assert hits["model_version"] == version
+        assert {hit["id"] for hit in hits["results"]} == set(ids) - set(doomed)
+
+
+def test_re_embedding_leaves_the_event_loop_free(tmp_path, open_app, make_image, variant):
+    """While the gallery is re-embedded, the loop keeps running: its worst lag stays far below the
+    re-embedding time (decoding, vector writes and the index switch run on the executor)."""
+    with open_app(tmp_path / "data", max_batch_size=4) as client:
+        fill(client, make_image)
+        runtime = client.app.state.runtime
+        version = register(client, variant)
+
+        async def measure() -> tuple[float, float]:
+            lags: list[float] = []
+            stop = asyncio.Event()
+
+            async def ticker() -> None:
+                while not stop.is_set():
+                    before = time.perf_counter()
+                    await asyncio.sleep(0.005)
+                    lags.append(time.perf_counter() - before - 0.005)
+
+            task = asyncio.create_task(ticker())
+            started = time.perf_counter()
+            await runtime.swapper.activate(version)
+            took = time.perf_counter() - started
+            stop.set()
+            await task
+            return took, max(lags)
+
+        took, worst_lag = client.portal.call(measure)
+        assert runtime.worker.version == version
+        assert worst_lag < max(0.1, took / 5), (took, worst_lag)
+
+
+def test_a_cancelled_swap_leaves_the_old_model_serving(tmp_path, open_app, make_image, variant):
+    with open_app(tmp_path / "data", max_batch_size=2) as client:
+        ids = fill(client, make_image)
+        runtime = client.app.state.runtime
+        old = runtime.worker.version
+        version = register(client, variant)
+        reports = []
+
+        def cancelled() -> bool:
+            return len(reports) >= 2
+
+        with pytest.raises(SwapCancelled):
+            client.portal.call(runtime.swapper.activate, version, lambda d, t: reports.append(d), cancelled)
+        assert runtime.worker.version == old == runtime.gateway.live_version
+        assert runtime.registry.active is None or runtime.registry.active.version == old
+        assert len(reports) == 2  # stopped at the next chunk
+        hits = client.post("/search", files={"file": ("q.png", make_image(0))}, data={"k": "50"}).json()
+        assert hits["model_version"] == old and len(hits["results"]) == len(ids)
+        # the vectors written so far stay, and the next activation only embeds the rest
+        missing = len(runtime.gateway.gallery.ids_missing_vectors(version))
+        assert 0 < missing < len(ids)
+        totals = []
+        client.portal.call(runtime.swapper.activate, version, lambda d, t: totals.append(t))
+        assert totals[-1] == missing and runtime.worker.version == version
+
+
+def test_re_embedding_matches_the_model_and_yields_to_searches(tmp_path, open_app, make_image, variant):
+    """The pipelined vectors equal the model's own (same decoding as ingestion), and searches sent
+    during the re-embedding are answered meanwhile, by the old model."""
+    with open_app(tmp_path / "data", max_batch_size=4) as client:
+        ids = fill(client, make_image)
+        runtime = client.app.state.runtime
+        old = runtime.worker.version
+        version = register(client, variant)
+        answered: list[tuple[float, str]] = []
+        swap_done = threading.Event()
+
+        def searcher() -> None:
+            while not swap_done.is_set():
+                response = client.post("/search", files={"file": ("q.png", make_image(3))}, data={"k": "3"})
+                assert response.status_code == 200, response.text
+                answered.append((time.perf_counter(), response.json()["model_version"]))
+
+        thread = threading.Thread(target=searcher)
+        thread.start()
+        try:
+            client.portal.call(runtime.swapper.activate, version)
+        finally:
+            swap_done.set()
+            thread.join()
+        assert [v for _, v in answered].count(old) >= 2
+        gallery = runtime.gateway.gallery
+        embedder = runtime.worker.embedder
+        stored = np.stack([gallery.vector(item_id, version) for item_id in ids[:4]])
+        images = [client.get(f"/gallery/{item_id}/image").content for item_id in ids[:4]]
+        files = [("files", (f"{i}.png", data)) for i, data in enumerate(images)]
+        expected = np.asarray(client.post("/embed", files=files).json()["embeddings"])
+        assert embedder.version == version
+        np.testing.assert_allclose(stored, expected, atol=1e-2)  # stored as float16

@@ -1,29 +1,35 @@
-"""`Embedder`: one model on one device, turning images into float32 unit vectors."""
+"""`Embedder`: one model on one device and inference runtime, turning images into float32 unit vectors."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from model.cgd import CGD
 from model.checkpoint import load_checkpoint, model_version
 from model.default import default_model
-from model.device import autocast, resolve_device, resolve_precision
+from model.device import resolve_device
+from model.onnx_export import ensure_onnx
+from model.runtime_select import Measurement, select_engine
+from model.runtimes import RUNTIMES, RuntimeUnavailable, create_engine
 from model.transforms import inference_transform
 
 LOG = logging.getLogger(__name__)
 
 
 class Embedder:
-    """Inference wrapper: preprocessing, device, channels_last and autocast for a `CGD` model.
+    """Inference wrapper: preprocessing and one engine (`model.runtimes`) for a `CGD` model.
 
-    Embeddings are always returned as float32 unit rows, whatever the compute dtype.
+    `runtime`: `torch` (the default), `onnxruntime`, `openvino`, or `auto` (the fastest that agrees
+    with torch fp32, measured by `model.runtime_select`). ONNX files and the auto choice are cached in
+    `cache_dir` (default: a `cgd-engines` folder in the temporary directory). Embeddings are always
+    float32 unit rows, whatever the runtime and compute dtype.
     """
 
     def __init__(
@@ -34,25 +40,54 @@ class Embedder:
         device: str | torch.device = "auto",
         precision: str = "auto",
         classes: Sequence[str] = (),
+        runtime: str = "torch",
+        cache_dir: Path | None = None,
+        threads: int | None = None,
     ) -> None:
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.dtype = resolve_precision(self.device, precision)
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        device = device if isinstance(device, torch.device) else resolve_device(device)
+        cache_dir = cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "cgd-engines"
+        self.model = model.eval()
         self.version = version
         self.classes = list(classes)
+        self.measurements: list[Measurement] = []
+        if runtime == "auto":
+            self.engine, self.measurements = select_engine(model, version, device, precision=precision,
+                                                           cache_dir=cache_dir, threads=threads)
+        elif runtime in RUNTIMES:
+            onnx_file = None if runtime == "torch" else ensure_onnx(model, version, cache_dir)
+            self.engine = create_engine(runtime, model, device, precision=precision, onnx_file=onnx_file,
+                                        threads=threads)
+        else:
+            raise RuntimeUnavailable(f"unknown runtime {runtime!r}; use auto or one of {', '.join(RUNTIMES)}")
         self._transform = inference_transform(model.config.preprocessing)
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, *, device: str = "auto",
-             precision: str = "auto") -> Embedder:
+             precision: str = "auto", runtime: str = "torch", cache_dir: Path | None = None,
+             threads: int | None = None) -> Embedder:
         """From a checkpoint file, or the embedded default model when `checkpoint` is None."""
+        engine = {"runtime": runtime, "cache_dir": cache_dir, "threads": threads}
         if checkpoint is None:
             model = default_model()
             version = "default-" + model_version(model.config, model.state_dict())
-            return cls(model, version, device=device, precision=precision)
+            return cls(model, version, device=device, precision=precision, **engine)
         loaded = load_checkpoint(checkpoint)
         return cls(loaded.model, loaded.version, device=device, precision=precision,
-                   classes=loaded.classes)
+                   classes=loaded.classes, **engine)
+
+    @property
+    def runtime(self) -> str:
+        """The inference runtime in use: torch, onnxruntime or openvino."""
+        return self.engine.runtime
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype of the engine."""
+        return self.engine.dtype
 
     @property
     def dim(self) -> int:
@@ -66,14 +101,9 @@ class Embedder:
         """PIL image -> (3, S, S) float32 tensor on the CPU."""
         return self._transform(image.convert("RGB"))
 
-    @torch.inference_mode()
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S) preprocessed images -> (B, d) float32 unit rows."""
-        batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.dtype):
-            embedding = self.model(batch)
-        embedding = F.normalize(embedding.float(), dim=1)
-        return np.ascontiguousarray(embedding.cpu().numpy(), dtype=np.float32)
+        return self.engine.run(batch)
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """PIL images -> (N, d) float32 unit rows, in batches of `batch_size`."""

@@ -79,6 +79,18 @@ def top_hits(client: httpx.Client, data: bytes, k: int = TOP_K) -> tuple[list[di
     return body["results"], body["model_version"]
 
 
+def activate(client: httpx.Client, version: str, timeout_s: float = 300.0) -> dict:
+    """POST /models/{version}/activate (202), then its activation job once it has ended."""
+    accepted = client.post(f"/models/{version}/activate")
+    assert accepted.status_code == 202, accepted.text
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = client.get(f"/models/activations/{accepted.json()['job_id']}").json()
+        if job["status"] != "running" or time.monotonic() > deadline:
+            return job
+        time.sleep(0.2)
+
+
 def wait_for_job(client: httpx.Client, job_id: str, server_log) -> dict:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while True:
@@ -203,17 +215,17 @@ def test_real_server_ingest_search_train_swap_rollback_restart(tmp_path: Path, s
     assert by_version[old_version]["has_vectors"] and by_version[new_version]["has_vectors"]
 
     # Roll back to the old model (only the items ingested after the swap need its vectors), then forward.
-    rolled_back = client.post(f"/models/{old_version}/activate")
-    assert rolled_back.status_code == 200, rolled_back.text
-    assert rolled_back.json()["active"] == old_version
+    rolled_back = activate(client, old_version)
+    assert rolled_back["status"] == "succeeded", rolled_back
+    assert 1 <= rolled_back["to_reembed"] <= len(ingested)  # only items stored after the swap
+    assert client.get("/models").json()["active"] == old_version
     hits, version = top_hits(client, caltech_photos[probes[1]].data)
     assert version == old_version
     assert hits[0]["id"] == ids[probes[1]] and hits[0]["score"] > 0.99
     last_id, last_image = ingested[-1]  # stored after the swap: the rollback embedded it with the old model
     hits, version = top_hits(client, last_image, k=1)
     assert version == old_version and hits[0]["id"] == last_id and hits[0]["score"] > 0.99
-    forward = client.post(f"/models/{new_version}/activate")
-    assert forward.status_code == 200, forward.text
+    assert activate(client, new_version)["status"] == "succeeded"
     assert top_hits(client, caltech_photos[probes[1]].data)[1] == new_version
 
     listed_before = client.get("/gallery", params={"limit": 1000}).json()

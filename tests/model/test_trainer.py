@@ -38,7 +38,7 @@ def small_start(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def _config(**changes) -> TrainConfig:
     base = dict(epochs=3, image_size=32, batch_size=16, images_per_class=4, warmup_epochs=1, lr=3e-4,
-                patience=None, progress_bar=False, seed=1)
+                patience=None, progress_bar=False, seed=1, cache_views=1)
     return TrainConfig(**{**base, **changes})
 
 
@@ -51,8 +51,12 @@ def test_training_loss_falls_and_the_checkpoint_reloads(few_classes, small_start
     losses = [row["loss"] for row in result.history]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert result.stopped == "completed" and result.val_mode == "images"
-    assert [r.step for r in reports] == list(range(1, len(reports) + 1))
-    assert reports[-1].steps == reports[-1].step and reports[-1].images_per_s > 0
+    caching = [r for r in reports if r.phase == "caching"]
+    training = [r for r in reports if r.phase == "training"]
+    assert caching and caching[-1].step == caching[-1].steps == len(few_classes)
+    assert [r.step for r in training] == list(range(1, len(training) + 1))
+    assert training[-1].steps == training[-1].step and training[-1].images_per_s > 0
+    assert result.recipe["engine"] == "cached" and result.recipe["steps"] == len(training)
     loaded = load_checkpoint(out)
     assert loaded.version == result.version
     assert loaded.extra["improved"] == result.improved == (not result.kept_start_model)
@@ -114,7 +118,29 @@ def test_resume_continues_an_interrupted_run(few_classes, small_start, tmp_path:
     assert out.with_suffix(".resume.pt").is_file() and not out.exists()
     seen: list[Progress] = []
     result = train(few_classes, config, out=out, start=small_start[0], resume=True, on_progress=seen.append)
+    seen = [progress for progress in seen if progress.phase == "training"]
     assert seen[0].epoch == 2 and seen[0].step == steps_per_epoch[0] + 1
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert not out.with_suffix(".resume.pt").exists()
     assert load_checkpoint(out).version == result.version
+
+
+def test_the_full_engine_trains_too(few_classes, small_start, tmp_path: Path) -> None:
+    result = train(few_classes, _config(engine="full", epochs=2), out=tmp_path / "full.pt",
+                   start=small_start[0])
+    assert result.recipe["engine"] == "full" and len(result.history) == 2
+
+
+def test_one_epoch_runs_without_a_warm_up(few_classes, small_start, tmp_path: Path) -> None:
+    config = _config(epochs=1)
+    assert config.effective_warmup_epochs == 0
+    result = train(few_classes, config, out=tmp_path / "one.pt", start=small_start[0])
+    assert len(result.history) == 1 and result.stopped == "completed"
+
+
+def test_no_improvement_keeps_the_start_model(few_classes, small_start, tmp_path: Path) -> None:
+    result = train(few_classes, _config(epochs=1, lr=1e-12, head_lr=1e-12, whitening="none"),
+                   out=tmp_path / "same.pt", start=small_start[0])
+    assert not result.improved and result.kept_start_model
+    assert result.recipe["map_gain"]["lower"] <= 0
+    assert load_checkpoint(tmp_path / "same.pt").version == small_start[1]

@@ -29,7 +29,8 @@ FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 def cpu() -> dict:
     """The CPU model and the flags that decide bf16 and kernel speed."""
     lines = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    model = names[0] if names else "unknown"
     flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
     return {"model": model, "cores": os.cpu_count(), "flags": [f for f in FLAGS if f in flags]}
 

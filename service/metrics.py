@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, His
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+RUNTIMES = ("torch", "onnxruntime", "openvino")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 UNMATCHED_ROUTE = "<unmatched>"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -32,6 +33,7 @@ class ServiceMetrics:
     - `queue_depth`: images preprocessed and waiting for the model.
     - `gallery_size`: items in the gallery.
     - `training_jobs{state}`: training jobs per state.
+    - `inference_runtime{runtime}`: 1 for the runtime the serving model runs on, 0 for the others.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, namespace: str = "cgd") -> None:
@@ -59,6 +61,10 @@ class ServiceMetrics:
             "training_jobs", "Training jobs by state", ("state",), namespace=namespace,
             registry=self.registry,
         )
+        self.inference_runtime = Gauge(
+            "inference_runtime", "1 for the inference runtime in use", ("runtime",), namespace=namespace,
+            registry=self.registry,
+        )
         self._job_states: set[str] = set(JOB_STATES)
         for state in JOB_STATES:
             self.training_jobs.labels(state=state).set(0)
@@ -80,6 +86,11 @@ class ServiceMetrics:
         self._job_states.update(counts)
         for state in self._job_states:
             self.training_jobs.labels(state=state).set(counts.get(state, 0))
+
+    def set_runtime(self, runtime: str) -> None:
+        """The inference runtime in use now (torch, onnxruntime or openvino)."""
+        for name in {runtime, *RUNTIMES}:
+            self.inference_runtime.labels(runtime=name).set(1 if name == runtime else 0)
 
     def instrument(self, app: FastAPI) -> None:
         """Time every HTTP request of `app` (call before the app starts)."""

@@ -85,18 +85,21 @@ class ModelSwapper:
     """Makes a registered model version the serving one (promotion after training, or rollback).
 
     `batch_size`: images per chunk and per forward pass without traffic; `prefetch`: chunks decoded
-    ahead of the model (the executor's threads).
+    ahead of the model (the executor's threads); `engines`: `Embedder.load`'s runtime, cache_dir and
+    threads, so that a newly activated model runs on the runtime chosen for it (exported and measured
+    before it serves).
     """
 
     def __init__(self, worker: InferenceWorker, gateway: GalleryGateway, registry: ModelRegistry,
-                 gate: SwapGate, *, device: str, precision: str = "auto", batch_size: int = 32,
-                 prefetch: int = 2) -> None:
+                 gate: SwapGate, *, device: str, precision: str = "auto", engines: dict | None = None,
+                 batch_size: int = 32, prefetch: int = 2) -> None:
         self._worker = worker
         self._gateway = gateway
         self._registry = registry
         self._gate = gate
         self._device = device
         self._precision = precision
+        self._engines = engines or {}
         self._batch_size = batch_size
         self._prefetch = prefetch
         self._lock = asyncio.Lock()
@@ -112,7 +115,7 @@ class ModelSwapper:
         if self._worker.version == version:
             return 0.0
         embedder = await self._gateway.run(Embedder.load, record.checkpoint, device=self._device,
-                                           precision=self._precision)
+                                           precision=self._precision, **self._engines)
         return await self.switch_to(embedder, on_progress, cancelled)
 
     async def switch_to(self, embedder: Embedder, on_progress: Progress | None = None,

@@ -16,7 +16,6 @@ from service.runtime import Runtime
 from service.schemas import IndexStatus, Readiness, StoreStatus
 from service.storage_health import StorageFault, StorageHealth, storage_error
 
-RUNTIME_NAME = "torch"
 PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # as in the settings
 STORE_BACKEND = "sqlite"
 INDEX_BACKEND = "faiss"
@@ -46,7 +45,7 @@ async def readiness(app: FastAPI) -> Readiness:
     embedder = runtime.worker.embedder
     return Readiness(
         ready=not reasons, reasons=reasons, model_version=embedder.version, device=str(embedder.device),
-        precision=_precision(embedder.dtype), runtime=RUNTIME_NAME, index=index_status,
+        precision=_precision(embedder.dtype), runtime=embedder.runtime, index=index_status,
         store=_store(items, fault), queue_depth=runtime.worker.queue_depth, training=training,
     )
 

@@ -26,6 +26,7 @@ from service.worker import InferenceWorker
 LOG = logging.getLogger(__name__)
 
 GALLERY_DIR = "gallery"  # under the data directory
+ENGINE_DIR = "engines"  # ONNX exports and runtime choices, under the data directory
 
 
 @dataclass
@@ -52,8 +53,10 @@ class Runtime:
         checkpoint = _serving_checkpoint(settings, registry)
         gateway = await GalleryGateway.open(data / GALLERY_DIR, threads=settings.io_threads,
                                             index_kind=settings.index_kind)
+        engines = {"runtime": settings.runtime, "cache_dir": data / ENGINE_DIR,
+                   "threads": settings.inference_threads}
         embedder = await gateway.run(Embedder.load, checkpoint, device=settings.device,
-                                     precision=settings.precision)
+                                     precision=settings.precision, **engines)
         if checkpoint is None:
             registry.add_default(embedder.version, embedder.model.config.to_dict())
         else:
@@ -65,7 +68,8 @@ class Runtime:
         searcher.start()
         gate = SwapGate()
         swapper = ModelSwapper(worker, gateway, registry, gate, device=settings.device,
-                               precision=settings.precision, batch_size=settings.max_batch_size,
+                               precision=settings.precision, engines=engines,
+                               batch_size=settings.max_batch_size,
                                prefetch=settings.io_threads)
         await swapper.switch_to(embedder)
         jobs = JobStore(data / "jobs.sqlite3")

@@ -12,6 +12,7 @@ of 0, a checkpoint that does not exist, `default_k > max_k`, ...) fail at start-
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -31,6 +32,7 @@ from service.errors import InvalidParameter
 LOG = logging.getLogger(__name__)
 
 SETTINGS_FILE_VARIABLE = "CGD_SETTINGS_FILE"
+RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
 class Settings(BaseSettings):
@@ -44,6 +46,10 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="inference autocast dtype (auto: fp16 on CUDA, bf16 on CPUs that have it)")
     checkpoint: Path | None = Field(None, description="serve this checkpoint; None: the embedded default")
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto", description="inference runtime (auto: the fastest that agrees with torch fp32, measured at "
+                            "start-up per model version and CPU; ONNX files and the choice cached in "
+                            "<data_dir>/engines)")
     index_kind: str = Field("Flat", description='"Flat", "HNSW", "HNSW-SQ8", "IVF-PQ" or a factory string')
 
     # Inference worker (dynamic batching)
@@ -106,6 +112,14 @@ class Settings(BaseSettings):
     def _not_blank(cls, value: str) -> str:
         if not value.strip() or value != value.strip():
             raise ValueError("must be non-empty, without surrounding spaces")
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime_installed(cls, value: str) -> str:
+        if value in RUNTIME_PACKAGES and importlib.util.find_spec(RUNTIME_PACKAGES[value]) is None:
+            raise ValueError(f"runtime {value!r} needs the {RUNTIME_PACKAGES[value]!r} package, which is not "
+                             f"installed (pip install {RUNTIME_PACKAGES[value]}, or use auto or torch)")
         return value
 
     @field_validator("checkpoint")

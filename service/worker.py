@@ -53,6 +53,11 @@ class EmbedderLike(Protocol):
     def dim(self) -> int: ...
 
     @property
+    def runtime(self) -> str:
+        """The inference runtime: torch, onnxruntime or openvino."""
+        ...
+
+    @property
     def device(self) -> torch.device: ...
 
     @property

@@ -36,4 +36,5 @@ async def metrics(request: Request) -> Response:
     if runtime is not None:
         runtime.metrics.gallery_size.set(await runtime.gateway.count())
         runtime.metrics.observe_jobs(await runtime.gateway.run(runtime.jobs.count_by_status))
+        runtime.metrics.set_runtime(runtime.worker.embedder.runtime)
     return request.app.state.metrics.response()

@@ -95,8 +95,11 @@ def caltech_photos(caltech_dir: Path) -> list[Photo]:
 
 
 def settings_for(data_dir: Path, **overrides: Any) -> Settings:
-    """Test settings: CPU, one decode thread, small queue wait; `overrides` win."""
-    values: dict[str, Any] = {"data_dir": data_dir, "device": "cpu", "decode_threads": 2, "max_wait_ms": 2.0}
+    """Test settings: CPU, one decode thread, small queue wait, the torch runtime (auto would export
+    and measure ONNX engines at every start: tests/service/test_runtime.py covers it); `overrides`
+    win."""
+    values: dict[str, Any] = {"data_dir": data_dir, "device": "cpu", "decode_threads": 2, "max_wait_ms": 2.0,
+                              "runtime": "torch"}
     values.update(overrides)
     return Settings(**values)
 
@@ -162,7 +165,7 @@ def start_server(data_dir: Path, log: Path, env: dict[str, str] | None = None) -
     """`cgd serve --port <free> --data-dir <data_dir>`, waited for until /ready answers 200."""
     port = free_port()
     environment = {key: value for key, value in os.environ.items() if not key.startswith("CGD_")}
-    environment.update({"CGD_DEVICE": "cpu", "CGD_TRAIN_THREADS": "1", **(env or {})})
+    environment.update({"CGD_DEVICE": "cpu", "CGD_TRAIN_THREADS": "1", "CGD_RUNTIME": "torch", **(env or {})})
     command = [str(VENV_BIN / "cgd"), "serve", "--port", str(port), "--data-dir", str(data_dir)]
     with log.open("ab") as log_file:
         process = subprocess.Popen(command, env=environment, cwd=data_dir.parent, stdout=log_file,

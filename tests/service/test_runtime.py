@@ -1,0 +1,77 @@
+"""The service serves through the inference runtime it chose (CGD_RUNTIME), named in /ready and /metrics.
+
+One data directory for the whole module: the first app (auto) exports the default model to ONNX and
+measures the runtimes; the next ones reuse the export and the choice from `<data_dir>/engines`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pydantic
+import pytest
+from PIL import Image
+
+from model.embedder import Embedder
+from service.runtime import ENGINE_DIR
+
+MIN_COSINE = 0.999
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if importlib.util.find_spec("onnxscript") is None:
+        pytest.skip("onnxscript (torch.onnx's exporter) is not installed: no ONNX runtime can be served")
+    return tmp_path_factory.mktemp("runtime-data")
+
+
+def _embed(client, photos) -> np.ndarray:
+    files = [("files", (photo.name, photo.data)) for photo in photos]
+    response = client.post("/embed", files=files)
+    assert response.status_code == 200, response.text
+    return np.asarray(response.json()["embeddings"], dtype=np.float32)
+
+
+def _runtime_gauge(client) -> dict[str, float]:
+    text = client.get("/metrics").text
+    return {line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith("cgd_inference_runtime{")}
+
+
+def test_auto_serves_through_the_runtime_it_measured_fastest(open_app, data_dir, caltech_photos):
+    with open_app(data_dir, runtime="auto") as client:
+        ready = client.get("/ready").json()
+        vectors = _embed(client, caltech_photos[:4])
+        gauge = _runtime_gauge(client)
+    (choice_file,) = (data_dir / ENGINE_DIR).glob(f"{ready['model_version']}.*.runtime.json")
+    choice = json.loads(choice_file.read_text())
+    assert ready["runtime"] == choice["runtime"]
+    assert gauge[choice["runtime"]] == 1.0 and sum(gauge.values()) == 1.0
+    fastest = max((m for m in choice["measurements"] if m["min_cosine"] >= MIN_COSINE),
+                  key=lambda m: m["images_per_s"])
+    assert fastest["runtime"] == choice["runtime"]
+    reference = Embedder.load(None, device="cpu", precision="fp32")
+    images = [Image.open(io.BytesIO(photo.data)).convert("RGB") for photo in caltech_photos[:4]]
+    assert (vectors * reference.embed_images(images)).sum(axis=1).min() >= MIN_COSINE
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_a_runtime_named_in_the_settings_serves(open_app, data_dir, caltech_photos, name):
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"the {name!r} package is not installed")
+    with open_app(data_dir, runtime=name) as client:
+        assert client.get("/ready").json()["runtime"] == name
+        vectors = _embed(client, caltech_photos[:2])
+        assert _runtime_gauge(client)[name] == 1.0
+    with open_app(data_dir, runtime="torch") as client:
+        assert client.get("/ready").json()["runtime"] == "torch"
+        assert (vectors * _embed(client, caltech_photos[:2])).sum(axis=1).min() >= MIN_COSINE
+
+
+def test_an_unknown_runtime_is_refused_at_start_up(make_settings, tmp_path):
+    with pytest.raises(pydantic.ValidationError, match="runtime"):
+        make_settings(tmp_path, runtime="tensorflow")

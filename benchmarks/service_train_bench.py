@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict:
             record["job_wall_s"] = round(time.perf_counter() - began, 1)
             record["job"] = {key: job[key] for key in (
                 "status", "params", "baseline_metrics", "new_metrics", "promoted", "model_version",
-                "message", "error", "training_seconds", "reembedding_seconds")}
+                "message", "error", "training_seconds", "reembedding_seconds", "recipe", "progress")}
             record["serving"] = client.get("/ready").json()["model_version"]
     finally:
         server.terminate()
@@ -140,7 +140,7 @@ def main() -> None:
                         help="a folder with labels.csv (train and test splits)")
     parser.add_argument("--request", type=json.loads, default={},
                         help='the POST /train body as JSON (default {}: every default)')
-    parser.add_argument("--train-threads", type=int, default=2, help="CGD_TRAIN_THREADS of the service")
+    parser.add_argument("--train-threads", type=int, default=0, help="CGD_TRAIN_THREADS of the service")
     parser.add_argument("--timeout-minutes", type=float, default=60.0)
     parser.add_argument("--out", type=Path, default=None, help="write the record as JSON")
     args = parser.parse_args()

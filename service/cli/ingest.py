@@ -1,7 +1,7 @@
 """`cgd ingest`: upload a labelled folder (or a labels.csv) to a running service, with a progress bar.
 
-Each image's path relative to the folder is its external id, so running it again uploads only
-what is missing (the service returns known ids unchanged).
+Each image's path relative to the folder is its external id: images whose id the gallery already
+holds are neither sent nor counted, so running it again uploads only what is missing.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 from tqdm import tqdm
@@ -38,20 +39,36 @@ def run_ingest(args: argparse.Namespace) -> int:
         raise ValueError(f"no images found in {args.source}")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would break the bar
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
-    added = 0
+    added = known = 0
     with httpx.Client(base_url=args.url, headers=headers, timeout=args.timeout) as client, \
             tqdm(total=len(images), unit="img", desc="ingest") as bar:
         for start in range(0, len(images), args.batch_size):
             batch = images[start:start + args.batch_size]
-            response = client.post("/gallery", files=_files(batch), data=_fields(batch, root))
-            if response.status_code != 201:
-                sys.stderr.write(f"cgd ingest: the service refused a batch: {response.status_code} "
-                                 f"{response.text}\n")
-                return 1
-            added += len(response.json()["items"])
+            missing = [image for image in batch if not _stored(client, _external_id(image, root))]
+            known += len(batch) - len(missing)
+            if missing:
+                response = client.post("/gallery", files=_files(missing), data=_fields(missing, root))
+                if response.status_code != 201:
+                    sys.stderr.write(f"cgd ingest: the service refused a batch: {response.status_code} "
+                                     f"{response.text}\n")
+                    return 1
+                added += len(missing)
             bar.update(len(batch))
-    sys.stdout.write(json.dumps({"uploaded": added, "url": args.url}) + "\n")
+    sys.stdout.write(json.dumps({"uploaded": added, "already_in_gallery": known, "url": args.url}) + "\n")
     return 0
+
+
+def _external_id(image: LabelledImage, root: Path) -> str:
+    return image.path.relative_to(root).as_posix()
+
+
+def _stored(client: httpx.Client, external_id: str) -> bool:
+    """Whether the gallery holds an item of this external id (GET /gallery/external/{id})."""
+    response = client.get(f"/gallery/external/{quote(external_id, safe='/')}")
+    if response.status_code not in (200, 404):
+        raise ValueError(f"the service refused to look up {external_id!r}: "
+                         f"{response.status_code} {response.text}")
+    return response.status_code == 200
 
 
 def _files(batch: list[LabelledImage]) -> list[tuple[str, tuple[str, bytes]]]:
@@ -61,5 +78,5 @@ def _files(batch: list[LabelledImage]) -> list[tuple[str, tuple[str, bytes]]]:
 def _fields(batch: list[LabelledImage], root: Path) -> dict[str, list[str]]:
     return {
         "labels": [image.label for image in batch],
-        "external_ids": [str(image.path.relative_to(root)) for image in batch],
+        "external_ids": [_external_id(image, root) for image in batch],
     }

@@ -27,8 +27,8 @@ def test_before_the_lifespan_runs_the_app_is_alive_but_not_ready(tmp_path, make_
     client = TestClient(create_app(make_settings(tmp_path / "data")))  # no `with`: no model, no gallery
     assert client.get("/health").json() == {"status": "ok"}
     not_ready = client.get("/ready")
-    expect_error(not_ready, 503, "not_ready")
-    assert int(not_ready.headers["retry-after"]) >= 1
+    assert not_ready.status_code == 503 and int(not_ready.headers["retry-after"]) >= 1
+    assert not not_ready.json()["ready"] and "starting" in not_ready.json()["reasons"][0]
     expect_error(client.get("/gallery"), 503, "not_ready")
     assert client.get("/metrics").status_code == 200
 
@@ -44,8 +44,12 @@ def test_health_ready_and_metrics(tmp_path, open_app, make_image, expect_error):
     with open_app(data_dir) as client:
         assert client.get("/health").json() == {"status": "ok"}
         ready = client.get("/ready").json()
-        assert ready["status"] == "ready" and ready["gallery_size"] == 0
+        assert ready["ready"] and ready["reasons"] == [] and ready["store"]["items"] == 0
         assert ready["model_version"] == client.get("/models").json()["active"]
+        assert ready["device"] == "cpu" and ready["precision"] in ("fp32", "bf16")
+        assert ready["index"] == {"backend": "faiss", "kind": "Flat", "dim": 1536, "size": 0}
+        assert ready["store"]["backend"] == "sqlite" and ready["store"]["writable"]
+        assert ready["queue_depth"] == 0 and ready["training"] is None and ready["runtime"]
         expect_error(client.get("/gallery/1/similar"), 404, "not_found")  # empty gallery, unknown item
 
         files = [("files", (f"m{i}.png", make_image(300 + i))) for i in range(3)]
@@ -57,7 +61,8 @@ def test_health_ready_and_metrics(tmp_path, open_app, make_image, expect_error):
         assert client.post("/search", files={"file": ("q.png", make_image(300))}).status_code == 200
         assert client.get("/no/such/route").status_code == 404
         assert client.delete(f"/gallery/{first}").status_code == 204
-        assert client.get("/ready").json()["gallery_size"] == 2
+        ready = client.get("/ready").json()
+        assert ready["store"]["items"] == 2 and ready["index"]["size"] == 2
 
         response = client.get("/metrics")
         assert response.status_code == 200

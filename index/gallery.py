@@ -137,8 +137,8 @@ class Gallery:
                 for version, array in checked.items():
                     indexes.add(version, ids, array[rows])
                 self._live = self._store.live_version()
-        if self._live != was_live:  # the first version stored became live: index it now
-            self._registry.ensure(self._live)
+        if self._live is not None:  # load or build the live index now (a no-op once loaded), so that
+            self._registry.ensure(self._live)  # no search has to build it, nor write its snapshot
         self._registry.maintain(checked)
         return stored
 

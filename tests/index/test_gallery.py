@@ -223,3 +223,15 @@ def test_an_add_refused_by_the_store_leaves_no_image_behind(open_gallery, new_it
     assert gallery.count() == 2
     assert not list((gallery.root / "blobs" / ".tmp").iterdir())
 
+
+
+def test_searches_write_nothing_even_after_a_first_add_on_an_empty_live_version(open_gallery, new_items,
+                                                                                unit_vectors) -> None:
+    gallery = open_gallery()
+    gallery.activate("v1")  # live while the gallery is empty, as the service starts on a new data directory
+    gallery.add(new_items(3), {"v1": unit_vectors(3)})
+    files = {path: path.stat().st_mtime_ns for path in gallery.root.rglob("*") if path.is_file()}
+    for _ in range(2):
+        _, hits = gallery.search(unit_vectors(1, seed=5), 2)
+        assert len(hits[0]) == 2
+    assert {path: path.stat().st_mtime_ns for path in gallery.root.rglob("*") if path.is_file()} == files

@@ -1,0 +1,289 @@
+"""Latency while the gallery is re-embedded (promotion and activation), and re-embedding speed against raw.
+
+Starts `cgd serve` (the embedded default model) on 127.0.0.1 with a temporary data directory in which
+two variants of the default model (weights perturbed by 1e-3, so other versions with other vectors)
+are registered, ingests `--images` real images (cycling over `--image-root`'s class folders when it
+has fewer), then measures, in this order:
+
+1. idle: `/search` at concurrency 4 and `/health` probes (one at a time, every `--probe-ms`);
+2. activation under traffic: `POST /models/{variant A}/activate`, with the same search and health
+   load until its job (`GET /models/activations/{id}`) ends;
+3. activation without traffic: `POST /models/{variant B}/activate` alone: re-embedding images/s;
+4. promotion (unless `--no-train`): `POST /train` with `promote=always` and a tiny budget; the search
+   and health load runs while the job's phase is `re-embedding`.
+
+"raw" is the in-process decode + preprocess + batched model of `service_bench.RawPipeline` on all
+cores, measured before and after the HTTP phases. Pass: /health p99 < 50 ms over >= 1,000 probes and
+/search p99 < 3x idle in phases 2 and 4; re-embedding >= 0.8x raw in phase 3.
+
+    nice -n 10 .venv/bin/python benchmarks/swap_bench.py --images 10000 --out /tmp/swap_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service_bench import (
+    DEFAULT_IMAGES,
+    HOST,
+    ImageBytes,
+    RawPipeline,
+    cpu_model,
+    encode,
+    free_port,
+    ingest,
+    load_average,
+    read_images,
+    start_server,
+    wait_ready,
+)
+
+from model.checkpoint import save_checkpoint
+from model.default import default_model
+from service.model_registry import ModelRegistry
+from service.settings import Settings
+
+SEARCH_CONCURRENCY = 4
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    with open("/proc/cpuinfo") as handle:
+        line = next((line for line in handle if line.startswith("flags")), "flags:")
+    present = set(line.split(":", 1)[1].split())
+    return [flag for flag in CPU_FLAGS if flag in present]
+
+
+def variant_checkpoint(path: Path, seed: int) -> Path:
+    """The default model with every weight moved by N(0, 1e-3): another version, sensible vectors."""
+    model = default_model()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 1e-3)
+    save_checkpoint(path, model, metrics={"variant": seed})
+    return path
+
+
+def gallery_images(root: Path, count: int, queries: int) -> tuple[list[ImageBytes], list[ImageBytes]]:
+    """`count` gallery images (files re-used in turn when the folder has fewer) and `queries` others."""
+    available = sum(1 for folder in root.iterdir() if folder.is_dir() for _ in folder.iterdir())
+    distinct = read_images(root, min(available, count + queries))
+    query_images, pool = distinct[:queries], distinct[queries:]
+    return [pool[i % len(pool)] for i in range(count)], query_images
+
+
+def percentile(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 1) if values else float("nan")
+
+
+class Load:
+    """Search clients at concurrency 4 and a sequential /health prober, until `stop` is set."""
+
+    def __init__(self, client: httpx.AsyncClient, queries: list[ImageBytes], probe_ms: float) -> None:
+        self.client, self.probe_s = client, probe_ms / 1000
+        self.bodies = [encode("/search", image) for image in queries]
+        self.search_ms: list[float] = []
+        self.health_ms: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.stop = asyncio.Event()
+
+    async def _timed(self, kind: str, call: Callable[[], Awaitable[httpx.Response]],
+                     into: list[float]) -> None:
+        began = time.perf_counter()
+        try:
+            response = await call()
+            failure = None if response.status_code == 200 else str(response.status_code)
+        except httpx.HTTPError as exc:
+            failure = type(exc).__name__
+        if failure is None:
+            into.append(1000 * (time.perf_counter() - began))
+        else:
+            self.errors[f"{kind} {failure}"] += 1
+
+    async def _search(self, worker: int) -> None:
+        sent = worker
+        while not self.stop.is_set():
+            body, headers = self.bodies[sent % len(self.bodies)]
+            sent += SEARCH_CONCURRENCY
+            def post(b: bytes = body, h: dict = headers) -> Awaitable[httpx.Response]:
+                return self.client.post("/search", content=b, headers=h)
+
+            await self._timed("search", post, self.search_ms)
+
+    async def _health(self) -> None:
+        while not self.stop.is_set():
+            await self._timed("health", lambda: self.client.get("/health"), self.health_ms)
+            await asyncio.sleep(self.probe_s)
+
+    async def run(self, until: Awaitable[dict | None], search: bool = True) -> dict:
+        """Run the load until `until` completes; its result and the latency figures."""
+        tasks = [asyncio.create_task(self._health())]
+        if search:
+            tasks += [asyncio.create_task(self._search(w)) for w in range(SEARCH_CONCURRENCY)]
+        started = time.perf_counter()
+        try:
+            result = await until or {}
+        finally:
+            self.stop.set()
+            await asyncio.gather(*tasks)
+        return {**result, "seconds": round(time.perf_counter() - started, 1), "load1": load_average(),
+                "health_probes": len(self.health_ms), "health_p50_ms": percentile(self.health_ms, 50),
+                "health_p99_ms": percentile(self.health_ms, 99),
+                "health_max_ms": round(max(self.health_ms, default=float("nan")), 1),
+                "searches": len(self.search_ms), "search_p50_ms": percentile(self.search_ms, 50),
+                "search_p99_ms": percentile(self.search_ms, 99), "errors": dict(self.errors)}
+
+
+async def wait_for(client: httpx.AsyncClient, url: str, done: Callable[[dict], bool],
+                   poll_s: float = 0.5) -> dict:
+    while True:
+        body = (await client.get(url)).json()
+        if done(body):
+            return body
+        await asyncio.sleep(poll_s)
+
+
+async def activation(client: httpx.AsyncClient, version: str) -> dict:
+    """Activate `version` and wait for its job: its final state and re-embedding images/s."""
+    accepted = await client.post(f"/models/{version}/activate")
+    if accepted.status_code != 202:
+        raise SystemExit(f"activate {version}: {accepted.status_code} {accepted.text}")
+    job_id = accepted.json()["job_id"]
+    job = await wait_for(client, f"/models/activations/{job_id}", lambda j: j["status"] != "running")
+    if job["status"] != "succeeded":
+        raise SystemExit(f"activation of {version} ended {job['status']}: {job['error']}")
+    return {"version": version, "reembedded": job["reembedded"], "swap_seconds": job["seconds"],
+            "reembed_images_per_s": round(job["reembedded"] / job["seconds"], 1) if job["seconds"] else None}
+
+
+async def promotion(client: httpx.AsyncClient, max_minutes: float) -> tuple[str, Awaitable[dict]]:
+    """Start a promote=always job; wait until it re-embeds; (job id, awaitable of its end)."""
+    body = {"promote": "always", "max_minutes": max_minutes, "epochs": 1}
+    started = await client.post("/train", json=body)
+    if started.status_code != 202:
+        raise SystemExit(f"POST /train: {started.status_code} {started.text}")
+    job_id = started.json()["job_id"]
+    ended = ("succeeded", "failed", "cancelled")
+    await wait_for(client, f"/train/{job_id}", lambda j: j["status"] in ended
+                   or (j["progress"] or {}).get("phase") == "re-embedding")
+
+    async def finished() -> dict:
+        job = await wait_for(client, f"/train/{job_id}", lambda j: j["status"] in ended)
+        progress = job["progress"] or {}
+        return {"status": job["status"], "reembedded": progress.get("reembedded"),
+                "reembedding_seconds": job["reembedding_seconds"], "error": job["error"]}
+
+    return job_id, finished()
+
+
+async def idle(client: httpx.AsyncClient, queries: list[ImageBytes], args: argparse.Namespace) -> dict:
+    load = Load(client, queries, args.probe_ms)
+    return await load.run(asyncio.sleep(args.idle_seconds))
+
+
+async def run_http(url: str, gallery: list[ImageBytes], queries: list[ImageBytes], variants: list[str],
+                   args: argparse.Namespace) -> dict:
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120.0) as client:
+        results: dict = {"ingest": await ingest(client, gallery)}
+        await Load(client, queries, args.probe_ms).run(asyncio.sleep(3))  # warm-up
+        results["idle"] = await idle(client, queries, args)
+        print(f"idle: {results['idle']}", file=sys.stderr, flush=True)
+        results["activate_under_load"] = await Load(client, queries, args.probe_ms).run(
+            activation(client, variants[0]))
+        print(f"activation under load: {results['activate_under_load']}", file=sys.stderr, flush=True)
+        results["activate_alone"] = await Load(client, queries, args.probe_ms).run(
+            activation(client, variants[1]), search=False)
+        print(f"activation alone: {results['activate_alone']}", file=sys.stderr, flush=True)
+        if not args.no_train:
+            _, finished = await promotion(client, args.train_minutes)
+            results["promotion_under_load"] = await Load(client, queries, args.probe_ms).run(finished)
+            print(f"promotion under load: {results['promotion_under_load']}", file=sys.stderr, flush=True)
+    return results
+
+
+def verdict(results: dict, raw_images_per_s: float) -> dict:
+    idle_p99 = results["idle"]["search_p99_ms"]
+    checks = {}
+    for phase in ("activate_under_load", "promotion_under_load"):
+        if phase in results:
+            figures = results[phase]
+            checks[f"{phase}: health p99 < 50 ms over >= 1000 probes"] = (
+                figures["health_p99_ms"] < 50 and figures["health_probes"] >= 1000)
+            checks[f"{phase}: search p99 < 3x idle ({idle_p99} ms)"] = figures["search_p99_ms"] < 3 * idle_p99
+    alone = results["activate_alone"]["reembed_images_per_s"]
+    checks[f"re-embedding {alone} images/s >= 0.8x raw {raw_images_per_s}"] = alone >= 0.8 * raw_images_per_s
+    return checks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=10_000, help="gallery images (files re-used if fewer)")
+    parser.add_argument("--queries", type=int, default=64, help="other images used as search requests")
+    parser.add_argument("--image-root", type=Path, default=DEFAULT_IMAGES, help="class folders of images")
+    parser.add_argument("--idle-seconds", type=float, default=30.0, help="length of the idle measurement")
+    parser.add_argument("--probe-ms", type=float, default=10.0, help="pause between two /health probes")
+    parser.add_argument("--raw-seconds", type=float, default=20.0, help="length of each raw measurement")
+    parser.add_argument("--train-minutes", type=float, default=0.5, help="budget of the promotion's training")
+    parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds for the server to start")
+    parser.add_argument("--no-train", action="store_true", help="skip the promotion phase")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = parser.parse_args()
+    settings = Settings()
+    gallery, queries = gallery_images(args.image_root, args.images, args.queries)
+    machine = {"cpu": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count(),
+               "load1_start": load_average(),
+               "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("CGD_")}}
+    print(f"machine {machine}", file=sys.stderr, flush=True)
+    raw = RawPipeline(queries, settings)
+    raws = [raw.measure(args.raw_seconds)]
+    with tempfile.TemporaryDirectory(prefix="cgd-swap-bench-") as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        registry = ModelRegistry(data)
+        variants = [registry.add_checkpoint(variant_checkpoint(Path(tmp) / f"v{seed}.pt", seed)).version
+                    for seed in (1, 2)]
+        port = free_port()
+        url = f"http://{HOST}:{port}"
+        log = Path(tmp) / "server.log"
+        server = start_server(data, port, log)
+        try:
+            wait_ready(url, server, log, timeout_s=args.ready_timeout)
+            results = asyncio.run(run_http(url, gallery, queries, variants, args))
+        finally:
+            server.terminate()
+            server.wait(timeout=120)
+    raws.append(raw.measure(args.raw_seconds))
+    machine["load1_end"] = load_average()
+    raw_images_per_s = round(statistics.mean(r["images_per_s"] for r in raws), 1)
+    checks = verdict(results, raw_images_per_s)
+    report = {"machine": machine, "command": " ".join(sys.argv), "raw": raws,
+              "raw_images_per_s": raw_images_per_s, **results, "checks": checks}
+    print(json.dumps(report, indent=1))
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

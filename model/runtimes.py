@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.bn_fold import fold_batchnorm
 from model.cgd import CGD
 from model.device import autocast, cpu_supports_bf16, resolve_precision
 from model.malloc import keep_freed_memory
@@ -74,16 +75,23 @@ def unit_rows(embedding: np.ndarray) -> np.ndarray:
 
 
 class TorchEngine:
-    """Torch eager: channels_last, autocast per `model.device` rules, glibc malloc tuned for big tensors."""
+    """Torch eager: BatchNorm folded into the convolutions (`fold_bn`, on a copy), channels_last, autocast
+    per `model.device` rules, glibc malloc tuned for big tensors on the CPU (`model.malloc`)."""
 
     runtime = "torch"
 
-    def __init__(self, model: CGD, device: torch.device, precision: str = "auto") -> None:
+    def __init__(self, model: CGD, device: torch.device, precision: str = "auto", *,
+                 fold_bn: bool = True) -> None:
         if device.type == "cpu":
             keep_freed_memory()
         self.device = device
         self.dtype = resolve_precision(device, precision)
-        self.model = model.eval().to(device, memory_format=torch.channels_last)
+        model = model.eval().to(device)
+        if fold_bn:
+            size = model.config.image_size
+            sample = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+            model = fold_batchnorm(model, sample.to(device))
+        self.model = model.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def run(self, batch: torch.Tensor) -> np.ndarray:

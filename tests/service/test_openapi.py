@@ -19,7 +19,7 @@ from service.settings import Settings
 from tests.service.conftest import Server, pattern_image, start_server
 
 WRITE_KEY = "schema-write-key"
-FUZZ_SECONDS = 10  # per run; two runs (benchmarks/fuzz_api.py runs for minutes)
+FUZZ_SECONDS = 15  # per run at most; two runs (benchmarks/fuzz_api.py runs for minutes)
 # A schema cannot say "an image": random bytes of a schema-valid upload are rightly refused with 400.
 EXCLUDED_CHECKS = "positive_data_acceptance"
 
@@ -100,7 +100,8 @@ def test_schemathesis_finds_no_failure(server: Server, tmp_path: Path, key: str 
     url = str(server.client.base_url).rstrip("/")
     report = tmp_path / "report.json"
     command = [str(Path(sys.executable).with_name("schemathesis")), "run", f"{url}/openapi.json",
-               "--checks", "all", "--exclude-checks", EXCLUDED_CHECKS, "--max-examples", "5",
+               "--checks", "all", "--exclude-checks", EXCLUDED_CHECKS, "--max-examples", "3",
+               "--phases", "coverage,fuzzing",  # stateful runs in benchmarks/fuzz_api.py: it takes minutes
                "--max-time", str(FUZZ_SECONDS), "--request-timeout", "60", "--seed", "1",
                "--report", "json", "--report-json-path", str(report)]
     if key is not None:
@@ -108,5 +109,5 @@ def test_schemathesis_finds_no_failure(server: Server, tmp_path: Path, key: str 
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=FUZZ_SECONDS + 60)
     result = json.loads(report.read_text())
     assert done.returncode == 0 and not result["failures"] and not result["errors"], done.stdout[-6000:]
-    assert result["operations"]["tested"] == result["operations"]["selected"] >= 20
+    assert result["operations"]["tested"] == result["operations"]["selected"] >= 20, "not every operation ran"
     assert not re.search(r'" 5(?!03|07)\d\d ', server.log.read_text(errors="replace"))  # no 5xx but 503/507

@@ -97,8 +97,11 @@ class CGD(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> CGDOutput:
         """Backbone map (B, C, h, w) -> embedding, raw concatenation and auxiliary logits."""
-        descriptors = self.pool(features)
-        with torch.autocast(device_type=features.device.type, enabled=False):
+        return self.head(self.pool(features))
+
+    def head(self, descriptors: list[torch.Tensor]) -> CGDOutput:
+        """One (B, C) descriptor per letter -> embedding, raw concatenation and auxiliary logits."""
+        with torch.autocast(device_type=descriptors[0].device.type, enabled=False):
             branches = [proj(desc) for proj, desc in zip(self.projections, descriptors, strict=True)]
             raw = torch.cat(branches, dim=1)
             embedding = F.normalize(torch.cat([F.normalize(b, dim=1) for b in branches], dim=1), dim=1)
@@ -115,8 +118,17 @@ class CGD(nn.Module):
         return embedding if self.whitening is None else self.whitening(embedding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, d) unit-norm embedding (whitened when the model has learned whitening)."""
-        return self.embed_features(self.forward_features(x))
+        """(B, 3, H, W) -> (B, d) unit-norm embedding (whitened when the model has learned whitening).
+        With several `config.scales`, each descriptor is averaged over the input resized by each
+        scale before the projections and normalisations (multi-scale descriptors)."""
+        if self.config.scales == (1.0,):
+            return self.embed_features(self.forward_features(x))
+        per_scale = [self.forward_descriptors(x if scale == 1.0 else F.interpolate(
+            x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1.0))
+            for scale in self.config.scales]
+        descriptors = [torch.stack(same).mean(dim=0) for same in zip(*per_scale, strict=True)]
+        embedding = self.head(descriptors).embedding
+        return embedding if self.whitening is None else self.whitening(embedding)
 
     def set_whitening(self, mean: torch.Tensor | None, projection: torch.Tensor | None = None) -> None:
         """Apply learned whitening `L2norm(projection @ (e - mean))` after the embedding (None removes it)."""

@@ -44,6 +44,7 @@ class CGDConfig:
     `descriptors` is a string of 1 to 3 distinct letters from S (SPoC), M (MAC) and G (GeM);
     the first letter feeds the auxiliary classifier. `embedding_dim` is split evenly over them.
     `whitening`: the model ends with a learned whitening (d x d, fitted after training).
+    `scales`: input scales whose descriptors are averaged at inference (multi-scale; training uses 1).
     """
 
     backbone: str = "tf_efficientnet_lite0"
@@ -53,6 +54,7 @@ class CGDConfig:
     learn_gem_p: bool = False
     num_classes: int = 0
     whitening: bool = False
+    scales: tuple[float, ...] = (1.0,)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
     def __post_init__(self) -> None:
@@ -71,6 +73,9 @@ class CGDConfig:
             )
         if self.gem_p < 1.0:
             raise ConfigError(f"gem_p must be >= 1, got {self.gem_p}")
+        object.__setattr__(self, "scales", tuple(float(scale) for scale in self.scales))
+        if not self.scales or any(not 0.25 <= scale <= 4.0 for scale in self.scales):
+            raise ConfigError(f"scales must be 1 to n factors in [0.25, 4], got {self.scales}")
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
 
@@ -92,6 +97,7 @@ class CGDConfig:
         data = asdict(self)
         data["preprocessing"]["mean"] = list(self.preprocessing.mean)
         data["preprocessing"]["std"] = list(self.preprocessing.std)
+        data["scales"] = list(self.scales)
         return data
 
     @classmethod

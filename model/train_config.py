@@ -41,6 +41,7 @@ class TrainConfig:
     cache_views: int | None = None  # None: as many (1 to 4) as a quarter of the budget builds
     cache_max_gib: float = 4.0  # disk bound of the feature cache; fewer views beyond it
     whitening: WhiteningChoice = "auto"
+    scales: tuple[float, ...] = (1.0,)  # inference scales written into the model (multi-scale descriptors)
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"

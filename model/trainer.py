@@ -10,6 +10,7 @@ validation set's noise (`model.selection`); otherwise the start model itself, wi
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import random
@@ -227,7 +228,7 @@ class _Run:
         measured on real batches without changing any weight (gradients are dropped)."""
         self.engine.set_trainable(True)
         set_train_mode(self.model, freeze_bn=True)
-        batches = iter(self.engine.batches(self.sampler))
+        batches = itertools.cycle(itertools.islice(self.engine.batches(self.sampler), steps + 1))
         timings = []
         for _ in range(steps + 1):
             inputs, labels = next(batches)
@@ -436,6 +437,7 @@ def _finish(run: _Run, stopped: Stopped, cache_dir: Path) -> TrainResult:
              "recipe": recipe}
     use_trained = run.best_state is not None and (improved or not run.config.keep_start_if_not_better)
     if use_trained:
+        run.model.config = run.model.config.with_changes(scales=run.config.scales)
         version = save_checkpoint(run.out, run.model.cpu().eval(), classes=run.classes, metrics=run.best,
                                   extra=extra)
         if not improved:

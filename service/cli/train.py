@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="cached: train the backbone's last stages from a trunk feature cache (default)")
     train.add_argument("--cache-views", type=int, help="augmented views cached per image (default: budget)")
     train.add_argument("--whitening", choices=("auto", "learned", "pca", "none"))
+    train.add_argument("--scales", type=lambda text: tuple(float(s) for s in text.split(",")),
+                       help="inference scales written into the model, e.g. 1,0.707,1.414 (default 1)")
     train.add_argument("--seed", type=int)
     train.add_argument("--workers", dest="num_workers", type=int, help="DataLoader workers (full engine)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"))
@@ -58,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--ks", default="1,2,4,8", help="comma-separated K of Recall@K")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    evaluate.add_argument("--scales", help="comma-separated input scales whose descriptors are averaged "
+                          "(e.g. 1,0.707,1.414; default: the model's)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=run_eval)
 
@@ -72,8 +76,8 @@ def _images(root: Path, split: str) -> list:
 
 _CONFIG_OPTIONS = ("loss", "epochs", "image_size", "batch_size", "images_per_class", "descriptors",
                    "embedding_dim", "lr", "backbone_lr", "head_lr", "optimizer", "warmup_epochs", "freeze_bn",
-                   "hflip", "val_fraction", "val_mode", "engine", "cache_views", "whitening", "seed",
-                   "num_workers", "device", "precision")
+                   "hflip", "val_fraction", "val_mode", "engine", "cache_views", "whitening", "scales",
+                   "seed", "num_workers", "device", "precision")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -106,6 +110,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
     ks = tuple(int(k) for k in args.ks.split(","))
     embedder = Embedder.load(args.checkpoint, device=args.device)
+    if args.scales:
+        model = embedder.model
+        model.config = model.config.with_changes(scales=tuple(float(s) for s in args.scales.split(",")))
     metrics = evaluate(embedder, _images(args.data, args.split), ks=ks, batch_size=args.batch_size)
     if args.json:
         sys.stdout.write(json.dumps(metrics) + "\n")

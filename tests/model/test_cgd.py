@@ -77,3 +77,24 @@ def test_config_round_trips_through_plain_dicts():
     assert CGDConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="unknown model config fields"):
         CGDConfig.from_dict({**config.to_dict(), "colour": "blue"})
+
+
+def test_multi_scale_descriptors_average_the_scales() -> None:
+    import torch.nn.functional as F
+
+    from model.default import default_model
+
+    model = default_model()
+    x = torch.rand(2, 3, 96, 96)
+    with torch.inference_mode():
+        single = model(x)
+        scaled = [model.forward_descriptors(F.interpolate(x, scale_factor=s, mode="bilinear",
+                                                          align_corners=False, antialias=s < 1))
+                  for s in (0.5,)]
+        expected = model.head([(a + b) / 2 for a, b in zip(model.forward_descriptors(x), scaled[0],
+                                                             strict=True)]).embedding
+        model.config = model.config.with_changes(scales=(1.0, 0.5))
+        multi = model(x)
+    assert torch.allclose(multi, expected, atol=1e-6)
+    assert not torch.allclose(multi, single, atol=1e-3)
+    assert torch.allclose(multi.norm(dim=1), torch.ones(2))

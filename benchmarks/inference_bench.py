@@ -1,0 +1,214 @@
+"""Inference runtimes side by side on the embedded default model: images/s, latency, agreement with fp32.
+
+Every row runs in a fresh child process (the malloc tuning of `model.malloc` is process-wide and the
+baseline must not have it), rows alternate over `--repeats`, and each process times batches of real
+images (caltech101, 224 px) at every `--batches` size for `--seconds` each, on `--threads` threads.
+Rows:
+
+- `torch-baseline`: torch eager as the service ran it before the runtimes (channels_last, no malloc tuning)
+- `torch-unfolded`: `model.runtimes.TorchEngine` without BatchNorm folding (channels_last, malloc tuned)
+- `torch`: `model.runtimes.TorchEngine` (BatchNorm folded, channels_last, glibc malloc tuned), fp32
+- `torch-bf16`: the same under bf16 autocast (slow without native bf16: opt in with `--rows`)
+- `onnxruntime`, `openvino`: the ONNX export of `CGD.forward` (cached in `--cache-dir`)
+
+Each batch size also records the minor page faults of one more pass (eager torch without the malloc
+tuning faults its big activations in at every pass). The min cosine compares each row's vectors with
+torch fp32 on the same images. The CPU model, its avx2/avx512f/avx512_bf16/amx_bf16 flags and the
+load average before and after every row are recorded.
+
+    nice -n 10 .venv/bin/python benchmarks/inference_bench.py --seconds 3 --repeats 2 --out /tmp/infer.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "caltech101"
+ROWS = ("torch-baseline", "torch-unfolded", "torch", "torch-bf16", "onnxruntime", "openvino")
+DEFAULT_ROWS = "torch-baseline,torch-unfolded,torch,onnxruntime,openvino"
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_facts() -> dict:
+    fields: dict[str, str] = {}
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name", "?"), "cores": os.cpu_count(),
+            "flags": {flag: flag in flags for flag in FLAGS}}
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def real_batch(root: Path, count: int):
+    """(count, 3, 224, 224): the first photo of `count` caltech101 classes, preprocessed."""
+    import csv
+
+    import torch
+    from PIL import Image
+
+    from model.default import DEFAULT_CONFIG
+    from model.images import upright_rgb
+    from model.transforms import inference_transform
+
+    transform = inference_transform(DEFAULT_CONFIG.preprocessing)
+    chosen: dict[str, Path] = {}
+    with (root / "labels.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["label"] not in chosen:
+                chosen[row["label"]] = root / row["path"]
+            if len(chosen) == count:
+                break
+    return torch.stack([transform(upright_rgb(Image.open(path))) for path in chosen.values()])
+
+
+def make_runner(row: str, threads: int, cache_dir: Path):
+    """(row's embed function, its version)."""
+    import torch
+
+    from model.default import default_model
+    from model.embedder import Embedder
+
+    torch.set_num_threads(threads)
+    if row == "torch-baseline":
+        model = default_model().eval().to(memory_format=torch.channels_last)
+
+        @torch.inference_mode()
+        def run(batch):
+            out = model(batch.contiguous(memory_format=torch.channels_last))
+            return torch.nn.functional.normalize(out.float(), dim=1).numpy()
+
+        return run
+    if row == "torch-unfolded":
+        from model.runtimes import TorchEngine
+
+        return TorchEngine(default_model(), torch.device("cpu"), "fp32", fold_bn=False).run
+    runtime, precision = {"torch-bf16": ("torch", "bf16")}.get(row, (row, "fp32"))
+    embedder = Embedder.load(None, device="cpu", precision=precision, runtime=runtime, cache_dir=cache_dir,
+                             threads=threads)
+    return embedder.embed_tensors
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Child process: time one row at every batch size, save its vectors of the full batch."""
+    images = real_batch(args.image_root, max(args.batch_sizes))
+    run = make_runner(args.worker, args.threads, args.cache_dir)
+    result = {}
+    for size in args.batch_sizes if args.seconds > 0 else ():
+        batch = images[:size]
+        run(batch)  # warm-up
+        times = []
+        deadline = time.perf_counter() + args.seconds
+        while time.perf_counter() < deadline or len(times) < 2:
+            started = time.perf_counter()
+            run(batch)
+            times.append(time.perf_counter() - started)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        run(batch)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        median = float(np.median(times))
+        result[str(size)] = {"images_per_s": size / median, "latency_ms": median * 1000, "runs": len(times),
+                             "page_faults": faults}
+    np.save(args.vectors, run(images))
+    print(json.dumps(result))
+
+
+def run_row(row: str, args: argparse.Namespace, vectors: Path) -> dict:
+    command = [sys.executable, __file__, "--worker", row, "--vectors", str(vectors),
+               "--batches", ",".join(map(str, args.batch_sizes)), "--seconds", str(args.seconds),
+               "--threads", str(args.threads), "--cache-dir", str(args.cache_dir),
+               "--image-root", str(args.image_root)]
+    before = load_average()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip()[-500:], "load": [before, load_average()]}
+    return {"by_batch": json.loads(done.stdout.strip().splitlines()[-1]), "load": [before, load_average()]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated, of {', '.join(ROWS)}")
+    parser.add_argument("--batches", default="1,32", help="batch sizes, comma-separated")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing per row and batch size")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of all rows")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/cgd-engines"), help="ONNX exports")
+    parser.add_argument("--image-root", type=Path, default=DEFAULT_IMAGES, help="caltech101 (labels.csv)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--vectors", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.batch_sizes = [int(b) for b in args.batches.split(",")]
+    if args.worker:
+        worker(args)
+        return
+    rows = args.rows.split(",")
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        raise SystemExit(f"unknown rows {sorted(unknown)}; use {', '.join(ROWS)}")
+    report = {**cpu_facts(), "threads": args.threads, "seconds": args.seconds, "rows": {}}
+    work = Path(args.cache_dir) / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    reference = work / "reference.npy"
+    reference_run = run_row("torch", argparse.Namespace(**{**vars(args), "seconds": 0.0}), reference)
+    if "error" in reference_run:
+        raise SystemExit(f"the torch fp32 reference failed: {reference_run['error']}")
+    expected = np.load(reference)
+    for repeat in range(args.repeats):
+        for row in rows:
+            vectors = work / f"{row}.npy"
+            result = run_row(row, args, vectors)
+            if "by_batch" in result:
+                result["min_cosine"] = float((np.load(vectors) * expected).sum(axis=1).min())
+            report["rows"].setdefault(row, []).append(result)
+            print(json.dumps({"repeat": repeat, "row": row, **result}), flush=True)
+    print(markdown(report))
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+def markdown(report: dict) -> str:
+    """One line per row: the best repeat's images/s and latency per batch size, min cosine, load."""
+    sizes = None
+    lines = []
+    for row, results in report["rows"].items():
+        good = [r for r in results if "by_batch" in r]
+        if not good:
+            lines.append(f"| {row} | failed: {results[0]['error'][-80:]} |")
+            continue
+        sizes = sizes or list(good[0]["by_batch"])
+        cells = []
+        for size in sizes:
+            best = max(good, key=lambda r: r["by_batch"][size]["images_per_s"])["by_batch"][size]
+            cells.append(f"{best['images_per_s']:.1f} ({best['latency_ms']:.0f} ms, "
+                         f"{best['page_faults']} faults)")
+        loads = [load for r in results for load in r["load"]]
+        cosine = min(r["min_cosine"] for r in good)
+        lines.append(f"| {row} | " + " | ".join(cells)
+                     + f" | {cosine:.5f} | {min(loads):.1f}-{max(loads):.1f} |")
+    header = ("| row | " + " | ".join(f"batch {s}: img/s (latency, faults/pass)" for s in sizes or [])
+              + " | min cosine | load |")
+    rule = "| --- | " + " | ".join("---:" for _ in sizes or []) + " | ---: | --- |"
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in report["flags"].items())
+    return "\n".join([f"{report['cpu']}, {report['cores']} cores ({flags}), {report['threads']} threads",
+                      header, rule, *lines])
+
+
+if __name__ == "__main__":
+    main()

@@ -97,7 +97,14 @@ class CGDConfig:
         data = asdict(self)
         data["preprocessing"]["mean"] = list(self.preprocessing.mean)
         data["preprocessing"]["std"] = list(self.preprocessing.std)
-        data["scales"] = list(self.scales)
+        # Options added after the first checkpoints are left out at their defaults, so the version
+        # hash of a checkpoint written before they existed stays the same.
+        if self.scales == (1.0,):
+            del data["scales"]
+        else:
+            data["scales"] = list(self.scales)
+        if not self.whitening:
+            del data["whitening"]
         return data
 
     @classmethod

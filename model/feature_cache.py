@@ -85,18 +85,6 @@ def _run_trunk(trunk: torch.nn.Module, tensors: list[torch.Tensor], device: torc
         return trunk(batch).float().cpu().numpy().astype(np.float16)
 
 
-def measure_trunk(trunk: torch.nn.Module, pre: Preprocessing, stride: int, device: torch.device,
-                  images: Sequence[LabelledImage], dtype: torch.dtype = torch.float32) -> float:
-    """Seconds per view (decode + transform + trunk), measured on up to CHUNK images."""
-    sample = list(images[:CHUNK])
-    transform = view_transforms(pre, stride, 1, hflip=False)[0]
-    decoded = [open_rgb(image.path) for image in sample]
-    _run_trunk(trunk, [transform(image) for image in decoded[:2]], device, dtype)  # warm-up
-    began = time.perf_counter()
-    _run_trunk(trunk, [transform(image) for image in decoded], device, dtype)
-    return (time.perf_counter() - began) / len(sample)
-
-
 def build_cache(
     directory: Path,
     train_images: Sequence[LabelledImage],
@@ -111,40 +99,51 @@ def build_cache(
     dtype: torch.dtype = torch.float32,
     hflip: bool = False,
     seed: int = 0,
+    extra_views_until: float | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> FeatureCache | None:
-    """Run the trunk (eval mode) over every view and write the cache; None when cancelled."""
+    """Run the trunk (eval mode) over the views and write the cache; None when cancelled.
+
+    View 0 of every training image and the validation images are always cached; views 1.. follow,
+    one whole view at a time, only while `time.perf_counter()` is before `extra_views_until` (a
+    busy machine thus caches fewer views instead of overrunning the budget)."""
     cells = pre.image_size // stride
     directory.mkdir(parents=True, exist_ok=True)
     train = np.lib.format.open_memmap(directory / "train_views.npy", mode="w+", dtype=np.float16,
                                       shape=(len(train_images), views, channels, cells + 2, cells + 2))
     val = np.zeros((len(val_images), channels, cells, cells), dtype=np.float16)
     transforms = view_transforms(pre, stride, views, hflip=hflip)
-    val_transform = inference_transform(pre)
     torch.manual_seed(seed)
     trunk.eval()
-    total, done = len(train_images) + len(val_images), 0
-    for start in range(0, len(train_images), CHUNK):
-        decoded = [open_rgb(image.path) for image in train_images[start:start + CHUNK]]
-        for view, transform in enumerate(transforms):
-            train[start:start + len(decoded), view] = _run_trunk(
-                trunk, [transform(image) for image in decoded], device, dtype)
-        done += len(decoded)
-        if on_progress is not None:
-            on_progress(done, total)
-        if cancelled():
+    total, done = len(train_images) * views + len(val_images), 0
+
+    def fill(target: np.ndarray, images: Sequence[LabelledImage], transform: Callable) -> bool:
+        nonlocal done
+        for start in range(0, len(images), CHUNK):
+            decoded = [open_rgb(image.path) for image in images[start:start + CHUNK]]
+            target[start:start + len(decoded)] = _run_trunk(trunk, [transform(image) for image in decoded],
+                                                            device, dtype)
+            done += len(decoded)
+            if on_progress is not None:
+                on_progress(done, total)
+            if cancelled():
+                return False
+        return True
+
+    if not fill(train[:, 0], train_images, transforms[0]):
+        return None
+    if not fill(val, val_images, inference_transform(pre)):
+        return None
+    completed = 1
+    for view in range(1, views):
+        if extra_views_until is not None and time.perf_counter() >= extra_views_until:
+            break
+        if not fill(train[:, view], train_images, transforms[view]):
             return None
-    for start in range(0, len(val_images), CHUNK):
-        decoded = [open_rgb(image.path) for image in val_images[start:start + CHUNK]]
-        val[start:start + len(decoded)] = _run_trunk(trunk, [val_transform(image) for image in decoded],
-                                                     device, dtype)
-        done += len(decoded)
-        if on_progress is not None:
-            on_progress(done, total)
+        completed += 1
     train.flush()
     LOG.info("feature cache: %d images x %d views + %d validation images, %.1f MiB in %s",
-             len(train_images), views, len(val_images), train.nbytes / 2**20, directory)
-    return FeatureCache(directory, train, val, cells)
-
-
+             len(train_images), completed, len(val_images), train.nbytes * completed / views / 2**20,
+             directory)
+    return FeatureCache(directory, train[:, :completed], val, cells)

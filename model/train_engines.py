@@ -25,7 +25,7 @@ from model.data import LabelledImage, LabelledImageDataset
 from model.device import autocast
 from model.embedder import Embedder
 from model.evaluation import embed_dataset, inference_dataset
-from model.feature_cache import FeatureCache, build_cache, cache_bytes, measure_trunk
+from model.feature_cache import FeatureCache, build_cache, cache_bytes
 from model.finetune import set_backbone_trainable
 from model.sampler import ClassBalancedBatchSampler
 from model.stages import StageSplit, split_backbone
@@ -33,7 +33,7 @@ from model.train_config import TrainConfig
 from model.transforms import train_transform
 
 LOG = logging.getLogger(__name__)
-CACHE_BUDGET_SHARE = 0.25  # at most this share of a time budget goes to caching extra views
+CACHE_BUDGET_SHARE = 0.2  # extra views are cached only within this share of a time budget
 MAX_CACHE_VIEWS = 4
 DEFAULT_CACHE_VIEWS = 2  # without a time budget
 
@@ -169,22 +169,16 @@ class CachedEngine:
 
 
 def cache_views(model: CGD, config: TrainConfig, split: StageSplit, images: Sequence[LabelledImage],
-                budget_s: float | None, device: torch.device, dtype: torch.dtype) -> int:
-    """Views per image: as asked, else as many as a quarter of the budget builds (1 to 4), then cut
-    to the disk bound; 0 when not even one view fits there."""
+                budget_s: float | None) -> int:
+    """The most views per image to cache: as asked, else 4 with a time budget (the budget then cuts
+    them, `build_cache`'s deadline) or 2 without; cut to the disk bound; 0 when not even one fits."""
     cells = model.config.image_size // split.stride + 2
     per_view = cache_bytes(len(images), 1, split.channels, cells)
     fits = int(config.cache_max_gib * 2**30 // max(per_view, 1))
     if config.cache_views is not None:
         wanted = config.cache_views
-    elif budget_s is None:
-        wanted = DEFAULT_CACHE_VIEWS
     else:
-        view_s = measure_trunk(split.trunk, model.config.preprocessing, split.stride, device, images, dtype)
-        affordable = int(CACHE_BUDGET_SHARE * budget_s // max(view_s * len(images), 1e-9))
-        wanted = max(1, min(MAX_CACHE_VIEWS, affordable))
-        LOG.info("trunk: %.1f ms per view; %d view(s) per image fit in %.0f%% of the budget",
-                 1000 * view_s, wanted, 100 * CACHE_BUDGET_SHARE)
+        wanted = DEFAULT_CACHE_VIEWS if budget_s is None else MAX_CACHE_VIEWS
     return min(wanted, fits)
 
 
@@ -195,19 +189,21 @@ def build_engine(model: CGD, config: TrainConfig, train_images: Sequence[Labelle
                  cancelled: Callable[[], bool]) -> TrainEngine | None:
     """The cached engine when `split` is given and the cache fits, else the full one; None when
     cancelled while caching. `report(done, total, images_per_s, views)` follows the caching."""
-    views = cache_views(model, config, split, train_images, budget_s, device, dtype) if split else 0
+    views = cache_views(model, config, split, train_images, budget_s) if split else 0
     if split is None or views == 0:
         return FullEngine(model, train_images, labels, val_images, device=device, dtype=dtype,
                           hflip=config.hflip, freeze_bn=config.freeze_bn, num_workers=config.num_workers,
                           eval_batch_size=config.eval_batch_size)
     began = time.perf_counter()
+    deadline = None if budget_s is None or config.cache_views else began + CACHE_BUDGET_SHARE * budget_s
 
     def progress(done: int, total: int) -> None:
         report(done, total, done / max(time.perf_counter() - began, 1e-9), views)
 
     cache = build_cache(cache_dir, train_images, val_images, split.trunk, model.config.preprocessing,
                         stride=split.stride, channels=split.channels, views=views, device=device, dtype=dtype,
-                        hflip=config.hflip, seed=config.seed, on_progress=progress, cancelled=cancelled)
+                        hflip=config.hflip, seed=config.seed, extra_views_until=deadline,
+                        on_progress=progress, cancelled=cancelled)
     if cache is None:
         return None
     return CachedEngine(model, split, cache, labels, device=device, dtype=dtype,

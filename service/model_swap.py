@@ -37,7 +37,8 @@ YIELD_POLL_S = 0.002  # how often the swapper looks whether requests wait for th
 YIELD_MAX_S = 0.25  # longest it waits for them before a pass (so traffic cannot starve it)
 TRAFFIC_HOLD_S = 2.0  # after requests were seen, passes stay small this long
 TRAFFIC_PASS_FRACTION = 8  # passes under traffic: batch size / this (a search waits less behind one)
-MODEL_WAIT_S = 0.002  # a pass that waited longer for the model thread ran after a request's round
+MODEL_WAIT_S = 0.02  # a pass that waited longer for the model thread ran after a request's round (a
+# round's forward pass takes longer than this; a thread's wake-up on a loaded machine does not)
 
 Progress = Callable[[int, int], None]
 Cancelled = Callable[[], bool]

@@ -39,6 +39,16 @@ def variant(tmp_path_factory) -> Path:
     return variant_checkpoint(tmp_path_factory.mktemp("variant") / "variant.pt")
 
 
+def caltech_labelled(root: Path, classes: int, per_class: int) -> list[tuple[Path, str]]:
+    """(path, label) of the first `per_class` photos of the first `classes` caltech101 classes."""
+    picked: dict[str, list[Path]] = {}
+    for line in (root / "labels.csv").read_text().splitlines()[1:]:
+        path, label = line.split(",")[:2]
+        if len(picked.get(label, [])) < per_class and (label in picked or len(picked) < classes):
+            picked.setdefault(label, []).append(root / path)
+    return [(path, label) for label, paths in picked.items() for path in paths]
+
+
 def fill(client, make_image, count: int = GALLERY) -> list[int]:
     files = [("files", (f"{seed}.png", make_image(seed))) for seed in range(count)]
     response = client.post("/gallery", files=files)
@@ -166,3 +176,39 @@ def test_re_embedding_matches_the_model_and_yields_to_searches(tmp_path, open_ap
         expected = np.asarray(client.post("/embed", files=files).json()["embeddings"])
         assert embedder.version == version
         np.testing.assert_allclose(stored, expected, atol=1e-2)  # stored as float16
+
+
+@pytest.mark.slow
+def test_cancelling_a_training_job_while_it_re_embeds_keeps_the_old_model(tmp_path, open_app, make_image,
+                                                                           caltech_dir):
+    """POST /train/{id}/cancel during the promotion's re-embedding: the job ends cancelled, the old
+    model serves (it used to answer 200 and the job still ended succeeded, with the new model live)."""
+    with open_app(tmp_path / "data", max_batch_size=1) as client:
+        photos = caltech_labelled(caltech_dir, classes=8, per_class=8)
+        for start in range(0, len(photos), 32):
+            chunk = photos[start:start + 32]
+            files = [("files", (path.name, path.read_bytes(), "image/jpeg")) for path, _ in chunk]
+            response = client.post("/gallery", files=files, data={"labels": [label for _, label in chunk]})
+            assert response.status_code == 201, response.text
+        old = client.get("/models").json()["active"]
+        accepted = client.post("/train", json={"epochs": 1, "image_size": 64, "whitening": "none",
+                                               "batch_size": 16, "promote": "always"})
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["job_id"]
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            job = client.get(f"/train/{job_id}").json()
+            if job["status"] != "running" and job["status"] != "queued":
+                pytest.fail(f"the job ended before re-embedding: {job}")
+            if (job["progress"] or {}).get("phase") == "re-embedding":
+                break
+            time.sleep(0.02)
+        cancelled = client.post(f"/train/{job_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        while (job := client.get(f"/train/{job_id}").json())["status"] == "running":
+            time.sleep(0.1)
+        assert job["status"] == "cancelled", job
+        assert job["promoted"] is False and "re-embedding" in job["message"]
+        assert client.get("/models").json()["active"] == old
+        hits = client.post("/search", files={"file": ("q.jpg", photos[0][0].read_bytes())}).json()
+        assert hits["model_version"] == old

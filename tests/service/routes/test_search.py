@@ -75,3 +75,14 @@ def test_query_expansion_keeps_results_ordered(shared_client, add, make_image):
     hits = search(shared_client, make_image(190), k="4", label="qe", qe_n="2", qe_alpha="3")
     scores = [hit["score"] for hit in hits]
     assert len(hits) == 4 and scores == sorted(scores, reverse=True)
+
+
+def test_a_bad_filter_is_refused_before_the_upload_is_decoded(shared_client, expect_error):
+    """The filter is parsed first: a broken image with a bad filter gets the filter's 422, not a 400."""
+    broken = {"file": ("q.png", b"not an image")}
+    for bad in ('{"shop": ["a"]}', '{"n": 1000000000000000000000000000000}', '{"": 1}', "[1]"):
+        form = {"metadata": bad}
+        expect_error(shared_client.post("/search", files=broken, data=form), 422, "invalid_parameter")
+        batch = [("files", ("q.png", b"not an image"))]
+        expect_error(shared_client.post("/search/batch", files=batch, data=form), 422, "invalid_parameter")
+    expect_error(shared_client.post("/search", files=broken, data={"metadata": '{"shop": "x"}'}), 400)

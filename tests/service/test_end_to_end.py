@@ -214,6 +214,13 @@ def test_real_server_ingest_search_train_swap_rollback_restart(tmp_path: Path, s
     assert by_version[new_version]["active"] and not by_version[old_version]["active"]
     assert by_version[old_version]["has_vectors"] and by_version[new_version]["has_vectors"]
 
+    # One item surely stored after the swap (the background ingester may have run out of images before).
+    late = client.post("/gallery", files=[("files", ("late.png", make_image(999)))],
+                       data={"external_ids": "late"})
+    assert late.status_code == 201, late.text
+    ingested.append((late.json()["items"][0]["id"], make_image(999)))
+    gallery_size += 1
+
     # Roll back to the old model (only the items ingested after the swap need its vectors), then forward.
     rolled_back = activate(client, old_version)
     assert rolled_back["status"] == "succeeded", rolled_back

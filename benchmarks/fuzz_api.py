@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,32 +26,13 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+from local_service import free_port, wait_ready
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 LOG = logging.getLogger("fuzz_api")
 WRITE_KEY = "fuzz-write-key"
 CHECKS_EXCLUDED = "positive_data_acceptance"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(client: httpx.Client, server: subprocess.Popen, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the service exited with {server.returncode}")
-        try:
-            if client.get("/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the service was not ready in {timeout_s:.0f} s")
 
 
 def png(seed: int, size: int = 64) -> bytes:

@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,34 +21,15 @@ import time
 from pathlib import Path
 
 import httpx
+from local_service import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 LOG = logging.getLogger("service_train_bench")
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def cgd(*args: str) -> list[str]:
     return [sys.executable, "-m", "service.cli", *args]
-
-
-def wait_ready(client: httpx.Client, server: subprocess.Popen, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the service exited with {server.returncode}")
-        try:
-            if client.get("/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the service was not ready in {timeout_s:.0f} s")
 
 
 def follow_job(client: httpx.Client, job_id: str, timeout_s: float) -> dict:

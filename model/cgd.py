@@ -46,7 +46,7 @@ class AuxClassifier(nn.Module):
 class Whitening(nn.Module):
     """Learned whitening (Radenovic et al., TPAMI 2018): x -> L2norm(P (x - mu)), P (d, d).
 
-    Starts as the identity (mu = 0, P = I); `model.whitening.fit_whitening` computes mu and P."""
+    Starts as the identity (mu = 0, P = I); `model.selection.choose_whitening` fits mu and P."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.postprocess import Whitening, apply_whitening, fit_learned_whitening, fit_pca_whitening
 from model.metrics import query_scores
-from model.whitening import FittedWhitening, apply_whitening, fit_learned_whitening, fit_pca_whitening
 
 LOG = logging.getLogger(__name__)
 
 BOOTSTRAP_SAMPLES = 2000
 CONFIDENCE = 0.95
+# Shrinkage towards the identity (x mean eigenvalue): a few hundred training images give a usable
+# d x d whitening (index.postprocess holds the formulas).
+WHITENING_SHRINKAGE = 0.5
 
 
 def better(candidate: dict[str, float], reference: dict[str, float]) -> bool:
@@ -57,7 +60,7 @@ def map_gain(new_ap: np.ndarray, old_ap: np.ndarray, seed: int = 0) -> Gain:
 
 
 def choose_whitening(train: np.ndarray, train_labels: np.ndarray, val: np.ndarray, val_labels: np.ndarray,
-                     choice: str = "auto", seed: int = 0) -> FittedWhitening | None:
+                     choice: str = "auto", seed: int = 0) -> Whitening | None:
     """Whitening fitted on the training split's embeddings and kept only when the validation MAP@R
     gains beyond noise (`map_gain`); `choice` "auto" tries learned, then PCA, and keeps the better."""
     kinds = ("learned", "pca") if choice == "auto" else (choice,)
@@ -65,8 +68,8 @@ def choose_whitening(train: np.ndarray, train_labels: np.ndarray, val: np.ndarra
     best = None
     for kind in kinds:
         try:
-            fitted = (fit_learned_whitening(train, train_labels) if kind == "learned"
-                      else fit_pca_whitening(train))
+            fitted = (fit_learned_whitening(train, train_labels, shrinkage=WHITENING_SHRINKAGE)
+                      if kind == "learned" else fit_pca_whitening(train, shrinkage=WHITENING_SHRINKAGE))
         except ValueError as exc:
             LOG.info("no %s whitening: %s", kind, exc)
             continue

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from index.postprocess import apply_whitening
 from model.cgd import CGD
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.curves import write_curves
@@ -43,7 +44,6 @@ from model.splits import split_validation
 from model.stages import StageSplit, split_backbone
 from model.train_config import TrainConfig
 from model.train_engines import TrainEngine, build_engine
-from model.whitening import apply_whitening
 
 LOG = logging.getLogger(__name__)
 

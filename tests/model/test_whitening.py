@@ -1,4 +1,5 @@
-"""Learned and PCA whitening on synthetic embeddings whose structure is known."""
+"""Learned and PCA whitening (index.postprocess) on synthetic embeddings of known structure, and
+whitening as part of the CGD model."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from index.postprocess import apply_whitening, fit_learned_whitening, fit_pca_whitening
 from model.default import default_model
 from model.metrics import retrieval_metrics
-from model.whitening import apply_whitening, fit_learned_whitening, fit_pca_whitening
 
 
 def _nuisance_set(seed: int, classes: int = 20, per_class: int = 10, d: int = 16):

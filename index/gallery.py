@@ -28,11 +28,12 @@ from index.errors import (
     VectorNotFound,
     VersionInUse,
 )
-from index.faiss_index import FaissBackend, configure_faiss, resolve_gpu
+from index.faiss_index import configure_faiss, resolve_gpu
 from index.filters import MetadataFilter
 from index.kinds import IndexSpec
 from index.locking import ProcessLock
 from index.postprocess import WHITENING_KINDS, fit_learned_whitening, fit_pca_whitening
+from index.prefix_index import make_backend
 from index.protocols import ItemStore, VectorBackend
 from index.records import UNSET, Hit, IndexStats, Item, NewItem, VersionInfo
 from index.registry import IndexRegistry
@@ -57,6 +58,7 @@ class Gallery:
                  process_lock: ProcessLock | None = None) -> None:
         self.root = root
         self._store = store
+        self._backend = backend
         self._process_lock = process_lock
         self._registry = IndexRegistry(root / "faiss", store, backend)
         self._writer = self._registry.writer()
@@ -81,7 +83,7 @@ class Gallery:
         store = None
         try:
             store = SQLiteItemStore.open(root)
-            gallery = cls(root, store, FaissBackend(spec, gpu), process_lock=lock)
+            gallery = cls(root, store, make_backend(spec, gpu, root / "faiss"), process_lock=lock)
             if gallery._live is not None and gallery._live in store.versions():
                 gallery._registry.ensure(gallery._live)
         except BaseException:
@@ -97,9 +99,15 @@ class Gallery:
             if self._registry.closed:
                 return
             self._registry.close()  # no reader is inside, and none gets in from now on
+            self._backend.close()
             self._store.close()
             if self._process_lock is not None:
                 self._process_lock.release()
+
+    @property
+    def engines(self) -> tuple[str, str]:
+        """(item store, vector search) engines in use, e.g. ("sqlite", "faiss")."""
+        return self._store.engine, self._backend.engine
 
     def __enter__(self) -> Gallery:
         return self

@@ -1,10 +1,11 @@
 """The interfaces the gallery is built on, exactly as `Gallery`, `IndexRegistry` and `VersionIndex` use them.
 
 `ItemStore` is the durable side: items, image bytes and the per-version vectors and their
-post-processing, each write atomic (SQLite now; PostgreSQL can implement it). `VectorIndex` is the
-searchable side of one version and `VectorBackend` makes and loads them (FAISS now; Milvus can implement
-both). `service/` reaches all of this only through `Gallery`. Arrays are NumPy: ids int64 (N,), vectors
-float32 C-contiguous (N,d).
+post-processing, each write atomic (SQLite, PostgreSQL). `VectorIndex` is the searchable side of one
+version and `VectorBackend` makes and loads them (FAISS in the process; pgvector and Milvus on a server,
+where `save` records which table or collection serves and `release` frees one that no longer does).
+`service/` reaches all of this only through `Gallery`. Arrays are NumPy: ids int64 (N,), vectors float32
+C-contiguous (N,d).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from index.records import Item, NewItem, VersionInfo
 
 class ItemStore(Protocol):
     """Durable items, images and vectors. Writes are atomic; the gallery keeps writers from interleaving."""
+
+    engine: str  # what stores the items, as /ready names it ("sqlite", "postgresql")
 
     # writes
 
@@ -159,11 +162,18 @@ class VectorIndex(Protocol):
         """Why it should be rebuilt from the store now ("train", "retrain", "compact"), or None."""
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
-        """Persist (a snapshot file, or nothing for a server-side index) with the caller's `meta`."""
+        """Persist with the caller's `meta` (a snapshot file; for a server-side index, a file naming the
+        table or collection that holds it)."""
+
+    def release(self) -> None:
+        """Free what it holds outside the process (its table or collection) once it no longer serves;
+        nothing for an in-process index. Called under the registry's exclusive lock."""
 
 
 class VectorBackend(Protocol):
     """Makes and loads the `VectorIndex` of a version."""
+
+    engine: str  # what searches, as /ready names it ("faiss", "pgvector", "milvus")
 
     def training_points(self, dim: int, n: int) -> int:
         """Vectors needed to train an index for `n` vectors of `dim` (0: no training)."""
@@ -173,3 +183,6 @@ class VectorBackend(Protocol):
 
     def load(self, path: Path) -> tuple[VectorIndex, dict[str, Any]]:
         """(index, the `meta` it was saved with); SnapshotCorrupt when unusable."""
+
+    def close(self) -> None:
+        """Release the connection to the engine (nothing for FAISS)."""

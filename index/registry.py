@@ -57,10 +57,16 @@ class WritableIndexView(IndexView):
             index.remove(ids)
 
     def put(self, index: VersionIndex) -> None:
+        """Serve `index`; the one it replaces frees what it holds on a server."""
+        replaced = self._indexes.get(index.name)
         self._indexes[index.name] = index
+        if replaced is not None and replaced is not index:
+            replaced.vectors.release()
 
     def drop(self, version: str) -> None:
-        self._indexes.pop(version, None)
+        dropped = self._indexes.pop(version, None)
+        if dropped is not None:
+            dropped.vectors.release()
 
 
 class IndexRegistry:

@@ -79,6 +79,8 @@ def filter_sql(label: str | None,
 class SQLiteItemStore:
     """Items + image blobs + per-version vectors. Writes are serialised; reads run concurrently."""
 
+    engine = "sqlite"
+
     def __init__(self, path: Path, blobs: BlobStore) -> None:
         self.path = path
         self.blobs = blobs

@@ -47,7 +47,7 @@ def resolve_gpu(use_gpu: str) -> bool:
     return use_gpu != "never" and gpus > 0
 
 
-def _topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best k per row of scores (Q,N) with ids (Q,N) or (N,), sorted by descending score."""
     ids = np.broadcast_to(ids, scores.shape)
     if scores.shape[1] > k:
@@ -239,7 +239,7 @@ class FaissVectorIndex:
         for start in range(0, len(candidates), _EXACT_CHUNK):
             chunk = candidates[start:start + _EXACT_CHUNK]
             scores = queries @ self.reconstruct(chunk).T
-            best_scores, best_ids = _topk(np.hstack([best_scores, scores]),
+            best_scores, best_ids = top_k(np.hstack([best_scores, scores]),
                                           np.hstack([best_ids, np.broadcast_to(chunk, scores.shape)]), k)
         return best_scores, best_ids
 
@@ -283,6 +283,14 @@ class FaissVectorIndex:
     def load(cls, path: Path, spec: IndexSpec, gpu: bool = False) -> tuple[FaissVectorIndex, dict[str, Any]]:
         """(index, meta) from a snapshot; SnapshotCorrupt if unreadable or made for another index kind."""
         loaded, meta = read_snapshot(path)
+        if "prefix" in meta:
+            raise SnapshotCorrupt(f"{path} holds the coarse index of a prefix kind, not {spec.name!r}")
+        return cls.from_snapshot(loaded, meta, spec, gpu, path), meta
+
+    @classmethod
+    def from_snapshot(cls, loaded: faiss.Index, meta: dict[str, Any], spec: IndexSpec, gpu: bool,
+                      path: Path) -> FaissVectorIndex:
+        """The index read from the snapshot at `path` with its `meta`; SnapshotCorrupt if of another kind."""
         index = faiss.downcast_index(loaded)
         if not isinstance(index, faiss.IndexIDMap2) or meta.get("spec") != spec.name:
             raise SnapshotCorrupt(f"{path} holds another index kind than {spec.name!r}")
@@ -291,7 +299,7 @@ class FaissVectorIndex:
         loaded_index = cls(index, spec, meta["factory"], trained_on=int(meta["trained_on"]),
                            exact_fallback=bool(meta["exact_fallback"]), gpu=gpu)
         loaded_index._tombstones.update(int(i) for i in meta["tombstones"])
-        return loaded_index, meta
+        return loaded_index
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,12 @@ from index.errors import (
     VectorNotFound,
     VersionInUse,
 )
-from index.faiss_index import FaissBackend, configure_faiss, resolve_gpu
+from index.faiss_index import configure_faiss, resolve_gpu
 from index.filters import MetadataFilter
 from index.kinds import IndexSpec
 from index.locking import ProcessLock
 from index.postprocess import WHITENING_KINDS, fit_learned_whitening, fit_pca_whitening
+from index.prefix_index import make_backend
 from index.protocols import ItemStore, VectorBackend
 from index.records import UNSET, Hit, IndexStats, Item, NewItem, VersionInfo
 from index.registry import IndexRegistry
@@ -82,7 +83,7 @@ class Gallery:
         store = None
         try:
             store = SQLiteItemStore.open(root)
-            gallery = cls(root, store, FaissBackend(spec, gpu), process_lock=lock)
+            gallery = cls(root, store, make_backend(spec, gpu, root / "faiss"), process_lock=lock)
             if gallery._live is not None and gallery._live in store.versions():
                 gallery._registry.ensure(gallery._live)
         except BaseException:

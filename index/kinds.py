@@ -14,6 +14,10 @@ Aliases (case-insensitive; nlist and PQ width are chosen from the gallery size a
 | IVF-PQ    | IVF{nlist},PQ{d/4}x4fs,Refine(SQ8)    | d/8 + d                   | tombstones  |
 
 Any other string is used as a FAISS factory string (metric inner product, wrapped in IDMap2).
+
+`prefix:<kind>` (e.g. `prefix:HNSW-SQ8`) is coarse-to-fine (`index.prefix_index`): `<kind>` indexes only
+the first branch of CGD's concatenated embedding, renormalised, and its top `k * factor` candidates are
+re-ranked exactly on the full vectors (float16, memory-mapped from disk).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ MIN_TRAINING_POINTS = 1000  # trained kinds search exactly until this many vecto
 _CENTROID_POINTS = 39  # FAISS warns below 39 training points per k-means centroid
 DEFAULT_EF_SEARCH = 128
 DEFAULT_K_FACTOR = 10
+PREFIX = "prefix:"
 
 _ALIASES = {  # lower-case alias -> (canonical name, factory template)
     "flat": ("Flat", "Flat"),
@@ -59,13 +64,15 @@ def _pq_m(dim: int) -> int:
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """A parsed index kind. `name` is the canonical configuration name stored with snapshots."""
+    """A parsed index kind. `name` is the canonical configuration name stored with snapshots.
+    `prefix`: coarse-to-fine over the first branch (`k_factor` is then the re-ranking factor)."""
 
     name: str
     template: str
     nprobe: int | None = None
     ef_search: int | None = None
     k_factor: int | None = None
+    prefix: bool = False
 
     @classmethod
     def parse(cls, kind: str, *, nprobe: int | None = None, ef_search: int | None = None,
@@ -76,10 +83,19 @@ class IndexSpec:
             if value is not None and value < 1:
                 raise InvalidIndexKind(f"{what} must be >= 1, got {value}")
         kind = kind.strip()
+        prefix = kind.lower().startswith(PREFIX)
+        if prefix:
+            kind = kind[len(PREFIX):].strip()
+            if not kind or kind.lower().startswith(PREFIX):
+                raise InvalidIndexKind(f"{PREFIX}<kind> needs one coarse kind, e.g. {PREFIX}HNSW-SQ8")
         name, template = _ALIASES.get(kind.lower(), (kind, kind))
         if "IDMAP" in template.upper() or ("{" in template and kind.lower() not in _ALIASES):
             raise InvalidIndexKind(f"invalid index kind {kind!r} (the gallery adds IDMap2 itself)")
-        return cls(name, template, nprobe, ef_search, k_factor)
+        return cls(PREFIX + name if prefix else name, template, nprobe, ef_search, k_factor, prefix)
+
+    def coarse(self) -> IndexSpec:
+        """The kind a `prefix:` kind searches its prefixes with (its re-ranking factor is not passed on)."""
+        return IndexSpec(self.name.removeprefix(PREFIX), self.template, self.nprobe, self.ef_search)
 
     def validate(self, dim: int) -> None:
         """InvalidIndexKind unless FAISS can build this kind for `dim`-d vectors."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from index.engines import Engines, open_server_backend, open_store
 from index.errors import (
     InvalidQuery,
     ItemNotFound,
@@ -37,7 +38,6 @@ from index.prefix_index import make_backend
 from index.protocols import ItemStore, VectorBackend
 from index.records import UNSET, Hit, IndexStats, Item, NewItem, VersionInfo
 from index.registry import IndexRegistry
-from index.store import SQLiteItemStore
 from index.validation import check_search, check_vectors
 from index.vectors import quantize
 
@@ -67,26 +67,34 @@ class Gallery:
     @classmethod
     def open(cls, root: Path, *, index_kind: str = "Flat", use_gpu: str = "auto", nprobe: int | None = None,
              ef_search: int | None = None, k_factor: int | None = None,
-             blas_threshold: int = DEFAULT_BLAS_THRESHOLD) -> Gallery:
+             blas_threshold: int = DEFAULT_BLAS_THRESHOLD, engines: Engines | None = None) -> Gallery:
         """Open (or create) the gallery at `root` and load the live version's index (its snapshot
         reconciled with the store, or a build from the store if the snapshot is missing or unusable).
 
         `index_kind`: see `index.kinds` (Flat, SQfp16, SQ8, HNSW, HNSW-SQ8, IVF-Flat, IVF-SQ8, IVF-PQ or a
         FAISS factory string); `nprobe`, `ef_search`, `k_factor` override the kind's search settings.
+        `engines`: the item store and vector backend (default SQLite + FAISS; see `index.engines`); pgvector
+        and Milvus accept their own kinds (`index.pgvector_index`, `index.milvus_index`).
         """
+        engines = engines or Engines()
         root = Path(root)
         spec = IndexSpec.parse(index_kind, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor)
         gpu = resolve_gpu(use_gpu)
         configure_faiss(blas_threshold)
         root.mkdir(parents=True, exist_ok=True)
         lock = ProcessLock(root / ".lock")
-        store = None
+        store = backend = None
         try:
-            store = SQLiteItemStore.open(root)
-            gallery = cls(root, store, make_backend(spec, gpu, root / "faiss"), process_lock=lock)
+            store = open_store(root, engines)
+            backend = (make_backend(spec, gpu, root / "faiss") if engines.vector_backend == "faiss" else
+                       open_server_backend(engines, index_kind, root / "faiss", ef_search=ef_search,
+                                           nprobe=nprobe))
+            gallery = cls(root, store, backend, process_lock=lock)
             if gallery._live is not None and gallery._live in store.versions():
                 gallery._registry.ensure(gallery._live)
         except BaseException:
+            if backend is not None:
+                backend.close()
             if store is not None:
                 store.close()
             lock.release()

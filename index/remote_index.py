@@ -1,0 +1,117 @@
+"""What the server-side vector indexes (pgvector, Milvus) share: pointer files, ids, kinds, short answers.
+
+A server-side index lives in a table or collection of its own (`cgd_vectors_<hex>`); a build makes a
+new one while the old one serves. Its "snapshot" is a pointer file at the registry's snapshot path
+naming that table or collection and the caller's meta (written atomically); a missing or stale pointer
+makes the registry rebuild from the store, and tables or collections no pointer names (left by a crash
+mid-build) are dropped when the backend opens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.blobs import fsync_directory
+from index.errors import InvalidIndexKind, SnapshotCorrupt
+
+NAME_PREFIX = "cgd_vectors_"
+POINTER_SUFFIX = ".index"
+
+
+def new_name() -> str:
+    """A fresh table / collection name (letters, digits and underscores only)."""
+    return NAME_PREFIX + uuid.uuid4().hex[:16]
+
+
+def write_pointer(path: Path, name: str, meta: Mapping[str, Any]) -> None:
+    """Atomically record that `name` holds the index saved with `meta`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w") as handle:
+            json.dump({"name": name, "meta": dict(meta)}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+
+
+def read_pointer(path: Path) -> tuple[str, dict[str, Any]]:
+    """(name, meta) from a pointer file; SnapshotCorrupt if it is missing or damaged."""
+    try:
+        pointer = json.loads(path.read_text())
+        name, meta = pointer["name"], pointer["meta"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SnapshotCorrupt(f"cannot read the index pointer {path}: {exc}") from exc
+    if not isinstance(name, str) or not name.startswith(NAME_PREFIX) or not name.isidentifier():
+        raise SnapshotCorrupt(f"{path} names no index table or collection")
+    return name, meta
+
+
+def named_by_pointers(directory: Path) -> set[str]:
+    """The tables / collections the pointer files in `directory` name."""
+    named = set()
+    for path in directory.glob(f"*{POINTER_SUFFIX}") if directory.is_dir() else ():
+        try:
+            named.add(read_pointer(path)[0])
+        except SnapshotCorrupt:
+            continue
+    return named
+
+
+def choose_kind(kind: str, kinds: Mapping[str, Any], engine: str) -> tuple[str, Any]:
+    """(canonical name, parameters) of a configured kind, case-insensitive; InvalidIndexKind listing the
+    valid ones otherwise."""
+    for name, parameters in kinds.items():
+        if isinstance(kind, str) and kind.strip().lower() == name.lower():
+            return name, parameters
+    raise InvalidIndexKind(f"index kind {kind!r} is not one the {engine} backend builds; "
+                           f"valid CGD_INDEX_KIND values: {', '.join(kinds)}")
+
+
+@dataclass
+class SortedIds:
+    """The ids an index holds, kept in memory (sorted int64), so that counts and filters cost no query."""
+
+    array: np.ndarray
+
+    @classmethod
+    def of(cls, ids: np.ndarray | list[int]) -> SortedIds:
+        return cls(np.unique(np.asarray(ids, dtype=np.int64)))
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def add(self, ids: np.ndarray) -> None:
+        self.array = np.union1d(self.array, np.asarray(ids, dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> np.ndarray:
+        """Drop the ids present among `ids`; returns them (sorted)."""
+        present = self.present(ids)
+        if len(present):
+            self.array = np.setdiff1d(self.array, present, assume_unique=True)
+        return present
+
+    def present(self, ids: np.ndarray) -> np.ndarray:
+        """The sorted unique ids among `ids` held here."""
+        return np.intersect1d(self.array, np.asarray(ids, dtype=np.int64), assume_unique=False)
+
+
+def pad_hits(rows: list[list[tuple[int, float]]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query (id, score) lists, best first -> (scores (Q,k), ids (Q,k)), padded with -1 ids."""
+    scores = np.zeros((len(rows), k), dtype=np.float32)
+    ids = np.full((len(rows), k), -1, dtype=np.int64)
+    for row, hits in enumerate(rows):
+        for column, (item_id, score) in enumerate(hits[:k]):
+            ids[row, column], scores[row, column] = item_id, score
+    return scores, ids

@@ -17,7 +17,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -59,7 +59,8 @@ class CancelFlag(Protocol):
 @dataclass(frozen=True)
 class Progress:
     """One report. `phase` is "caching" (steps count cached images) or "training" (optimiser steps);
-    `eta_s` is the estimated time left in that phase, in seconds."""
+    `eta_s` is the estimated time left in that phase, in seconds. The report sent right after an
+    epoch's validation carries that epoch's history row in `epoch_record`."""
 
     epoch: int
     epochs: int
@@ -70,6 +71,7 @@ class Progress:
     images_per_s: float
     eta_s: float
     phase: str = "training"
+    epoch_record: dict[str, Any] | None = None
 
 
 @dataclass
@@ -378,8 +380,9 @@ def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[
                 0, run.plan.epochs - run.epoch)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
-            report(Progress(run.epoch + 1, run.plan.epochs, run.step, run.plan.planned_steps,
-                            losses[-1], lr, images_per_s, eta))
+            progress = Progress(run.epoch + 1, run.plan.epochs, run.step, run.plan.planned_steps,
+                                losses[-1], lr, images_per_s, eta)
+            report(progress)
             if cancelled():
                 stopped = "cancelled"
                 break
@@ -395,6 +398,8 @@ def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[
         if not warm:
             trained_steps, trained_s = trained_steps + len(losses), trained_s + window_s
         exhausted = run.end_epoch(losses, window_images / max(1e-9, window_s))
+        if losses:  # the epoch's last report again, with its validation
+            report(replace(progress, epoch_record=run.history[-1]))
         if trained_s > 0:
             replan(trained_steps / trained_s)
         run.epoch += 1

@@ -9,15 +9,18 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 import index
+from service.content_policy import ContentPolicy
 from service.errors import ErrorTable, register_exception_handlers
 from service.limits import BodyLimits
 from service.metrics import ServiceMetrics
 from service.openapi import install_openapi
 from service.pixel_budget import PixelBudget
 from service.routes import gallery, health, models, search, train
+from service.routes.console import install_console
 from service.runtime import GALLERY_DIR, Runtime
 from service.settings import Settings
 from service.storage_health import StorageHealth, register_storage_faults
+from service.thumbnails import THUMBNAIL_DIR, Thumbnails
 
 LOG = logging.getLogger(__name__)
 
@@ -43,18 +46,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runtime.close()
             LOG.info("stopped cleanly")
 
-    app = FastAPI(title="CGD image retrieval", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc come from install_console: their assets are served from the package
+    app = FastAPI(title="CGD image retrieval", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.runtime = None
     app.state.metrics = ServiceMetrics()
     app.add_middleware(BodyLimits, max_bytes=settings.max_request_bytes, timeout_s=settings.body_timeout_s)
     app.state.metrics.instrument(app)  # outside BodyLimits: its 408/413 are counted too
+    app.add_middleware(ContentPolicy)  # outermost: every response carries the CSP
     app.state.pixel_budget = PixelBudget(settings.max_decoded_pixels)
     app.state.storage = StorageHealth([settings.data_dir, settings.data_dir / GALLERY_DIR])
+    app.state.thumbnails = Thumbnails(settings.data_dir / THUMBNAIL_DIR)
     register_gallery_errors(register_exception_handlers(app))
     register_storage_faults(app)
     for module in (gallery, search, train, models, health):
         app.include_router(module.router)
+    install_console(app)
     install_openapi(app)
     return app
 

@@ -10,6 +10,7 @@ from service.errors import NotReady
 from service.gallery_gateway import GalleryGateway
 from service.runtime import Runtime
 from service.settings import Settings
+from service.thumbnails import Thumbnails
 from service.training_queue import TrainingQueue
 from service.worker import InferenceWorker
 
@@ -25,8 +26,13 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_thumbnails(request: Request) -> Thumbnails:
+    return request.app.state.thumbnails
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ThumbnailsDep = Annotated[Thumbnails, Depends(get_thumbnails)]
 
 
 def get_gateway(runtime: RuntimeDep) -> GalleryGateway:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -89,6 +90,14 @@ class GalleryGateway:
 
     async def image_path(self, item_id: int) -> Path:
         return await self.run(self._gallery.image_path, item_id)
+
+    async def label_counts(self) -> tuple[Counter[str], int]:
+        """(items per label, items without a label)."""
+        def count() -> tuple[Counter[str], int]:
+            labelled = Counter(item.label for item in self._gallery.labelled_items())
+            return labelled, self._gallery.count() - labelled.total()
+
+        return await self.run(count)
 
     async def update(self, item_id: int, **changes: Any) -> Item:
         return await self.run(self._gallery.update, item_id, **changes)

@@ -48,6 +48,18 @@ class ItemPage(BaseModel):
     limit: int
 
 
+class LabelCount(BaseModel):
+    label: str
+    count: int
+
+
+class LabelCounts(BaseModel):
+    """How many gallery items carry each label, most first."""
+
+    labels: list[LabelCount]
+    unlabelled: int = Field(description="items without a label")
+
+
 class ItemUpdate(BaseModel):
     """PATCH body: the fields present replace the stored ones (null clears the label or the metadata)."""
 
@@ -88,14 +100,19 @@ class TrainRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    loss: LossName | None = None
-    epochs: int | None = Field(default=None, ge=1, le=1000)
-    lr: float | None = Field(default=None, gt=0, le=1.0)
-    batch_size: int | None = Field(default=None, ge=4, le=1024)
-    image_size: int | None = Field(default=None, ge=32, le=1024)
-    descriptors: str | None = Field(default=None, pattern=r"^[SMGsmg]{1,3}$")
+    loss: LossName | None = Field(default=None, description="the metric-learning loss (auto: proxy_anchor)")
+    epochs: int | None = Field(default=None, ge=1, le=1000, description="passes over the training "
+                               "images (auto: 60, fewer when max_minutes is short)")
+    lr: float | None = Field(default=None, gt=0, le=1.0, description="base learning rate (auto: 1e-4)")
+    batch_size: int | None = Field(default=None, ge=4, le=1024, description="images per optimiser step, "
+                                   "at least 2 labels of 4 (auto: 64)")
+    image_size: int | None = Field(default=None, ge=32, le=1024, description="training input size in px "
+                                   "(auto: from the start model and the images)")
+    descriptors: str | None = Field(default=None, pattern=r"^[SMGsmg]{1,3}$", description="global "
+                                    "descriptors: S (SPoC), M (MAC), G (GeM) (auto: the start model's)")
     labels: list[str] | None = Field(default=None, description="train on these labels only")
-    val_fraction: float | None = Field(default=None, gt=0, lt=0.9)
+    val_fraction: float | None = Field(default=None, gt=0, lt=0.9, description="share of the labelled "
+                                       "items held out for validation (auto: 0.2)")
     whitening: WhiteningName | None = Field(
         default=None, description="learned whitening fitted after training, kept only when validation "
         "gains beyond noise (auto: learned, then PCA)")
@@ -139,6 +156,17 @@ class JobProgress(BaseModel):
     to_reembed: int | None = Field(default=None, description="gallery images to re-embed")
 
 
+class EpochRecord(BaseModel):
+    """One epoch of a training job: its mean loss and the validation metrics after it."""
+
+    epoch: int
+    step: int = Field(description="optimiser steps done by the end of the epoch")
+    loss: float | None
+    val: dict[str, float] = Field(description="validation metrics (fractions in [0, 1])")
+    seconds: float | None = Field(default=None, description="training time by the end of the epoch")
+    images_per_s: float | None = None
+
+
 class JobPublic(BaseModel):
     id: str
     status: JobStatus
@@ -158,6 +186,8 @@ class JobPublic(BaseModel):
     recipe: dict[str, Any] | None = Field(
         default=None, description="what was actually run: engine, image size, cached views, steps, epochs, "
         "whitening, validation MAP@R gain and its bootstrap lower bound")
+    history: list[EpochRecord] = Field(
+        default_factory=list, description="one record per finished epoch, while the job runs and after")
 
 
 class JobList(BaseModel):

@@ -148,10 +148,14 @@ class TrainingQueue:
                             start_checkpoint=start_model.checkpoint if start_model else None,
                             out=str(self._workdir / f"{job.id}.pt"), threads=self._threads)
 
-        last: dict[str, Any] = {}
+        last: dict[str, Any] = {"history": []}  # the epochs' records so far, for the job's curves
 
         def on_progress(progress: Progress) -> None:
-            last.update(asdict(progress))
+            report = asdict(progress)
+            record = report.pop("epoch_record")
+            if record is not None:
+                last["history"] = [*last["history"], record]
+            last.update(report)
             self.jobs.update(job.id, progress=dict(last))
 
         outcome = run_training(spec, on_progress, lambda: job.id in self._cancelled)
@@ -164,6 +168,7 @@ class TrainingQueue:
             "labels": len({image.label for image in images}),
             "start_model": start_model.version if start_model else None,
             "recipe": outcome.recipe,
+            "history": outcome.history,
         }
         if outcome.stopped == "cancelled":
             reason = "cancelled: the service stopped" if self._stopping.is_set() else "cancelled by request"

@@ -5,17 +5,19 @@ from __future__ import annotations
 from collections import Counter
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Response, UploadFile, status
 
 from index import Hit, Item, NewItem
-from service.deps import GatewayDep, RuntimeDep, SettingsDep, WorkerDep
-from service.errors import InvalidParameter
+from service.deps import GatewayDep, RuntimeDep, SettingsDep, ThumbnailsDep, WorkerDep
+from service.errors import InvalidParameter, NotFound
 from service.schemas import (
     MAX_LABEL_LENGTH,
     ItemPage,
     ItemPublic,
     ItemsCreated,
     ItemUpdate,
+    LabelCount,
+    LabelCounts,
     SearchHit,
     SearchResponse,
 )
@@ -86,6 +88,14 @@ async def list_items(
     return ItemPage(items=[item_public(i) for i in items], total=total, offset=offset, limit=limit)
 
 
+@router.get("/labels", response_model=LabelCounts, dependencies=[ReadKey])
+async def label_counts(gateway: GatewayDep) -> LabelCounts:
+    """How many items carry each label (most first), and how many have none."""
+    counts, unlabelled = await gateway.label_counts()
+    return LabelCounts(labels=[LabelCount(label=label, count=n) for label, n in counts.most_common()],
+                       unlabelled=unlabelled)
+
+
 @router.get("/external/{external_id:path}", response_model=ItemPublic, dependencies=[ReadKey])
 async def get_item_by_external_id(gateway: GatewayDep, external_id: ExternalId) -> ItemPublic:
     return item_public(await gateway.get_by_external_id(external_id))
@@ -93,8 +103,10 @@ async def get_item_by_external_id(gateway: GatewayDep, external_id: ExternalId) 
 
 @router.delete("/external/{external_id:path}", status_code=status.HTTP_204_NO_CONTENT,
                dependencies=[WriteKey])
-async def delete_item_by_external_id(runtime: RuntimeDep, external_id: ExternalId) -> Response:
-    await runtime.gateway.delete_by_external_id(external_id)
+async def delete_item_by_external_id(runtime: RuntimeDep, thumbnails: ThumbnailsDep,
+                                     external_id: ExternalId) -> Response:
+    deleted = await runtime.gateway.delete_by_external_id(external_id)
+    await runtime.gateway.run(thumbnails.remove, deleted)
     runtime.metrics.gallery_size.set(await runtime.gateway.count())
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -112,6 +124,23 @@ async def get_item_image(gateway: GatewayDep, item_id: ItemId) -> Response:
     return Response(content=data, media_type=_media_type(data))
 
 
+@router.get("/{item_id}/thumbnail", dependencies=[ReadKey],
+            responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG, longest side 256 px"}})
+async def get_item_thumbnail(gateway: GatewayDep, thumbnails: ThumbnailsDep, item_id: ItemId,
+                             if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
+                             ) -> Response:
+    """A small JPEG of the image (made on first request, then cached), for grids of results."""
+    item = await gateway.get(item_id)
+    headers = {"ETag": f'"{item.sha256}"', "Cache-Control": "private, no-cache"}
+    if if_none_match == headers["ETag"]:  # the browser's copy is this image's
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    try:
+        data = await gateway.run(thumbnails.get, item, await gateway.image_path(item_id))
+    except FileNotFoundError:  # deleted while the thumbnail was being made
+        raise NotFound(f"no item with id {item_id}") from None
+    return Response(content=data, media_type="image/jpeg", headers=headers)
+
+
 @router.patch("/{item_id}", response_model=ItemPublic, dependencies=[WriteKey])
 async def update_item(gateway: GatewayDep, item_id: ItemId, update: ItemUpdate) -> ItemPublic:
     """Replace the label and/or the metadata of an item."""
@@ -122,9 +151,10 @@ async def update_item(gateway: GatewayDep, item_id: ItemId, update: ItemUpdate) 
 
 
 @router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteKey])
-async def delete_item(runtime: RuntimeDep, item_id: ItemId) -> Response:
-    """Remove an item from search at once, and its image unless another item shares it."""
-    await runtime.gateway.delete(item_id)
+async def delete_item(runtime: RuntimeDep, thumbnails: ThumbnailsDep, item_id: ItemId) -> Response:
+    """Remove an item from search at once, its thumbnail, and its image unless another item shares it."""
+    deleted = await runtime.gateway.delete(item_id)
+    await runtime.gateway.run(thumbnails.remove, deleted)
     runtime.metrics.gallery_size.set(await runtime.gateway.count())
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -24,6 +24,7 @@ def job_public(job: Job) -> JobPublic:
         message=result.get("message"), error=job.error,
         training_seconds=result.get("training_seconds"),
         reembedding_seconds=result.get("reembedding_seconds"), recipe=result.get("recipe"),
+        history=result.get("history") or (job.progress or {}).get("history") or [],
     )
 
 

@@ -1,7 +1,10 @@
-"""Fixtures for the `index/` tests: random and clustered unit vectors, new items, open galleries."""
+"""Fixtures for the `index/` tests: random and clustered unit vectors, new items, open galleries (on
+SQLite + FAISS, or, where a module parametrises `gallery_engines`, on real PostgreSQL and Milvus)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import numpy as np
 import pytest
 
 from index import Gallery, NewItem
+from tests.index.engines import EngineChoice
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -74,13 +78,41 @@ def new_items() -> Callable[..., list[NewItem]]:
     return make
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """One real PostgreSQL server with pgvector for the session (pgserver's bundled binaries; as root it
+    runs them as a user of their own, so its directory is made under /tmp, not pytest's private one).
+    Stopped with `-m immediate`: its databases are thrown away, so no shutdown checkpoint is waited for
+    (20-60 s on a busy disk after a session's worth of databases)."""
+    import pgserver
+    from pgserver._commands import pg_ctl
+
+    directory = Path(tempfile.mkdtemp(prefix="cgd-postgres-"))
+    server = pgserver.get_server(directory, cleanup_mode=None)
+    yield server.get_uri()
+    pg_ctl(["-m", "immediate", "-w", "stop"], pgdata=directory, user=server.system_user)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
-def open_gallery(tmp_path: Path) -> Iterator[Callable[..., Gallery]]:
-    """open_gallery(name="g", **kw) -> a Gallery under tmp_path, closed at teardown if still open."""
+def gallery_engines(request: pytest.FixtureRequest) -> EngineChoice:
+    """The engines galleries open with: "sqlite-faiss" unless a test parametrises it (indirect) with
+    "postgresql-pgvector" or "postgresql-milvus"."""
+    name = getattr(request, "param", "sqlite-faiss")
+    return EngineChoice(name, request.getfixturevalue("postgres_server") if name != "sqlite-faiss" else None)
+
+
+@pytest.fixture
+def open_gallery(tmp_path: Path, gallery_engines: EngineChoice) -> Iterator[Callable[..., Gallery]]:
+    """open_gallery(name="g", **kw) -> a Gallery under tmp_path on `gallery_engines` (a FAISS
+    `index_kind` becomes the other backend's kind that searches alike), closed at teardown if open."""
     opened: list[Gallery] = []
 
     def make(name: str = "g", **kw: object) -> Gallery:
-        gallery = Gallery.open(tmp_path / name, **kw)
+        root = tmp_path / name
+        if "index_kind" in kw:
+            kw["index_kind"] = gallery_engines.kind(str(kw["index_kind"]))
+        gallery = Gallery.open(root, engines=gallery_engines.for_root(root), **kw)
         opened.append(gallery)
         return gallery
 

@@ -1,4 +1,5 @@
-"""Gallery on real SQLite + FAISS: items, exact search, filters, deletion, restart, errors."""
+"""Gallery on real engines: items, exact search, filters, deletion, restart, errors. Every test runs on
+SQLite + FAISS, PostgreSQL + pgvector and PostgreSQL + Milvus Lite (`gallery_engines`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from index import (
     VectorNotFound,
 )
 from index.vectors import quantize
+from tests.index.engines import ENGINE_NAMES
+
+pytestmark = pytest.mark.parametrize("gallery_engines", ENGINE_NAMES, indirect=True)
 
 
 def _stored(gallery: Gallery, version: str = "v1") -> tuple[np.ndarray, np.ndarray]:
@@ -106,10 +110,12 @@ def test_a_bad_filter_is_refused_even_before_any_vector_is_stored(open_gallery, 
 
 
 @pytest.mark.parametrize("kind", ["Flat", "HNSW"])  # physical removal / tombstones
-def test_delete_is_immediate_and_survives_restart(kind: str, tmp_path, new_items, unit_vectors) -> None:
+def test_delete_is_immediate_and_survives_restart(kind: str, tmp_path, new_items, unit_vectors,
+                                                  gallery_engines) -> None:
     root = tmp_path / kind
     x = unit_vectors(300, seed=3)
-    with Gallery.open(root, index_kind=kind) as gallery:
+    kind = gallery_engines.kind(kind)
+    with Gallery.open(root, index_kind=kind, engines=gallery_engines.for_root(root)) as gallery:
         items = gallery.add(new_items(300), {"v1": x})
         gone = [it.id for it in items[:40]]
         for item_id in gone[:20]:
@@ -119,7 +125,7 @@ def test_delete_is_immediate_and_survives_restart(kind: str, tmp_path, new_items
             gallery.delete(item_id)
         found = {h.item.id for row in gallery.search(x[:40], 50)[1] for h in row}
         assert not found & set(gone)
-    with Gallery.open(root, index_kind=kind) as gallery:
+    with Gallery.open(root, index_kind=kind, engines=gallery_engines.for_root(root)) as gallery:
         assert gallery.count() == 260 and gallery.index_stats().vectors == 260
         found = {h.item.id for row in gallery.search(x[:40], 50)[1] for h in row}
         assert not found & set(gone)
@@ -193,15 +199,17 @@ def test_search_arguments_are_checked(open_gallery, new_items, unit_vectors) -> 
     assert gallery.vector(items[1].id, "v2").shape == (8,)
 
 
-def test_one_process_at_a_time_and_closed_is_closed(tmp_path, new_items, unit_vectors) -> None:
-    gallery = Gallery.open(tmp_path / "g")
+def test_one_process_at_a_time_and_closed_is_closed(tmp_path, new_items, unit_vectors,
+                                                    gallery_engines) -> None:
+    engines = gallery_engines.for_root(tmp_path / "g")
+    gallery = Gallery.open(tmp_path / "g", engines=engines)
     with pytest.raises(GalleryLocked):
-        Gallery.open(tmp_path / "g")
+        Gallery.open(tmp_path / "g", engines=engines)
     gallery.close()
     gallery.close()
     with pytest.raises(GalleryError):
         gallery.count()
-    with Gallery.open(tmp_path / "g") as again:
+    with Gallery.open(tmp_path / "g", engines=engines) as again:
         assert again.count() == 0
 
 

@@ -1,0 +1,61 @@
+"""Real engines for the gallery tests: one PostgreSQL (pgserver, with pgvector) per session, a database
+per gallery, and a Milvus Lite file per gallery. No mocks: these are the servers the backends talk to."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from index.engines import Engines
+
+ENGINE_NAMES = ("sqlite-faiss", "postgresql-pgvector", "postgresql-milvus")
+_SERVER_KINDS = {"Flat": "Flat", "SQfp16": "Flat", "HNSW": "HNSW"}  # FAISS kind -> the same search elsewhere
+_numbers = itertools.count()
+
+
+def database_url(server_url: str, name: str) -> str:
+    """The server's URL with another database name."""
+    parts = urlsplit(server_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+def create_database(server_url: str) -> str:
+    """A new, empty database on the server; returns its URL."""
+    name = f"gallery_{next(_numbers)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return database_url(server_url, name)
+
+
+@dataclass
+class EngineChoice:
+    """One engine combination; `for_root(root)` gives the same engines every time a root is reopened."""
+
+    name: str
+    server_url: str | None = None
+    _opened: dict[Path, Engines | None] = field(default_factory=dict)
+
+    @property
+    def vector_backend(self) -> str:
+        return self.name.split("-")[1]
+
+    def for_root(self, root: Path) -> Engines | None:
+        if root not in self._opened:
+            self._opened[root] = self._make(root)
+        return self._opened[root]
+
+    def _make(self, root: Path) -> Engines | None:
+        if self.name == "sqlite-faiss":
+            return None
+        assert self.server_url is not None
+        milvus = str(root.parent / f"{root.name}.milvus.db") if self.vector_backend == "milvus" else None
+        return Engines(database_url=create_database(self.server_url), vector_backend=self.vector_backend,
+                       milvus_uri=milvus)
+
+    def kind(self, faiss_kind: str) -> str:
+        """The index kind to ask for: the FAISS one, or the server backend's kind that searches alike."""
+        return faiss_kind if self.vector_backend == "faiss" else _SERVER_KINDS[faiss_kind]

@@ -97,6 +97,17 @@ class FaissVectorIndex:
         return cls(wrapped, spec, factory, trained_on=n if needed and not exact_fallback else 0,
                    exact_fallback=exact_fallback, gpu=gpu)
 
+    def empty_copy(self) -> FaissVectorIndex:
+        """A new index of the same kind, trained the same way, holding nothing (call while empty)."""
+        if self._index.ntotal:
+            raise ValueError("empty_copy() of an index that holds vectors")
+        cloned = faiss.clone_index(self._index)
+        copy = faiss.downcast_index(cloned)
+        cloned.this.disown()  # the downcast proxy owns the copy from now on
+        copy.this.own(True)
+        return FaissVectorIndex(copy, self.spec, self.factory, trained_on=self.trained_on,
+                                exact_fallback=self.exact_fallback, gpu=False)
+
     @property
     def dim(self) -> int:
         return int(self._index.d)

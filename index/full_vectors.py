@@ -1,12 +1,14 @@
 """`FullVectors`: float16 rows (N, dim) in a memory-mapped file, looked up by item id.
 
-The re-ranking side of a coarse-to-fine index: only the rows a search gathers are paged in, so the
-full vectors stay on disk. Rows are appended and never rewritten; a removed id's row is only forgotten
-(it is reclaimed when the index is rebuilt). Without a directory (or when the file cannot be made) the
-rows live in memory. Not thread-safe: the gallery serialises writers and excludes them from searches.
+The re-ranking side of a coarse-to-fine index: rows are written through the file and read through a
+read-only view of its mapping, so only the rows a search gathers are paged into the process; the full
+vectors stay on disk (and in the kernel's page cache while memory allows). Rows are appended and never
+rewritten; a removed id's row is only forgotten (it is reclaimed when the index is rebuilt). Without a
+directory (or when the file cannot be made) the rows live in memory. Not thread-safe: the gallery
+serialises writers and excludes them from searches.
 
 A saved state is the file's first `rows` rows plus a row -> id array (`.rowids.npy`, -1 for removed):
-rows below `rows` are flushed before the snapshot naming them is written, so a crash after a save can
+rows below `rows` are fsynced before the snapshot naming them is written, so a crash after a save can
 leave rows beyond it, never change one it names.
 """
 
@@ -89,7 +91,7 @@ class FullVectors:
         needed = capacity * self.dim * DTYPE.itemsize
         if self.path.stat().st_size < needed:
             os.truncate(self.path, needed)
-        return np.memmap(self.path, dtype=DTYPE, mode="r+", shape=(capacity, self.dim))
+        return np.memmap(self.path, dtype=DTYPE, mode="r", shape=(capacity, self.dim))
 
     def __len__(self) -> int:
         return len(self._lookup()[0])
@@ -128,7 +130,12 @@ class FullVectors:
             grown[:self._rows] = self._row_ids[:self._rows]
             self._row_ids = grown
         start = self._rows
-        self._data[start:start + len(ids)] = vectors
+        if self.path is None:
+            self._data[start:start + len(ids)] = vectors
+        else:  # written through the file, not the mapping: rows never read stay out of the process's memory
+            with open(self.path, "r+b") as handle:
+                handle.seek(start * self.dim * DTYPE.itemsize)
+                handle.write(np.ascontiguousarray(vectors, dtype=DTYPE).tobytes())
         self._row_ids[start:start + len(ids)] = ids
         self._rows += len(ids)
         if self._sorted is not None:
@@ -166,8 +173,8 @@ class FullVectors:
         vectors file is renamed next to it the first time)."""
         if self.path is None:
             raise OSError("the full vectors are in memory (their directory could not be written)")
-        if isinstance(self._data, np.memmap):
-            self._data.flush()
+        with open(self.path, "r+b") as handle:
+            os.fsync(handle.fileno())
         if self.path.name.startswith(BUILDING_PREFIX):
             named = snapshot.with_name(f"{snapshot.name}.{uuid.uuid4().hex}{VECTORS_SUFFIX}")
             os.replace(self.path, named)

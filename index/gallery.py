@@ -365,7 +365,7 @@ class Gallery:
         with self._registry.reading():
             vectors = index.vectors
             return IndexStats(name, vectors.kind, vectors.factory, len(vectors), vectors.tombstones,
-                              vectors.exact_fallback)
+                              vectors.exact_fallback, getattr(vectors, "coarse_dim", None))
 
     def snapshot(self) -> None:
         """Write snapshots of the indexes changed since their last one (`close` does it too)."""

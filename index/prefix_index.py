@@ -11,9 +11,10 @@ with learned whitening (or a gallery whitening) rotates the embedding, so no blo
 such a version's coarse index then holds the full vectors (no memory gain, still exact re-ranking), and
 `factory` says so. index/ never sees the model, so this needs nothing from it.
 
-The factor is calibrated at build on the sample: sample vectors query the sample, and the smallest factor
-whose exact prefix top-(k * factor) holds `CALIBRATION_RECALL` of each query's exact full top-k is taken,
-times `FACTOR_MARGIN` (the coarse index is approximate, and the gallery larger than the sample). A set
+The factor is calibrated at build on the sample: a copy of the trained coarse index holds the sample's
+prefixes, sample vectors query it, and the smallest factor whose top-(k * factor) candidates hold
+`CALIBRATION_RECALL` of each query's exact full top-k is taken, times `FACTOR_MARGIN` (the gallery is
+larger than the sample, so its neighbours are closer together). A set
 re-ranking factor (`IndexSpec.k_factor`) overrides it. Until `MIN_TRAINING_POINTS` vectors exist the
 index searches the full vectors exactly (`exact_fallback`) and asks to be rebuilt ("train").
 """
@@ -67,25 +68,31 @@ def coarse_vectors(vectors: np.ndarray, width: int) -> np.ndarray:
     return head
 
 
-def calibrate_factor(sample: np.ndarray, width: int, seed: int = 0) -> int:
-    """The re-ranking factor for `width`-wide prefixes, measured on `sample` (M, d) queried by itself."""
+def calibrate_factor(sample: np.ndarray, width: int, coarse: FaissVectorIndex, seed: int = 0) -> int:
+    """The re-ranking factor, measured on `sample` (M, d) queried by itself: `coarse` (empty, trained, of
+    the kind and settings that will serve) indexes the sample's prefixes, and the smallest factor of
+    FACTOR_LADDER whose candidates hold CALIBRATION_RECALL of the exact full top-k is taken, times
+    FACTOR_MARGIN."""
     rng = np.random.default_rng(seed)
     if len(sample) > CALIBRATION_GALLERY:
         sample = sample[rng.choice(len(sample), CALIBRATION_GALLERY, replace=False)]
     k = min(CALIBRATION_K, len(sample) - 1)
-    if width == sample.shape[1] or k < 1:
+    if k < 1:
         return FACTOR_MARGIN
+    ids = np.arange(len(sample), dtype=np.int64)
+    coarse.add(ids, coarse_vectors(sample, width))
     queries = rng.choice(len(sample), min(CALIBRATION_QUERIES, len(sample)), replace=False)
     full = sample[queries] @ sample.T
-    coarse = coarse_vectors(sample, width)
-    near = coarse[queries] @ coarse.T
     full[np.arange(len(queries)), queries] = -np.inf  # a query is not its own neighbour
-    near[np.arange(len(queries)), queries] = -np.inf
     truth = np.argpartition(-full, k - 1, axis=1)[:, :k]
-    # rank of each true neighbour among the prefix scores: how many candidates must be re-ranked
-    ranks = (near[:, None, :] > np.take_along_axis(near, truth, 1)[:, :, None]).sum(axis=2)
+    prefixes = coarse_vectors(sample[queries], width)
     for factor in FACTOR_LADDER:
-        if np.mean(ranks < k * factor) >= CALIBRATION_RECALL:
+        if k * factor >= len(sample) - 1:
+            break
+        _, found = coarse.search(prefixes, k * factor + 1)
+        recall = np.mean([len(set(t) & set(f)) / k
+                          for t, f in zip(truth.tolist(), found.tolist(), strict=True)])
+        if recall >= CALIBRATION_RECALL:
             return min(factor * FACTOR_MARGIN, MAX_FACTOR)
     return MAX_FACTOR
 
@@ -113,8 +120,8 @@ class PrefixVectorIndex:
         if training is None or len(training) < MIN_TRAINING_POINTS:
             return cls(spec, dim, full, None, dim, 1)
         width = prefix_dim(training)
-        factor = spec.k_factor or calibrate_factor(training, width)
         coarse = FaissVectorIndex.create(spec.coarse(), width, n, coarse_vectors(training, width), gpu)
+        factor = spec.k_factor or calibrate_factor(training, width, coarse.empty_copy())
         LOG.info("prefix index: coarse %s on %d of %d dimensions, re-ranking %d x k", coarse.factory, width,
                  dim, factor)
         return cls(spec, dim, full, coarse, width, factor, trained_on=n)
@@ -133,6 +140,11 @@ class PrefixVectorIndex:
         if self._coarse is None:
             return "Flat"
         return f"prefix{self.width}:{self._coarse.factory} x{self.factor}"
+
+    @property
+    def coarse_dim(self) -> int | None:
+        """The coarse index's dimension (None while exact)."""
+        return self.width if self._coarse is not None else None
 
     @property
     def exact_fallback(self) -> bool:

@@ -65,3 +65,4 @@ class IndexStats:
     vectors: int
     tombstones: int
     exact_fallback: bool
+    coarse_dim: int | None = None  # a prefix kind's coarse index dimension

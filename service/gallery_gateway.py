@@ -35,11 +35,12 @@ class GalleryGateway:
         self._executor = executor
 
     @classmethod
-    async def open(cls, root: Path, *, threads: int, index_kind: str = "Flat") -> GalleryGateway:
-        """Start the executor and open the gallery at `root` on it (loading or building its index)."""
+    async def open(cls, root: Path, *, threads: int, **index_options: Any) -> GalleryGateway:
+        """Start the executor and open the gallery at `root` on it (loading or building its index);
+        `index_options`: `Gallery.open`'s (index_kind, nprobe, ...)."""
         executor = ThreadPoolExecutor(threads, thread_name_prefix="cgd-io")
         try:
-            gallery = await _run(executor, Gallery.open, root, index_kind=index_kind)
+            gallery = await _run(executor, Gallery.open, root, **index_options)
         except BaseException:
             executor.shutdown(wait=False)
             raise

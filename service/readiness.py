@@ -63,11 +63,17 @@ def _store(items: int | None, fault: StorageFault | None) -> StoreStatus:
 def _gallery_facts(runtime: Runtime) -> tuple[int, IndexStatus, str | None]:
     """(items, the live index, the running job) read from the gallery and the job store (blocking)."""
     gallery = runtime.gateway.gallery  # on the gateway's executor
+    options = runtime.settings.index_options()
+    configured = {"nprobe": options["nprobe"], "ef_search": options["ef_search"],
+                  "refine_factor": options["k_factor"], "use_gpu": options["use_gpu"],
+                  "blas_threshold": options["blas_threshold"]}
     try:
         stats = gallery.index_stats()
         dim = gallery.version_info(stats.version).dim
-        status = IndexStatus(backend=INDEX_BACKEND, kind=stats.kind, dim=dim, size=stats.vectors)
+        status = IndexStatus(backend=INDEX_BACKEND, kind=stats.kind, dim=dim, size=stats.vectors,
+                             serving=stats.factory, coarse_dim=stats.coarse_dim, tombstones=stats.tombstones,
+                             **configured)
     except index.UnknownVersion:  # no vector stored yet
         status = IndexStatus(backend=INDEX_BACKEND, kind=runtime.settings.index_kind, dim=runtime.worker.dim,
-                             size=0)
+                             size=0, **configured)
     return gallery.count(), status, runtime.jobs.running_id()

@@ -52,7 +52,7 @@ class Runtime:
         registry = ModelRegistry(data)
         checkpoint = _serving_checkpoint(settings, registry)
         gateway = await GalleryGateway.open(data / GALLERY_DIR, threads=settings.io_threads,
-                                            index_kind=settings.index_kind)
+                                            **settings.index_options())
         engines = {"runtime": settings.runtime, "cache_dir": data / ENGINE_DIR,
                    "threads": settings.inference_threads}
         embedder = await gateway.run(Embedder.load, checkpoint, device=settings.device,

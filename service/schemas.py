@@ -242,6 +242,17 @@ class IndexStatus(BaseModel):
     kind: str = Field(description="the index kind serving the live version")
     dim: int = Field(description="dimension of the indexed vectors")
     size: int = Field(description="vectors in the live version's index")
+    serving: str | None = Field(None, description='what serves now, e.g. "HNSW32,SQ8", "Flat" while a '
+                                'trained kind waits for vectors, "prefix512:HNSW32,SQ8 x12" (coarse kind, '
+                                'its dimension and the re-ranking factor)')
+    coarse_dim: int | None = Field(None, description="dimension of a prefix kind's coarse index")
+    tombstones: int = Field(0, description="deleted vectors still held until the next rebuild (compaction)")
+    nprobe: int | None = Field(None, description="CGD_INDEX_NPROBE (None: the kind's default)")
+    ef_search: int | None = Field(None, description="CGD_INDEX_EF_SEARCH (None: the kind's default)")
+    refine_factor: int | None = Field(None,
+                                      description="CGD_INDEX_REFINE_FACTOR (None: default or calibrated)")
+    use_gpu: str = Field("auto", description="CGD_INDEX_USE_GPU")
+    blas_threshold: int = Field(1, description="CGD_INDEX_BLAS_THRESHOLD")
 
 
 class StoreStatus(BaseModel):

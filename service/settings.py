@@ -27,6 +27,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from index import GpuUnavailable, IndexSpec, InvalidIndexKind
+from index.faiss_index import resolve_gpu
 from service.errors import InvalidParameter
 
 LOG = logging.getLogger(__name__)
@@ -50,7 +52,18 @@ class Settings(BaseSettings):
         "auto", description="inference runtime (auto: the fastest that agrees with torch fp32, measured at "
                             "start-up per model version and CPU; ONNX files and the choice cached in "
                             "<data_dir>/engines)")
-    index_kind: str = Field("Flat", description='"Flat", "HNSW", "HNSW-SQ8", "IVF-PQ" or a factory string')
+    index_kind: str = Field("Flat", description='"Flat", "HNSW", "HNSW-SQ8", "IVF-PQ", "prefix:<kind>" '
+                                                '(coarse-to-fine on the first branch) or a factory string')
+    index_nprobe: int | None = Field(None, ge=1,
+                                     description="IVF lists visited per query; None: max(16, nlist/16)")
+    index_ef_search: int | None = Field(None, ge=1, description="HNSW candidates per query; None: 128")
+    index_refine_factor: int | None = Field(
+        None, ge=1, description="candidates re-ranked per result: IVF-PQ's Refine (None: 10) and prefix "
+                                "kinds' (None: calibrated at build)")
+    index_use_gpu: Literal["auto", "always", "never"] = Field(
+        "auto", description="FAISS on a GPU: auto (if FAISS sees one), always (or fail at start-up), never")
+    index_blas_threshold: int = Field(1, ge=1,
+                                      description="FAISS uses BLAS from this many queries x dimension")
 
     # Inference worker (dynamic batching)
     max_batch_size: int = Field(32, ge=1, description="images per forward pass")
@@ -142,6 +155,23 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("an API key must not be empty; leave it unset to disable the check")
         return value
+
+    @model_validator(mode="after")
+    def _index_buildable(self) -> Settings:
+        """The index kind and its settings as the gallery will parse them, and the GPU if it must be one."""
+        try:
+            IndexSpec.parse(self.index_kind, nprobe=self.index_nprobe, ef_search=self.index_ef_search,
+                            k_factor=self.index_refine_factor)
+            resolve_gpu(self.index_use_gpu)
+        except (InvalidIndexKind, GpuUnavailable) as exc:
+            raise ValueError(f"index_kind / index_use_gpu: {exc}") from exc
+        return self
+
+    def index_options(self) -> dict[str, object]:
+        """`Gallery.open`'s keyword arguments from the index settings."""
+        return {"index_kind": self.index_kind, "nprobe": self.index_nprobe, "ef_search": self.index_ef_search,
+                "k_factor": self.index_refine_factor, "use_gpu": self.index_use_gpu,
+                "blas_threshold": self.index_blas_threshold}
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

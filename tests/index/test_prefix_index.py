@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from index import Gallery, IndexSpec, InvalidIndexKind
-from index.prefix_index import PrefixVectorIndex, calibrate_factor, prefix_dim
+from index.prefix_index import PrefixVectorIndex, prefix_dim
 from index.vectors import quantize
 
 BRANCH, BRANCHES = 24, 3
@@ -85,7 +85,7 @@ def test_a_factor_that_covers_the_gallery_gives_the_exact_top_k(kind: str, data,
 def test_the_calibrated_factor_keeps_recall_and_rereads_exact_scores(data, tmp_path) -> None:
     ids, vectors, queries = data
     index = filled("prefix:HNSW", ids, vectors, tmp_path)
-    assert index.factor == calibrate_factor(vectors, BRANCH) and 2 <= index.factor < N // 10
+    assert 2 <= index.factor < N // 10
     scores, found = index.search(queries, 10)
     truth = exact(queries, ids, vectors, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), truth.tolist(), strict=True)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import faiss
 import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -131,3 +132,22 @@ def test_bounded_k() -> None:
     assert settings.bounded_k(500) == 50
     with pytest.raises(InvalidParameter):
         settings.bounded_k(0)
+
+
+def test_index_settings_reach_the_gallery_and_bad_ones_fail_at_start_up(monkeypatch) -> None:
+    monkeypatch.setenv("CGD_INDEX_KIND", "prefix:HNSW-SQ8")
+    monkeypatch.setenv("CGD_INDEX_EF_SEARCH", "64")
+    monkeypatch.setenv("CGD_INDEX_REFINE_FACTOR", "8")
+    monkeypatch.setenv("CGD_INDEX_USE_GPU", "never")
+    assert Settings().index_options() == {"index_kind": "prefix:HNSW-SQ8", "nprobe": None, "ef_search": 64,
+                                          "k_factor": 8, "use_gpu": "never", "blas_threshold": 1}
+    for values, message in (({"index_kind": "prefix:"}, "needs one coarse kind"),
+                            ({"index_kind": "IDMap,Flat"}, "adds IDMap2 itself"),
+                            ({"index_nprobe": 0}, "index_nprobe"),
+                            ({"index_use_gpu": "sometimes"}, "index_use_gpu"),
+                            ({"index_blas_threshold": 0}, "index_blas_threshold")):
+        with pytest.raises(ValidationError, match=message):
+            Settings(**values)
+    if getattr(faiss, "get_num_gpus", lambda: 0)() == 0:
+        with pytest.raises(ValidationError, match="no GPU"):
+            Settings(index_use_gpu="always")  # a GPU is demanded: refused where FAISS sees none

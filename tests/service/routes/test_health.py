@@ -47,7 +47,9 @@ def test_health_ready_and_metrics(tmp_path, open_app, make_image, expect_error):
         assert ready["ready"] and ready["reasons"] == [] and ready["store"]["items"] == 0
         assert ready["model_version"] == client.get("/models").json()["active"]
         assert ready["device"] == "cpu" and ready["precision"] in ("fp32", "bf16")
-        assert ready["index"] == {"backend": "faiss", "kind": "Flat", "dim": 1536, "size": 0}
+        assert ready["index"] == {"backend": "faiss", "kind": "Flat", "dim": 1536, "size": 0, "serving": None,
+                                  "coarse_dim": None, "tombstones": 0, "nprobe": None, "ef_search": None,
+                                  "refine_factor": None, "use_gpu": "auto", "blas_threshold": 1}
         assert ready["store"]["backend"] == "sqlite" and ready["store"]["writable"]
         assert ready["queue_depth"] == 0 and ready["training"] is None and ready["runtime"]
         expect_error(client.get("/gallery/1/similar"), 404, "not_found")  # empty gallery, unknown item

@@ -1,9 +1,9 @@
 """`MilvusIndex`: one version's searchable vectors in a Milvus collection (a server, or Milvus Lite).
 
-`CGD_MILVUS_URI` is a server URI (http://host:19530) or a local file path (Milvus Lite, one process per
-file). A collection `cgd_vectors_<hex>` per build: an INT64 primary key `id` (the item id) and a
-FLOAT_VECTOR `vector`, inner-product metric, Strong consistency (an acknowledged insert or delete is seen
-by the next search). Kinds (`CGD_INDEX_KIND`):
+`CGD_MILVUS_URI` is a server URI (http://host:19530) or a local file path ending in .db (Milvus Lite,
+one process per file). A collection `cgd_vectors_<hex>` per build: an INT64 primary key `id` (the item
+id) and a FLOAT_VECTOR `vector`, inner-product metric, Strong consistency (an acknowledged insert or
+delete is seen by the next search). Kinds (`CGD_INDEX_KIND`):
 
 | kind     | Milvus index type | build parameters        | search parameters        |
 | -------- | ----------------- | ----------------------- | ------------------------ |
@@ -270,5 +270,11 @@ class MilvusBackend:
                 raise MilvusUnavailable(f"Milvus at {self.uri}: {exc}") from None
 
     def close(self) -> None:
+        """Close the client; for Milvus Lite also stop its in-process server, which releases the file's
+        lock (the client alone keeps it until the process exits)."""
         with self._lock:
             self.client.close()
+            if self.uri.endswith(".db"):
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self.uri)

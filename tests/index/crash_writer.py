@@ -1,6 +1,7 @@
 """Child process of test_gallery_crash.py: ingests batches into a gallery until it is killed.
 
-Usage: crash_writer.py ROOT INDEX_KIND SEED. After each `add` returns it writes "A <id> <external_id>"
+Usage: crash_writer.py ROOT INDEX_KIND SEED [DATABASE_URL VECTOR_BACKEND MILVUS_URI] (engines as in
+`index.engines.Engines`; "-" for none). After each `add` returns it writes "A <id> <external_id>"
 per item; it writes "X <id>" before a `delete` and "D <id>" after it returns. Those lines (flushed at once)
 are what the gallery acknowledged; an item with X and no D may or may not have been deleted.
 Images are `image_bytes(external_id)`; vectors are random unit rows of width DIM.
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from index import Gallery, NewItem
+from index.engines import Engines
 
 DIM = 32
 
@@ -23,9 +25,9 @@ def image_bytes(external_id: str) -> bytes:
     return hashlib.sha512(external_id.encode()).digest() * 4
 
 
-def main(root: Path, kind: str, seed: int) -> None:
+def main(root: Path, kind: str, seed: int, engines: Engines | None) -> None:
     rng = np.random.default_rng(seed)
-    gallery = Gallery.open(root, index_kind=kind)
+    gallery = Gallery.open(root, index_kind=kind, engines=engines)
     acknowledged: list[int] = []
     batch = 0
     while True:
@@ -52,4 +54,6 @@ def main(root: Path, kind: str, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
+    database_url, vector_backend, milvus_uri = [None if a == "-" else a for a in sys.argv[4:7]] or [None] * 3
+    engines = Engines(database_url, vector_backend or "faiss", milvus_uri) if database_url else None
+    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), engines)

@@ -1,4 +1,5 @@
-"""Crash safety for real: SIGKILL a writer at random moments; damaged or stale snapshots are rebuilt."""
+"""Crash safety for real: SIGKILL a writer at random moments (on SQLite, PostgreSQL, PostgreSQL + pgvector
+and PostgreSQL + Milvus Lite); damaged or stale snapshots are rebuilt."""
 
 from __future__ import annotations
 
@@ -15,21 +16,25 @@ import numpy as np
 import pytest
 
 from index import Gallery, ItemNotFound, SQLiteItemStore
+from index.engines import Engines
 from tests.index.crash_writer import image_bytes  # the child's own definition of the images
+from tests.index.engines import EngineChoice
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
 
-def _run_and_kill(root: Path, kind: str, seed: int,
-                  delay: float) -> tuple[dict[int, str], set[int], set[int]]:
+def _run_and_kill(root: Path, kind: str, seed: int, delay: float,
+                  engines: Engines | None) -> tuple[dict[int, str], set[int], set[int]]:
     """Start the writer, SIGKILL it `delay` s after its first acknowledgement; returns what it acknowledged:
     ({id: external_id} added, {id} deleted, {id} being deleted when killed)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     errors = root.parent / f"writer-{seed}.err"
     with open(errors, "w") as stderr:
-        child = subprocess.Popen([sys.executable, str(HERE / "crash_writer.py"), str(root), kind, str(seed)],
-                                 stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
+        engine_args = [] if engines is None else [engines.database_url or "-", engines.vector_backend,
+                                                  engines.milvus_uri or "-"]
+        child = subprocess.Popen([sys.executable, str(HERE / "crash_writer.py"), str(root), kind, str(seed),
+                                  *engine_args], stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
     first = child.stdout.readline()
     assert first.startswith("A "), errors.read_text()
     time.sleep(delay)
@@ -50,20 +55,25 @@ def _run_and_kill(root: Path, kind: str, seed: int,
     return added, deleted, doubtful - deleted
 
 
-@pytest.mark.parametrize("kind", ["Flat", "HNSW"])
-def test_every_acknowledged_item_survives_sigkill(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("gallery_engines", "kind"), [
+    ("sqlite-faiss", "Flat"), ("sqlite-faiss", "HNSW"), ("postgresql-faiss", "Flat"),
+    ("postgresql-pgvector", "HNSW"), ("postgresql-milvus", "HNSW"),
+], indirect=["gallery_engines"])
+def test_every_acknowledged_item_survives_sigkill(kind: str, tmp_path: Path,
+                                                  gallery_engines: EngineChoice) -> None:
     root = tmp_path / "g"
+    engines = gallery_engines.for_root(root)
     rng = random.Random(f"crash-{kind}")
     all_added: dict[int, str] = {}
     all_deleted: set[int] = set()
     doubtful: set[int] = set()
     for round_ in range(3):
-        added, deleted, in_doubt = _run_and_kill(root, kind, seed=round_, delay=rng.uniform(0.2, 1.5))
+        added, deleted, in_doubt = _run_and_kill(root, kind, round_, rng.uniform(0.2, 1.5), engines)
         all_added.update(added)
         all_deleted |= deleted
         doubtful |= in_doubt
         assert len(added) > 0
-        with Gallery.open(root, index_kind=kind) as gallery:
+        with Gallery.open(root, index_kind=kind, engines=engines) as gallery:
             alive = {i: e for i, e in all_added.items() if i not in all_deleted | doubtful}
             # besides these, the store may hold a batch committed just before the kill, unacknowledged
             assert len(alive) <= gallery.count() <= len(alive) + len(doubtful) + 23 * (round_ + 1)

@@ -152,13 +152,18 @@ def wait_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float =
 
 class RawPipeline:
     """In-process decode + preprocess + model pass in batches of `settings.max_batch_size`, with the
-    worker's device and dtype: what the service would do with no HTTP, queue or gallery around it."""
+    worker's device, dtype and runtime (ONNX files and the runtime choice cached in `engine_dir`), for
+    `checkpoint` (None: the embedded default): what the service would do with no HTTP, queue or gallery
+    around it."""
 
-    def __init__(self, images: list[ImageBytes], settings: Settings) -> None:
+    def __init__(self, images: list[ImageBytes], settings: Settings, checkpoint: Path | None = None,
+                 engine_dir: Path | None = None) -> None:
         self.images, self.settings = images, settings
         if settings.inference_threads is not None:  # what the worker's model thread does
             torch.set_num_threads(settings.inference_threads)
-        self.embedder = Embedder.load(None, device=settings.device, precision=settings.precision)
+        self.embedder = Embedder.load(checkpoint, device=settings.device, precision=settings.precision,
+                                      runtime=settings.runtime, cache_dir=engine_dir,
+                                      threads=settings.inference_threads)
         self.batch = settings.max_batch_size
         for _ in range(3):  # warm-up: first-pass allocations, oneDNN kernel selection
             self._run(images[:self.batch])
@@ -191,7 +196,8 @@ class RawPipeline:
 
     def describe(self) -> dict:
         return {"batch": self.batch, "dtype": str(self.embedder.dtype).removeprefix("torch."),
-                "device": str(self.embedder.device), "torch_threads": torch.get_num_threads()}
+                "device": str(self.embedder.device), "runtime": self.embedder.runtime,
+                "torch_threads": torch.get_num_threads()}
 
 
 async def ingest(client: httpx.AsyncClient, images: list[ImageBytes]) -> dict:

@@ -2,8 +2,10 @@
 folder's train split, `POST /train` with its defaults, then the served model on the test split.
 
 Reports the job (validation metrics of the old and the new model, promotion, training and
-re-embedding times) and `cgd eval` on the test split (classes never seen in training) of the
-embedded default and of the model the job promoted, measured in the same run.
+re-embedding times), the re-embedding speed against the raw pipeline (decode + preprocess + batched
+model in one process, same runtime, on the same images, measured after the server stopped), and
+`cgd eval` on the test split (classes never seen in training) of the embedded default and of the
+model the job promoted, all in the same run.
 
     nice -n 10 .venv/bin/python benchmarks/service_train_bench.py --data ../shared/data/gtsrb32
 """
@@ -22,10 +24,15 @@ from pathlib import Path
 
 import httpx
 from local_service import free_port, wait_ready
+from service_bench import ImageBytes, RawPipeline
+
+from model.data import load_dataset
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 LOG = logging.getLogger("service_train_bench")
 FINISHED = {"succeeded", "failed", "cancelled"}
+RAW_SECONDS = 30.0
 
 
 def cgd(*args: str) -> list[str]:
@@ -54,6 +61,21 @@ def evaluate(data: Path, split: str, checkpoint: Path | None) -> tuple[dict, flo
                               *(("--checkpoint", str(checkpoint)) if checkpoint else ())),
                           cwd=REPO, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1]), round(time.perf_counter() - began, 1)
+
+
+def reembedding_against_raw(job: dict, data: Path, checkpoint: Path, engine_dir: Path) -> dict:
+    """The job's re-embedding images/s against the raw pipeline (decode + preprocess + batched model,
+    same runtime and settings as the service, no HTTP) on the gallery's own images, measured now."""
+    progress = job["progress"] or {}
+    done, seconds = progress.get("to_reembed"), job["reembedding_seconds"]
+    service = round(done / seconds, 1) if done and seconds else None
+    images = [ImageBytes(item.path.name, item.label, item.path.read_bytes())
+              for item in load_dataset(data, "train")]
+    raw = RawPipeline(images, Settings(), checkpoint, engine_dir=engine_dir)
+    measured = raw.measure(RAW_SECONDS)
+    return {"images": done, "seconds": seconds, "service_images_per_s": service,
+            "raw": {**raw.describe(), **measured},
+            "ratio_to_raw": round(service / measured["images_per_s"], 2) if service else None}
 
 
 def run(args: argparse.Namespace, data_dir: Path) -> dict:
@@ -89,7 +111,8 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict:
     if job["status"] != "succeeded":
         raise RuntimeError(f"the training job ended {job['status']}: {job['error']}")
     checkpoint = data_dir / "data" / "models" / f"{job['model_version']}.pt"
-    record["test_default"], record["eval_default_s"] = evaluate(args.data, "test", None)
+    record["reembedding"] = reembedding_against_raw(job, args.data, checkpoint, data_dir / "data" / "engines")
+    record["test_default"], record["eval_default_s"] = evaluate(args.data, "test", checkpoint=None)
     record["test_trained"], record["eval_trained_s"] = evaluate(args.data, "test", checkpoint)
     record["load_end"] = os.getloadavg()
     return record
@@ -111,6 +134,10 @@ def markdown(record: dict) -> str:
         f"{pct(job['new_metrics'], 'recall@1')} | {pct(job['new_metrics'], 'map@r')} | "
         f"{pct(record['test_trained'], 'recall@1')} | {pct(record['test_trained'], 'map@r')} |",
     ]
+    reembedding = record["reembedding"]
+    rows.append(f"\nre-embedding: {reembedding['images']} images in {reembedding['seconds']} s, "
+                f"{reembedding['service_images_per_s']} images/s = {reembedding['ratio_to_raw']}x the raw "
+                f"pipeline's {reembedding['raw']['images_per_s']} ({reembedding['raw']['runtime']})")
     return "\n".join(rows)
 
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 import index
 from service.content_policy import ContentPolicy
 from service.errors import ErrorTable, register_exception_handlers
+from service.gc_freeze import freeze_startup_objects
 from service.limits import BodyLimits
 from service.metrics import ServiceMetrics
 from service.openapi import install_openapi
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        freeze_startup_objects()  # before the model loads: full GC passes skip the imported modules
         runtime = await Runtime.open(settings, app.state.metrics)
         app.state.runtime = runtime
         try:

@@ -6,6 +6,7 @@ composes an `ItemStore` (`SQLiteItemStore`) and, per model version, a `VectorInd
 
 from index.errors import (
     DimensionMismatch,
+    EngineUnavailable,
     GalleryError,
     GalleryLocked,
     GpuUnavailable,
@@ -34,6 +35,7 @@ from index.store import SQLiteItemStore
 __all__ = [
     "UNSET",
     "DimensionMismatch",
+    "EngineUnavailable",
     "FaissBackend",
     "FaissVectorIndex",
     "Gallery",

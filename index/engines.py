@@ -8,6 +8,7 @@ gallery's directory whatever the engines.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,17 @@ class Engines:
             raise InvalidEngines("no database URL is set")
         return PostgresSettings(self.database_url, self.pool_size, self.connect_timeout_s,
                                 self.statement_timeout_s)
+
+
+def server_kinds(vector_backend: str) -> Mapping[str, object]:
+    """The CGD_INDEX_KIND values a server backend builds, by canonical name."""
+    if vector_backend == "pgvector":
+        from index.pgvector_index import KINDS
+    elif vector_backend == "milvus":
+        from index.milvus_index import KINDS
+    else:
+        raise InvalidEngines(f"{vector_backend} is not a server backend")
+    return KINDS
 
 
 def open_store(root: Path, engines: Engines) -> ItemStore:

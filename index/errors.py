@@ -67,5 +67,10 @@ class StorageCorrupted(GalleryError):
     """A stored image is missing or does not match its sha256."""
 
 
+class EngineUnavailable(GalleryError):
+    """The database or vector-search server cannot be reached or does not answer in time. Nothing of the
+    request was kept; the gallery reconnects by itself once the server answers again."""
+
+
 class SnapshotCorrupt(GalleryError):
     """A FAISS snapshot file is truncated, altered or from another configuration (it gets rebuilt)."""

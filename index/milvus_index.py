@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from index.errors import DimensionMismatch, GalleryError, SnapshotCorrupt
+from index.errors import DimensionMismatch, EngineUnavailable, SnapshotCorrupt
 from index.kinds import DEFAULT_EF_SEARCH
 from index.remote_index import (
     NAME_PREFIX,
@@ -55,7 +55,7 @@ _BATCH = 2000
 _ID_FILTER_CHUNK = 16384
 
 
-class MilvusUnavailable(GalleryError):
+class MilvusUnavailable(EngineUnavailable):
     """The Milvus server (or Milvus Lite file) cannot be reached."""
 
 

@@ -17,14 +17,14 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from index.errors import GalleryError
+from index.errors import EngineUnavailable
 
 LOG = logging.getLogger(__name__)
 
 URL_SCHEMES = ("postgresql", "postgres")
 
 
-class DatabaseUnavailable(GalleryError):
+class DatabaseUnavailable(EngineUnavailable):
     """The database server cannot be reached or does not answer in time (the message has no password)."""
 
 

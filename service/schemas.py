@@ -116,6 +116,10 @@ class TrainRequest(BaseModel):
     whitening: WhiteningName | None = Field(
         default=None, description="learned whitening fitted after training, kept only when validation "
         "gains beyond noise (auto: learned, then PCA)")
+    expansion: Literal["auto", "none"] | None = Field(
+        default=None, description="search defaults of the new model: query expansion and database-side "
+        "augmentation chosen on validation, kept only when they gain beyond noise and exact copies still "
+        "score >= 0.99 (auto); none: off")
     promote: Promotion = Promotion.IF_BETTER
     max_minutes: float | None = Field(default=None, gt=0, le=24 * 60,
                                       description="training budget; re-embedding is reported apart")

@@ -28,7 +28,9 @@ from pydantic_settings import (
 )
 
 from index import GpuUnavailable, IndexSpec, InvalidIndexKind
+from index.engines import Engines, InvalidEngines, server_kinds
 from index.faiss_index import resolve_gpu
+from index.remote_index import choose_kind
 from service.errors import InvalidParameter
 
 LOG = logging.getLogger(__name__)
@@ -40,7 +42,8 @@ RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 class Settings(BaseSettings):
     """The service's configuration; immutable once built."""
 
-    model_config = SettingsConfigDict(env_prefix="CGD_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="CGD_", frozen=True, extra="forbid",
+                                      hide_input_in_errors=True)  # errors never echo CGD_DATABASE_URL
 
     # Storage and model
     data_dir: Path = Field(Path("cgd-data"), description="gallery, model checkpoints and training jobs")
@@ -64,6 +67,19 @@ class Settings(BaseSettings):
         "auto", description="FAISS on a GPU: auto (if FAISS sees one), always (or fail at start-up), never")
     index_blas_threshold: int = Field(1, ge=1,
                                       description="FAISS uses BLAS from this many queries x dimension")
+
+    # Gallery engines (index.engines): item store and vector search
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://user:password@host:port/db: items, vectors and versions in "
+                          "PostgreSQL; None: SQLite under data_dir (images stay files under data_dir anyway)")
+    vector_backend: Literal["faiss", "pgvector", "milvus"] = Field(
+        "faiss", description="faiss (in the process), pgvector (in CGD_DATABASE_URL's PostgreSQL) or milvus "
+                             "(CGD_MILVUS_URI); each accepts its own CGD_INDEX_KIND values")
+    milvus_uri: str | None = Field(None, description="Milvus server URI (http://host:19530) or a local file "
+                                                     "ending in .db (Milvus Lite)")
+    db_pool_size: int = Field(8, ge=1, description="connections per PostgreSQL pool (store, pgvector)")
+    db_connect_timeout_s: float = Field(5.0, gt=0, description="seconds to connect to PostgreSQL or Milvus")
+    db_statement_timeout_s: float = Field(30.0, gt=0, description="longest PostgreSQL statement, in seconds")
 
     # Inference worker (dynamic batching)
     max_batch_size: int = Field(32, ge=1, description="images per forward pass")
@@ -168,10 +184,28 @@ class Settings(BaseSettings):
         return self
 
     def index_options(self) -> dict[str, object]:
-        """`Gallery.open`'s keyword arguments from the index settings."""
+        """`Gallery.open`'s keyword arguments from the index and engine settings."""
         return {"index_kind": self.index_kind, "nprobe": self.index_nprobe, "ef_search": self.index_ef_search,
                 "k_factor": self.index_refine_factor, "use_gpu": self.index_use_gpu,
-                "blas_threshold": self.index_blas_threshold}
+                "blas_threshold": self.index_blas_threshold, "engines": self.gallery_engines()}
+
+    def gallery_engines(self) -> Engines:
+        """The item store and vector backend these settings name."""
+        url = self.database_url.get_secret_value() if self.database_url is not None else None
+        return Engines(url, self.vector_backend, self.milvus_uri, self.db_pool_size,
+                       self.db_connect_timeout_s, self.db_statement_timeout_s)
+
+    @model_validator(mode="after")
+    def _engines_usable(self) -> Settings:
+        """Engines that fit together, and an index kind the chosen vector backend builds (the message lists
+        the valid ones)."""
+        try:
+            self.gallery_engines()
+            if self.vector_backend != "faiss":
+                choose_kind(self.index_kind, server_kinds(self.vector_backend), self.vector_backend)
+        except (InvalidEngines, InvalidIndexKind) as exc:
+            raise ValueError(str(exc)) from exc
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -53,6 +53,11 @@ class EmbedderLike(Protocol):
     def dim(self) -> int: ...
 
     @property
+    def qe_n(self) -> int:
+        """The query expansion its searches use by default (0 = off)."""
+        ...
+
+    @property
     def runtime(self) -> str:
         """The inference runtime: torch, onnxruntime or openvino."""
         ...
@@ -84,10 +89,12 @@ class BatchObserver(Protocol):
 
 @dataclass(frozen=True)
 class EmbedResult:
-    """`vectors`: (n, d) float32 unit rows in the order of the images; `version`: the model used."""
+    """`vectors`: (n, d) float32 unit rows in the order of the images; `version`: the model used;
+    `qe_n`: that model's default query expansion."""
 
     vectors: np.ndarray
     version: str
+    qe_n: int = 0
 
 
 @dataclass(eq=False)
@@ -183,7 +190,7 @@ class InferenceWorker:
             raise NotReady(f"the inference worker is {self._state.value}")
         embedder = self._embedder
         if not images:
-            return EmbedResult(np.zeros((0, embedder.dim), dtype=np.float32), embedder.version)
+            return EmbedResult(np.zeros((0, embedder.dim), dtype=np.float32), embedder.version, embedder.qe_n)
         count = len(images)
         if count > self._max_queue:
             raise PayloadTooLarge(f"{count} images in one request; the worker takes at most "
@@ -332,7 +339,7 @@ class InferenceWorker:
         for job in live:
             end = start + len(job.tensors)
             if not job.future.done():
-                job.future.set_result(EmbedResult(vectors[start:end].copy(), embedder.version))
+                job.future.set_result(EmbedResult(vectors[start:end].copy(), embedder.version, embedder.qe_n))
             start = end
 
     def _forward(self, embedder: EmbedderLike, tensors: list[torch.Tensor]) -> tuple[np.ndarray, list[int]]:

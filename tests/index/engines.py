@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import psycopg
 
@@ -29,6 +29,28 @@ def create_database(server_url: str) -> str:
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return database_url(server_url, name)
+
+
+@dataclass(frozen=True)
+class PostgresControl:
+    """The test server: its URL, data directory and the system user pgserver runs it as."""
+
+    url: str
+    directory: Path
+    user: str
+
+    def stop(self, mode: str = "fast") -> None:
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-m", mode, "-w", "stop"], pgdata=self.directory, user=self.user)
+
+    def start(self) -> None:
+        """Start it again as pgserver does (Unix socket only, in the URL's socket directory)."""
+        from pgserver._commands import pg_ctl
+
+        socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
+        pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.directory / "log"), "start"],
+               pgdata=self.directory, user=self.user)
 
 
 @dataclass

@@ -45,6 +45,9 @@ class CGDConfig:
     the first letter feeds the auxiliary classifier. `embedding_dim` is split evenly over them.
     `whitening`: the model ends with a learned whitening (d x d, fitted after training).
     `scales`: input scales whose descriptors are averaged at inference (multi-scale; training uses 1).
+    `qe_n`, `dba_n`: the model's search defaults, alpha-QE with the top `qe_n` hits and database-side
+    augmentation with each item's top `dba_n` neighbours (alpha 3; 0 = off), chosen on validation by
+    `model.expansion`; the service and `cgd eval` apply them.
     """
 
     backbone: str = "tf_efficientnet_lite0"
@@ -55,6 +58,8 @@ class CGDConfig:
     num_classes: int = 0
     whitening: bool = False
     scales: tuple[float, ...] = (1.0,)
+    qe_n: int = 0
+    dba_n: int = 0
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
     def __post_init__(self) -> None:
@@ -78,6 +83,8 @@ class CGDConfig:
             raise ConfigError(f"scales must be 1 to n factors in [0.25, 4], got {self.scales}")
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.qe_n < 0 or self.dba_n < 0:
+            raise ConfigError(f"qe_n and dba_n must be >= 0, got {self.qe_n} and {self.dba_n}")
 
     @property
     def branch_dim(self) -> int:
@@ -103,8 +110,9 @@ class CGDConfig:
             del data["scales"]
         else:
             data["scales"] = list(self.scales)
-        if not self.whitening:
-            del data["whitening"]
+        for name in ("whitening", "qe_n", "dba_n"):
+            if not data[name]:
+                del data[name]
         return data
 
     @classmethod

@@ -97,6 +97,16 @@ class Embedder:
     def image_size(self) -> int:
         return self.model.config.image_size
 
+    @property
+    def qe_n(self) -> int:
+        """The model's default query expansion: neighbours added to a query (0 = off)."""
+        return self.model.config.qe_n
+
+    @property
+    def dba_n(self) -> int:
+        """The model's default database-side augmentation: neighbours added to each gallery item."""
+        return self.model.config.dba_n
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> (3, S, S) float32 tensor on the CPU."""
         return self._transform(image.convert("RGB"))

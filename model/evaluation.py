@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from model.cgd import CGD
 from model.data import LabelledImage, LabelledImageDataset, class_index
 from model.embedder import Embedder
+from model.expansion import expanded_scores
 from model.metrics import retrieval_metrics
 from model.transforms import inference_transform
 
@@ -70,10 +71,15 @@ def evaluate(
     device: str = "auto",
     precision: str = "auto",
 ) -> dict[str, float]:
-    """Recall@K for each K in `ks` and MAP@R (fractions in [0, 1]) over `images`."""
-    embeddings, labels = embed_dataset(model_or_embedder, images, batch_size, num_workers=num_workers,
-                                       device=device, precision=precision)
+    """Recall@K for each K in `ks` and MAP@R (fractions in [0, 1]) over `images`, under the model's
+    search defaults (query expansion, database-side augmentation) when it has any."""
+    embedder = as_embedder(model_or_embedder, device=device, precision=precision)
+    embeddings, labels = embed_dataset(embedder, images, batch_size, num_workers=num_workers)
     if len(np.unique(labels)) < 2:
         raise ValueError("retrieval evaluation needs images of at least 2 classes")
-    metrics = retrieval_metrics(embeddings, labels, ks=tuple(ks))
+    config = embedder.model.config
+    if config.qe_n or config.dba_n:
+        metrics, _ = expanded_scores(embeddings, labels, config.qe_n, config.dba_n, ks=tuple(ks))
+    else:
+        metrics = retrieval_metrics(embeddings, labels, ks=tuple(ks))
     return {key: float(value) for key, value in metrics.items()}

@@ -9,6 +9,7 @@ from model.splits import ValMode
 
 Engine = Literal["auto", "cached", "full"]
 WhiteningChoice = Literal["auto", "learned", "pca", "none"]
+ExpansionChoice = Literal["auto", "none"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TrainConfig:
     cache_views: int | None = None  # None: as many (1 to 4) as a quarter of the budget builds
     cache_max_gib: float = 4.0  # disk bound of the feature cache; fewer views beyond it
     whitening: WhiteningChoice = "auto"
+    expansion: ExpansionChoice = "auto"  # search defaults (qe_n, dba_n) chosen on validation; none: off
     scales: tuple[float, ...] = (1.0,)  # inference scales written into the model (multi-scale descriptors)
     seed: int = 0
     num_workers: int = 0
@@ -65,6 +67,8 @@ class TrainConfig:
             raise ValueError(f"unknown engine {self.engine!r}; use auto, cached or full")
         if self.whitening not in ("auto", "learned", "pca", "none"):
             raise ValueError(f"unknown whitening {self.whitening!r}; use auto, learned, pca or none")
+        if self.expansion not in ("auto", "none"):
+            raise ValueError(f"unknown expansion {self.expansion!r}; use auto or none")
         if self.cache_views is not None and not 1 <= self.cache_views <= 16:
             raise ValueError(f"cache_views must be in [1, 16], got {self.cache_views}")
         if self.tail_stages < 1:

@@ -34,6 +34,7 @@ from model.default import default_model
 from model.device import resolve_device, resolve_precision
 from model.embedder import Embedder
 from model.evaluation import embed_dataset, inference_dataset
+from model.expansion import choose_expansion
 from model.finetune import parameter_groups, set_train_mode, training_model
 from model.losses import build_criterion
 from model.metrics import query_scores
@@ -442,7 +443,12 @@ def _finish(run: _Run, stopped: Stopped, cache_dir: Path) -> TrainResult:
              "recipe": recipe}
     use_trained = run.best_state is not None and (improved or not run.config.keep_start_if_not_better)
     if use_trained:
-        run.model.config = run.model.config.with_changes(scales=run.config.scales)
+        search = {"qe_n": 0, "dba_n": 0}
+        if run.config.expansion == "auto":
+            chosen = choose_expansion(plain, val_labels, seed=run.config.seed)
+            search = {"qe_n": chosen.qe_n, "dba_n": chosen.dba_n}
+            recipe["search_defaults"] = {**search, "map@r": round(chosen.metrics["map@r"], 4)}
+        run.model.config = run.model.config.with_changes(scales=run.config.scales, **search)
         version = save_checkpoint(run.out, run.model.cpu().eval(), classes=run.classes, metrics=run.best,
                                   extra=extra)
         if not improved:

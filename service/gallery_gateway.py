@@ -160,6 +160,15 @@ class GalleryGateway:
         """Store unit vectors (N,d) of ids (N,); ids deleted meanwhile are skipped. Returns how many."""
         return await self.run(self._gallery.put_vectors, version, ids, vectors)
 
+    async def set_dba(self, version: str, n: int) -> None:
+        """Database-side augmentation of a version's index with each item's top-n neighbours, when the
+        version has vectors and another setting (its index is rebuilt)."""
+        def apply() -> None:
+            if version in self._gallery.versions() and self._gallery.version_info(version).dba_n != n:
+                self._gallery.set_dba(version, n)
+
+        await self.run(apply)
+
     async def activate(self, version: str) -> None:
         """Make `version` live (its index loaded or built, and snapshotted, off the event loop)."""
         await self.run(self._gallery.activate, version)

@@ -127,6 +127,7 @@ class ModelSwapper:
         cancelled = cancelled or (lambda: False)
         async with self._lock:
             await self._embed_missing(embedder, on_progress, cancelled)
+            await self._gateway.set_dba(version, embedder.dba_n)  # the model's search default
             async with self._gate.exclusive():
                 await self._embed_missing(embedder, None, cancelled)
                 if cancelled():

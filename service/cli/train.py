@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="cached: train the backbone's last stages from a trunk feature cache (default)")
     train.add_argument("--cache-views", type=int, help="augmented views cached per image (default: budget)")
     train.add_argument("--whitening", choices=("auto", "learned", "pca", "none"))
+    train.add_argument("--expansion", choices=("auto", "none"),
+                       help="search defaults (query expansion, DBA) chosen on validation (default auto)")
     train.add_argument("--scales", type=lambda text: tuple(float(s) for s in text.split(",")),
                        help="inference scales written into the model, e.g. 1,0.707,1.414 (default 1)")
     train.add_argument("--seed", type=int)
@@ -76,8 +78,8 @@ def _images(root: Path, split: str) -> list:
 
 _CONFIG_OPTIONS = ("loss", "epochs", "image_size", "batch_size", "images_per_class", "descriptors",
                    "embedding_dim", "lr", "backbone_lr", "head_lr", "optimizer", "warmup_epochs", "freeze_bn",
-                   "hflip", "val_fraction", "val_mode", "engine", "cache_views", "whitening", "scales",
-                   "seed", "num_workers", "device", "precision")
+                   "hflip", "val_fraction", "val_mode", "engine", "cache_views", "whitening", "expansion",
+                   "scales", "seed", "num_workers", "device", "precision")
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -22,7 +22,8 @@ KForm = Annotated[int | None, Form(ge=1, description="how many results (default 
 LabelForm = Annotated[str | None, Form(description="only items with this label")]
 MetadataForm = Annotated[str | None,
                          Form(description='JSON object; equality on each key, e.g. {"shop": "x"}')]
-QeNForm = Annotated[int, Form(ge=0, le=100, description="query expansion: neighbours added (0 = off)")]
+QeNForm = Annotated[int | None, Form(ge=0, le=100, description="query expansion: neighbours added (0 = off; "
+                                    "default: the model's own, chosen on validation when it was trained)")]
 QeAlphaForm = Annotated[float, Form(ge=0, le=100, description="query expansion: similarity exponent")]
 
 
@@ -40,7 +41,7 @@ async def search(
     k: KForm = None,
     label: LabelForm = None,
     metadata: MetadataForm = None,
-    qe_n: QeNForm = 0,
+    qe_n: QeNForm = None,
     qe_alpha: QeAlphaForm = 3.0,
 ) -> SearchResponse:
     """The top-k gallery items for one image, best first (score: cosine similarity)."""
@@ -49,6 +50,7 @@ async def search(
     terms = parse_filter(metadata)  # a bad filter costs no decoding and no forward pass
     (upload,) = await reader.read([file])
     embedded = await runtime.worker.embed([upload.image])
+    qe_n = embedded.qe_n if qe_n is None else qe_n
     options = SearchOptions(embedded.version, label, terms, qe_n, qe_alpha)
     hits = await runtime.searcher.search(embedded.vectors[0], k, options)
     return SearchResponse(results=[search_hit(h) for h in hits], model_version=embedded.version,
@@ -64,7 +66,7 @@ async def search_batch(
     k: KForm = None,
     label: LabelForm = None,
     metadata: MetadataForm = None,
-    qe_n: QeNForm = 0,
+    qe_n: QeNForm = None,
     qe_alpha: QeAlphaForm = 3.0,
 ) -> BatchSearchResponse:
     """One result list per uploaded image, in upload order, from one FAISS call."""
@@ -73,6 +75,7 @@ async def search_batch(
     terms = parse_filter(metadata)
     uploads = await reader.read(files)
     embedded = await runtime.worker.embed([u.image for u in uploads])
+    qe_n = embedded.qe_n if qe_n is None else qe_n
     _, results = await runtime.gateway.search(embedded.vectors, k, label=label, metadata=terms, qe_n=qe_n,
                                               qe_alpha=qe_alpha, version=embedded.version)
     return BatchSearchResponse(results=[[search_hit(h) for h in hits] for hits in results],

@@ -11,6 +11,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+import weakref
 
 import numpy as np
 import pytest
@@ -23,14 +24,15 @@ from service.model_swap import SwapCancelled
 GALLERY = 24
 
 
-def variant_checkpoint(path: Path, seed: int = 1) -> Path:
-    """The default model with every weight moved by N(0, 1e-3)."""
+def variant_checkpoint(path: Path, seed: int = 1, **config_changes: int) -> Path:
+    """The default model with every weight moved by N(0, 1e-3) (and its config changed as given)."""
     model = default_model()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 1e-3)
     save_checkpoint(path, model)
+    model.config = model.config.with_changes(**config_changes)
     return path
 
 
@@ -179,6 +181,27 @@ def test_re_embedding_matches_the_model_and_yields_to_searches(tmp_path, open_ap
 
 
 @pytest.mark.slow
+def test_a_models_search_defaults_serve_with_it(tmp_path, open_app, make_image):
+    """A model trained with search defaults (qe_n, dba_n) brings them: its gallery index is augmented
+    and its searches expand queries unless the request says otherwise; an exact copy still wins."""
+    checkpoint = variant_checkpoint(tmp_path / "expanding.pt", qe_n=2, dba_n=1)
+    with open_app(tmp_path / "data", max_batch_size=8) as client:
+        ids = fill(client, make_image, 12)
+        runtime = client.app.state.runtime
+        version = register(client, checkpoint)
+        client.portal.call(runtime.swapper.activate, version)
+        assert runtime.gateway.gallery.version_info(version).dba_n == 1
+        query = {"file": ("q.png", make_image(5))}
+        default = client.post("/search", files=query, data={"k": "12"}).json()
+        plain = client.post("/search", files=query, data={"k": "12", "qe_n": "0"}).json()
+        assert default["model_version"] == plain["model_version"] == version
+        assert default["results"][0]["id"] == plain["results"][0]["id"] == ids[5]
+        default_scores = [hit["score"] for hit in default["results"]]
+        plain_scores = [hit["score"] for hit in plain["results"]]
+        assert default_scores != pytest.approx(plain_scores, abs=1e-4)  # the query was expanded
+
+
+
 def test_cancelling_a_training_job_while_it_re_embeds_keeps_the_old_model(tmp_path, open_app, make_image,
                                                                            caltech_dir):
     """POST /train/{id}/cancel during the promotion's re-embedding: the job ends cancelled, the old
@@ -212,3 +235,16 @@ def test_cancelling_a_training_job_while_it_re_embeds_keeps_the_old_model(tmp_pa
         assert client.get("/models").json()["active"] == old
         hits = client.post("/search", files={"file": ("q.jpg", photos[0][0].read_bytes())}).json()
         assert hits["model_version"] == old
+
+
+def test_the_swapped_out_model_is_freed(tmp_path, open_app, make_image, variant):
+    """Once the new model serves, nothing keeps the old one (the worker's last round held it, with its
+    images, until the next request)."""
+    with open_app(tmp_path / "data", max_batch_size=4) as client:
+        fill(client, make_image, count=4)
+        runtime = client.app.state.runtime
+        old = weakref.ref(runtime.worker.embedder)
+        client.portal.call(runtime.swapper.activate, register(client, variant))
+        gc.collect()
+        assert old() is None
+

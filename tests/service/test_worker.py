@@ -41,6 +41,7 @@ class TinyEmbedder:
     def __init__(self, version: str, *, seed: int, image_size: int = 32, dim: int = 16) -> None:
         self.version = version
         self.dim = dim
+        self.qe_n = 0
         self.image_size = image_size
         self.model = TinyNet(dim).eval()
         generator = torch.Generator().manual_seed(seed)

@@ -274,6 +274,7 @@ class InferenceWorker:
             jobs, stopping = await self._collect()
             if jobs:
                 await self._process(jobs)
+            del jobs  # while waiting for the next round, hold neither images nor a swapped-out model
 
     async def _collect(self) -> tuple[list[_Job], bool]:
         """The next round: jobs until `max_batch_size` images or `max_wait_ms`; True at the sentinel."""

@@ -8,10 +8,11 @@ checkpoint.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
-from pathlib import Path
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,8 +32,8 @@ def variant_checkpoint(path: Path, seed: int = 1, **config_changes: int) -> Path
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 1e-3)
-    save_checkpoint(path, model)
     model.config = model.config.with_changes(**config_changes)
+    save_checkpoint(path, model)
     return path
 
 
@@ -180,7 +181,6 @@ def test_re_embedding_matches_the_model_and_yields_to_searches(tmp_path, open_ap
         np.testing.assert_allclose(stored, expected, atol=1e-2)  # stored as float16
 
 
-@pytest.mark.slow
 def test_a_models_search_defaults_serve_with_it(tmp_path, open_app, make_image):
     """A model trained with search defaults (qe_n, dba_n) brings them: its gallery index is augmented
     and its searches expand queries unless the request says otherwise; an exact copy still wins."""
@@ -202,6 +202,7 @@ def test_a_models_search_defaults_serve_with_it(tmp_path, open_app, make_image):
 
 
 
+@pytest.mark.slow
 def test_cancelling_a_training_job_while_it_re_embeds_keeps_the_old_model(tmp_path, open_app, make_image,
                                                                            caltech_dir):
     """POST /train/{id}/cancel during the promotion's re-embedding: the job ends cancelled, the old

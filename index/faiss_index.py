@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,17 @@ class FaissVectorIndex:
     def _changed(self) -> None:
         self.dirty = True
         self._ids_cache = None
-        self._gpu_index = None
+
+    def _update_gpu_copy(self, change: Callable[[faiss.Index], object]) -> None:
+        """Apply the same change to the GPU copy, if there is one; if the GPU index refuses it, drop the
+        copy (the next unfiltered search makes a new one from the CPU index)."""
+        if self._gpu_index is None:
+            return
+        try:
+            change(self._gpu_index)
+        except RuntimeError as exc:
+            LOG.info("GPU copy of %s dropped, re-made at the next search: %s", self.factory, exc)
+            self._gpu_index = None
 
     def _check(self, vectors: np.ndarray) -> np.ndarray:
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
@@ -157,7 +168,9 @@ class FaissVectorIndex:
         if len(ids) != len(vectors):
             raise DimensionMismatch(f"{len(ids)} ids for {len(vectors)} vectors")
         if len(ids):
-            self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
+            self._index.add_with_ids(vectors, ids)
+            self._update_gpu_copy(lambda gpu: gpu.add_with_ids(vectors, ids))
             self._changed()
 
     def remove(self, ids: np.ndarray) -> None:
@@ -167,7 +180,8 @@ class FaissVectorIndex:
             return
         if self._removable:
             self._index.remove_ids(faiss.IDSelectorBatch(present))
-        else:
+            self._update_gpu_copy(lambda gpu: gpu.remove_ids(faiss.IDSelectorBatch(present)))
+        else:  # the GPU copy stays as it is: searches go to the CPU while tombstones exist
             self._tombstones.update(present.tolist())
         self._changed()
 
@@ -256,7 +270,8 @@ class FaissVectorIndex:
 
     def _gpu_searcher(self) -> faiss.Index:
         """A GPU copy for unfiltered searches when a GPU is in use and the kind runs there, else the CPU
-        index. (Selectors do not run on GPU indexes; a change drops the copy, the next search re-makes it.)"""
+        index. (Selectors do not run on GPU indexes.) Adds and physical removals are applied to the copy
+        too; a change the GPU index refuses drops it, and the next search copies the index again."""
         if not self._gpu:
             return self._index
         if self._gpu_index is None:

@@ -367,6 +367,17 @@ class Gallery:
             return IndexStats(name, vectors.kind, vectors.factory, len(vectors), vectors.tombstones,
                               vectors.exact_fallback, getattr(vectors, "coarse_dim", None))
 
+    def compact(self, version: str | None = None, wait: bool = True) -> IndexStats:
+        """Rebuild a version's index (the live one by default) from the store in the background, which
+        frees the tombstones of deleted items; it serves meanwhile and the new one is swapped in atomically.
+        Deletes start this by themselves once tombstones pass a quarter of the index. With `wait`, return
+        once it is swapped in (the new index's stats), else at once (the serving index's)."""
+        name = self._resolve(version)
+        self._registry.ensure(name)
+        before = self.index_stats(name)
+        self._registry.compact(name, wait)
+        return self.index_stats(name) if wait else before
+
     def snapshot(self) -> None:
         """Write snapshots of the indexes changed since their last one (`close` does it too)."""
         self._registry.save_all()

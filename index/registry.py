@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from index.compaction import Compactions
 from index.errors import GalleryError, SnapshotCorrupt
 from index.locking import ReadWriteLock
 from index.protocols import ItemStore, VectorBackend
@@ -82,6 +83,7 @@ class IndexRegistry:
         self._closed = False
         self._build_locks: dict[str, threading.Lock] = {}
         self._build_locks_guard = threading.Lock()
+        self._compactions = Compactions()
 
     # locks
 
@@ -169,18 +171,39 @@ class IndexRegistry:
 
     def maintain(self, versions: Iterable[str]) -> None:
         """Rebuild loaded indexes that ask for it (training possible, grown, many tombstones), unless one
-        is being built already. Call without the locks."""
+        is being built already; many tombstones start a compaction in the background. Call without the
+        locks."""
         for version in versions:
             with self.reading() as view:
                 index = view.get(version)
                 reason = index.vectors.maintenance() if index is not None else None
             lock = self._build_lock(version)
             if reason is not None and lock.acquire(blocking=False):
+                if reason == "compact":
+                    self._compactions.start(version, lambda v=version: self._install(self.build(v)), lock)
+                    continue
                 try:
                     LOG.info("rebuilding the index of %s (%s)", version, reason)
                     self._install(self.build(version))
                 finally:
                     lock.release()
+
+    def compact(self, version: str, wait: bool = True) -> bool:
+        """Rebuild a loaded index in the background now, whatever its tombstones (unless a build of it
+        runs already); with `wait`, return once it is swapped in. False if it is not loaded."""
+        if self._loaded(version) is None:
+            return False
+        lock = self._build_lock(version)
+        if lock.acquire(blocking=False):
+            self._compactions.start(version, lambda: self._install(self.build(version)), lock)
+        if wait:
+            self._compactions.wait(version)
+            with lock:  # a build of another kind (training) may have been running instead
+                pass
+        return True
+
+    def compacting(self, version: str) -> bool:
+        return self._compactions.running(version)
 
     def _install(self, candidate: VersionIndex) -> VersionIndex:
         with self._writer:

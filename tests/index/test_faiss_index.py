@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -140,3 +141,21 @@ def test_index_kinds_are_parsed_once() -> None:
             IndexSpec.parse(bad).validate(64)
     with pytest.raises(InvalidIndexKind):
         IndexSpec.parse("HNSW", ef_search=0)
+
+
+def test_an_index_copy_for_searches_follows_adds_and_removes(data) -> None:
+    """The GPU copy's code path, with a CPU copy standing in (no GPU here): adds and physical removals
+    reach the copy instead of dropping it, and a change it refuses drops it for the CPU index."""
+    ids, vectors, _ = data
+    index = _filled("Flat", vectors[:100], ids[:100])
+    copy = faiss.clone_index(index._index)
+    index._gpu, index._gpu_index = True, copy
+    index.add(ids[100:101], vectors[100:101])
+    assert index._gpu_index is copy and copy.ntotal == 101
+    assert index.search(vectors[100:101], 1)[1][0, 0] == ids[100]  # answered by the copy
+    index.remove(ids[:1])
+    assert index._gpu_index is copy and copy.ntotal == 100
+    hnsw = _filled("HNSW", vectors[:100], ids[:100])
+    hnsw._gpu, hnsw._gpu_index = True, faiss.IndexFlatIP(D)  # refuses add_with_ids
+    hnsw.add(ids[100:101], vectors[100:101])
+    assert hnsw._gpu_index is None

@@ -82,6 +82,7 @@ def bench(name: str, work: Path, budget: float, previous_budget: float) -> dict:
         size = previous_image_size(data)
         record["previous_recipe"] = train(data, work / f"{name}_previous.pt", "--engine", "full",
                                           "--image-size", str(size), "--whitening", "none",
+                                          "--expansion", "none", "--lr", "1e-4",
                                           "--max-minutes", f"{previous_budget:g}")
         record["previous_recipe"]["image_size"] = size
     record["load_end"] = [round(x, 2) for x in os.getloadavg()]

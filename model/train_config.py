@@ -20,7 +20,7 @@ class TrainConfig:
     epochs: int = 60
     max_minutes: float | None = None
     optimizer: Literal["adamw", "adam"] = "adamw"
-    lr: float = 1e-4
+    lr: float = 3e-4
     backbone_lr: float | None = None
     head_lr: float | None = None
     weight_decay: float = 1e-4
@@ -38,7 +38,7 @@ class TrainConfig:
     patience: int | None = 8
     keep_start_if_not_better: bool = True  # False: write the best trained weights even when worse
     engine: Engine = "auto"  # auto: cached when the backbone splits into trunk and tail, else full
-    tail_stages: int = 2  # backbone stages trained by the cached engine (the trunk is frozen)
+    tail_stages: int = 3  # backbone stages trained by the cached engine (the trunk is frozen)
     cache_views: int | None = None  # None: as many (1 to 4) as a quarter of the budget builds
     cache_max_gib: float = 4.0  # disk bound of the feature cache; fewer views beyond it
     whitening: WhiteningChoice = "auto"

@@ -103,7 +103,7 @@ class TrainRequest(BaseModel):
     loss: LossName | None = Field(default=None, description="the metric-learning loss (auto: proxy_anchor)")
     epochs: int | None = Field(default=None, ge=1, le=1000, description="passes over the training "
                                "images (auto: 60, fewer when max_minutes is short)")
-    lr: float | None = Field(default=None, gt=0, le=1.0, description="base learning rate (auto: 1e-4)")
+    lr: float | None = Field(default=None, gt=0, le=1.0, description="base learning rate (auto: 3e-4)")
     batch_size: int | None = Field(default=None, ge=4, le=1024, description="images per optimiser step, "
                                    "at least 2 labels of 4 (auto: 64)")
     image_size: int | None = Field(default=None, ge=32, le=1024, description="training input size in px "

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--images-per-class", type=int, help="K (default 4)")
     train.add_argument("--descriptors", help="e.g. SG, MG, G (default: the start model's)")
     train.add_argument("--embedding-dim", type=int)
-    train.add_argument("--lr", type=float, help="base (backbone) learning rate (default 1e-4)")
+    train.add_argument("--lr", type=float, help="base (backbone) learning rate (default 3e-4)")
     train.add_argument("--backbone-lr", type=float)
     train.add_argument("--head-lr", type=float, help="default: 10 x --lr")
     train.add_argument("--optimizer", choices=("adamw", "adam"))

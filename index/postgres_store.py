@@ -321,6 +321,45 @@ class PostgresItemStore:
         for sha256 in set(wanted) - shared:
             self.blobs.delete(sha256)
 
+    # migration (index.migration): copies that keep ids
+
+    def import_version(self, info: VersionInfo, whitening: Whitening | None) -> None:
+        """Create a version as another store has it (name, width, creation time, post-processing)."""
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO versions (name, dim, created_at, whitening, dba_n, dba_alpha) "
+                         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
+                         (info.name, info.dim, info.created_at,
+                          whitening.to_bytes() if whitening is not None else None, info.dba_n,
+                          info.dba_alpha))
+
+    def import_items(self, items: Sequence[Item],
+                     vectors: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Insert items with their own ids and their vectors ((ids, (M,d)) per version), in one
+        transaction."""
+        with self._transaction() as conn:
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO items (id, external_id, label, metadata, sha256, created_at) "
+                                "OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s::jsonb, %s, %s)",
+                                [(it.id, it.external_id, it.label, json.dumps(it.metadata), it.sha256,
+                                  it.created_at) for it in items])
+            for version, (ids, array) in vectors.items():
+                if len(ids):
+                    vid, _ = self._version_id(conn, version)
+                    self._copy_vectors(conn, vid, ids, array)
+
+    def import_finished(self, live_version: str | None, next_id: int) -> None:
+        """Record the live version and make new ids start at `next_id` at least (ids are never reused)."""
+        with self._transaction() as conn:
+            if live_version is not None:
+                conn.execute("INSERT INTO settings (key, value) VALUES ('live_version', %s) "
+                             "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (live_version,))
+            conn.execute("SELECT setval(pg_get_serial_sequence('items', 'id'), "
+                         "GREATEST(%s - 1, (SELECT COALESCE(MAX(id), 0) FROM items), 1))", (next_id,))
+
+    def max_id(self) -> int:
+        """The largest item id stored (0 when empty): where a resumed migration goes on."""
+        return int(self._read("SELECT COALESCE(MAX(id), 0) FROM items")[0][0])
+
     # reads
 
     def get(self, item_id: int) -> Item:

@@ -1,10 +1,16 @@
-"""Fixtures shared by every test folder: the real data sets beside the clone."""
+"""Fixtures shared by every test folder: the real data sets beside the clone, and one real PostgreSQL
+server (with pgvector) per session for the gallery's PostgreSQL engines."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.index.engines import PostgresControl
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -26,3 +32,25 @@ def caltech_dir() -> Path:
 def gtsrb_dir() -> Path:
     """../shared/data/gtsrb32: real 32 px traffic signs, 43 classes, `labels.csv`."""
     return _data_set("gtsrb32")
+
+
+@pytest.fixture(scope="session")
+def postgres_control() -> Iterator[PostgresControl]:
+    """One real PostgreSQL server with pgvector for the session (pgserver's bundled binaries; as root it
+    runs them as a user of their own, so its directory is made under /tmp, not pytest's private one).
+    Stopped with `-m immediate`: its databases are thrown away, so no shutdown checkpoint is waited for
+    (20-60 s on a busy disk after a session's worth of databases)."""
+    import pgserver
+
+    directory = Path(tempfile.mkdtemp(prefix="cgd-postgres-"))
+    server = pgserver.get_server(directory, cleanup_mode=None)
+    control = PostgresControl(server.get_uri(), directory, server.system_user)
+    yield control
+    control.stop("immediate")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(postgres_control: PostgresControl) -> str:
+    """The session's PostgreSQL server URL (make a database per gallery with `create_database`)."""
+    return postgres_control.url

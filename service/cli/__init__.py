@@ -7,9 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.cli import embed, ingest, serve, train
+from service.cli import embed, ingest, migrate, serve, train
 
-COMMAND_MODULES = (embed, serve, ingest, train)
+COMMAND_MODULES = (embed, serve, ingest, train, migrate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,8 +3,6 @@ SQLite + FAISS, or, where a module parametrises `gallery_engines`, on real Postg
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 
 from index import Gallery, NewItem
-from tests.index.engines import EngineChoice, PostgresControl
+from tests.index.engines import EngineChoice
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -76,28 +74,6 @@ def new_items() -> Callable[..., list[NewItem]]:
                         metadata={"i": i, "even": i % 2 == 0}) for i in range(n)]
 
     return make
-
-
-@pytest.fixture(scope="session")
-def postgres_control() -> Iterator[PostgresControl]:
-    """One real PostgreSQL server with pgvector for the session (pgserver's bundled binaries; as root it
-    runs them as a user of their own, so its directory is made under /tmp, not pytest's private one).
-    Stopped with `-m immediate`: its databases are thrown away, so no shutdown checkpoint is waited for
-    (20-60 s on a busy disk after a session's worth of databases)."""
-    import pgserver
-
-    directory = Path(tempfile.mkdtemp(prefix="cgd-postgres-"))
-    server = pgserver.get_server(directory, cleanup_mode=None)
-    control = PostgresControl(server.get_uri(), directory, server.system_user)
-    yield control
-    control.stop("immediate")
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def postgres_server(postgres_control: PostgresControl) -> str:
-    """The session's PostgreSQL server URL (make a database per gallery with `create_database`)."""
-    return postgres_control.url
 
 
 @pytest.fixture

@@ -1,12 +1,18 @@
 """Benchmark of the gallery's FAISS index kinds on synthetic clustered 1536-d unit vectors.
 
-For each gallery size and index kind (through `index.FaissVectorIndex`, as the gallery uses it):
+For each gallery size and index kind (through the backend the gallery uses: `FaissVectorIndex`, or
+`PrefixVectorIndex` for `prefix:<kind>`, whose full vectors go to a file under `--workdir`):
 build time (training + adding every vector), latency of adding 100 more vectors to the built index
 (median and max of 5: the max includes the reallocation when a flat array outgrows its capacity),
-search latency for 1 query (median of 20) and for 100 queries in one call (median of 3), recall@10
+search latency for 1 query (median and p99 of `--singles`, 1000 by default, stopped after
+`--singles-budget-s`) and for 100 queries in one call (median of 3), recall@10
 against exact search (100 queries), memory (resident-set growth after building and its peak during the
 build, which includes the training sample and one chunk of generated vectors, and the serialised index
-size). Each (size, kind) runs in a fresh child process, so memory freed by an earlier kind (which the
+size; and the growth after all searches, which counts the full-vector pages a prefix kind touched).
+`--compaction N` also measures memory once built, after removing half, and after the rebuild that
+compaction does. The vectors are CGD-shaped (`--branches 3`: three L2-normalised 512-d blocks, so
+prefix kinds find a first branch; 1: the plain clustered vectors). Each (size, kind) runs in a fresh
+child process, so memory freed by an earlier kind (which the
 allocator may keep) cannot hide the next kind's growth. Vectors are generated in chunks from fixed seeds,
 so 1M x 1536 never has to sit in memory as float32 except inside a Flat index.
 Optionally (`--gallery N`) the durable path is timed too: `Gallery.add` of 32-item batches (SQLite
@@ -33,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -41,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from index import FaissVectorIndex, Gallery, IndexSpec, NewItem
 from index.gallery import DEFAULT_BLAS_THRESHOLD
-from index.kinds import training_points_needed
+from index.prefix_index import make_backend
 from index.version_index import TRAINING_SAMPLE
 
 LOG = logging.getLogger("index_bench")
@@ -52,11 +59,13 @@ LATENT = 96
 
 class ClusteredVectors:
     """Unit vectors of width `dim`: n/100 cluster centres in a `LATENT`-d space with a decaying spectrum,
-    mapped by a fixed random matrix, plus per-item spread and isotropic noise. Chunk c is generated from
-    seed (seed, c), so every pass over the data yields the same vectors."""
+    mapped by a fixed random matrix, plus per-item spread and isotropic noise. With `branches` > 1 each of
+    that many equal blocks is L2-normalised and the whole divided by sqrt(branches), as CGD concatenates its
+    branch projections (so `prefix:` kinds find a first branch). Chunk c is generated from seed (seed, c),
+    so every pass over the data yields the same vectors."""
 
-    def __init__(self, n: int, dim: int, seed: int = 0) -> None:
-        self.n, self.dim, self.seed = n, dim, seed
+    def __init__(self, n: int, dim: int, seed: int = 0, branches: int = 1) -> None:
+        self.n, self.dim, self.seed, self.branches = n, dim, seed, branches
         structure = np.random.default_rng(12345)
         self.basis = (structure.standard_normal((LATENT, dim)) / np.sqrt(LATENT)).astype(np.float32)
         self.scales = (1 / np.sqrt(1 + np.arange(LATENT))).astype(np.float32)
@@ -68,7 +77,8 @@ class ClusteredVectors:
         x = z @ self.basis
         x += 0.1 * float(np.linalg.norm(z, axis=1).mean()) / np.sqrt(self.dim) * rng.standard_normal(
             (m, self.dim), dtype=np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        blocks = x.reshape(m, self.branches, self.dim // self.branches)
+        blocks /= np.linalg.norm(blocks, axis=2, keepdims=True) * np.sqrt(self.branches)
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def chunks(self, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -125,52 +135,72 @@ def exact_top10(data: ClusteredVectors, queries: np.ndarray) -> np.ndarray:
     return best_ids
 
 
-def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarray,
-               args: argparse.Namespace) -> dict:
-    """One kind at one size; runs in its own process (`isolated`)."""
-    configure(args)
-    data = ClusteredVectors(n, dim)
-    spec = IndexSpec.parse(kind, nprobe=args.nprobe, ef_search=args.ef_search)
-    rss_before = rss_bytes()
-    reset_peak_rss()
-    started = time.perf_counter()
-    needed = training_points_needed(spec.create(data.dim, data.n))
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def build_index(kind: str, data: ClusteredVectors, args: argparse.Namespace, directory: Path) -> Any:
+    """A `VectorIndex` of `kind` filled with every vector, through the backend the gallery would use."""
+    spec = IndexSpec.parse(kind, nprobe=args.nprobe, ef_search=args.ef_search, k_factor=args.k_factor)
+    backend = make_backend(spec, False, directory)
+    needed = backend.training_points(data.dim, data.n)
     training = None
     if needed:
         wanted = max(needed, min(data.n, TRAINING_SAMPLE))
         training = np.concatenate([v for _, v in data.chunks(wanted)])
-    index = FaissVectorIndex.create(spec, data.dim, data.n, training)
+    index = backend.create(data.dim, data.n, training)
     del training
     for ids, vectors in data.chunks():
         index.add(ids, vectors)
-    build_s = time.perf_counter() - started
-    rss_index = rss_bytes() - rss_before
-    peak_build = peak_rss_bytes() - rss_before
-    singles = []
-    for q in queries[:20]:
+    return index
+
+
+def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarray,
+               args: argparse.Namespace) -> dict:
+    """One kind at one size; runs in its own process (`isolated`). Memory: resident-set growth once built
+    and again after every search (pages of memory-mapped full vectors that searches touched included)."""
+    configure(args)
+    data = ClusteredVectors(n, dim, branches=args.branches)
+    singles_queries = data.extra(args.singles, stream=2)
+    rss_before = rss_bytes()
+    reset_peak_rss()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as directory:
         started = time.perf_counter()
-        index.search(q[None, :], 10)
-        singles.append(1000 * (time.perf_counter() - started))
-    batch_times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        _, found = index.search(queries[:100], 10)
-        batch_times.append(1000 * (time.perf_counter() - started))
-    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), truth.tolist(),
-                                                                       strict=True)]))
-    more = data.extra(500, stream=1)
-    adds = []
-    for start in range(0, 500, 100):
-        started = time.perf_counter()
-        index.add(np.arange(data.n + start, data.n + start + 100, dtype=np.int64), more[start:start + 100])
-        adds.append(1000 * (time.perf_counter() - started))
-    row = {"n": data.n, "kind": kind, "factory": index.factory, "build_s": round(build_s, 1),
-           "add100_ms": round(statistics.median(adds), 1),
-           "add100_max_ms": round(max(adds), 1), "search1_ms": round(statistics.median(singles), 2),
-           "search1_min_ms": round(min(singles), 2),
-           "search100_ms": round(statistics.median(batch_times), 1), "recall10": round(recall, 3),
-           "rss_gib": round(rss_index / 2**30, 2), "peak_gib": round(peak_build / 2**30, 2),
-           "serialised_gib": round(index.serialized_size() / 2**30, 2), "load1": load_average()}
+        index = build_index(kind, data, args, Path(directory))
+        build_s = time.perf_counter() - started
+        rss_index = rss_bytes() - rss_before
+        peak_build = peak_rss_bytes() - rss_before
+        singles: list[float] = []
+        budget = time.perf_counter() + args.singles_budget_s
+        for q in singles_queries:
+            started = time.perf_counter()
+            index.search(q[None, :], 10)
+            singles.append(1000 * (time.perf_counter() - started))
+            if time.perf_counter() > budget:
+                break
+        batch_times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            _, found = index.search(queries[:100], 10)
+            batch_times.append(1000 * (time.perf_counter() - started))
+        rss_searched = rss_bytes() - rss_before
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), truth.tolist(),
+                                                                           strict=True)]))
+        more = data.extra(500, stream=1)
+        adds = []
+        for start in range(0, 500, 100):
+            started = time.perf_counter()
+            new_ids = np.arange(data.n + start, data.n + start + 100, dtype=np.int64)
+            index.add(new_ids, more[start:start + 100])
+            adds.append(1000 * (time.perf_counter() - started))
+        row = {"n": data.n, "kind": kind, "factory": index.factory, "build_s": round(build_s, 1),
+               "add100_ms": round(statistics.median(adds), 1),
+               "add100_max_ms": round(max(adds), 1), "search1_ms": round(statistics.median(singles), 2),
+               "search1_p99_ms": round(percentile(singles, 99), 2), "search1_n": len(singles),
+               "search100_ms": round(statistics.median(batch_times), 1), "recall10": round(recall, 3),
+               "rss_gib": round(rss_index / 2**30, 2), "rss_searched_gib": round(rss_searched / 2**30, 2),
+               "peak_gib": round(peak_build / 2**30, 2),
+               "serialised_gib": round(index.serialized_size() / 2**30, 2), "load1": load_average()}
     return row
 
 
@@ -227,6 +257,51 @@ def bench_blas_threshold(data: ClusteredVectors, queries: np.ndarray, repeats: i
     return rows
 
 
+def bench_compaction(kind: str, n: int, dim: int, args: argparse.Namespace) -> dict:
+    """Resident memory of a `kind` index of n vectors once built, after removing half of them (tombstones
+    for HNSW and IVF kinds), and after compaction as the registry does it (a new index built from the
+    kept vectors, swapped in, the old one dropped). Runs in its own process (`isolated`)."""
+    configure(args)
+    data = ClusteredVectors(n, dim, branches=args.branches)
+    rss_start = rss_bytes()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as directory:
+        index = build_index(kind, data, args, Path(directory))
+        built = rss_bytes() - rss_start
+        removed = np.arange(0, n, 2, dtype=np.int64)
+        index.remove(removed)
+        after_delete = rss_bytes() - rss_start
+        tombstones = index.tombstones
+        kept = ClusteredVectors(n, dim, branches=args.branches)
+        started = time.perf_counter()
+        spec = IndexSpec.parse(kind, nprobe=args.nprobe, ef_search=args.ef_search, k_factor=args.k_factor)
+        backend = make_backend(spec, False, Path(directory))
+        needed = backend.training_points(dim, n - len(removed))
+        training = None
+        if needed:  # a sample of the kept (odd) vectors, as the store would draw it
+            wanted = max(needed, min((n - len(removed)), TRAINING_SAMPLE))
+            training = np.concatenate([v[1::2] for _, v in kept.chunks(2 * wanted)])
+        fresh = backend.create(dim, n - len(removed), training)
+        del training
+        for ids, vectors in kept.chunks():
+            fresh.add(ids[1::2], vectors[1::2])
+        index = fresh  # the swap: the old index is dropped here
+        compact_s = time.perf_counter() - started
+        after_compaction = rss_bytes() - rss_start
+        row = {"n": n, "kind": kind, "factory": index.factory, "rss_built_gib": round(built / 2**30, 2),
+               "rss_half_deleted_gib": round(after_delete / 2**30, 2), "tombstones": tombstones,
+               "rss_compacted_gib": round(after_compaction / 2**30, 2), "compact_s": round(compact_s, 1),
+               "vectors_after": len(index), "load1": load_average()}
+    return row
+
+
+def isolated_compaction(kind: str, n: int, dim: int, args: argparse.Namespace) -> dict:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        row = pool.submit(bench_compaction, kind, n, dim, args).result()
+    LOG.info("compaction %s", row)
+    return row
+
+
 def bench_gallery(n: int, dim: int, kind: str) -> dict:
     """Durable adds (32-item batches, 20 KB images) and searches through `Gallery`."""
     data = ClusteredVectors(n, dim, seed=7)
@@ -264,11 +339,22 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1536)
     parser.add_argument("--nprobe", type=int, default=None, help="override the IVF kinds' nprobe")
     parser.add_argument("--ef-search", type=int, default=None, help="override the HNSW kinds' efSearch")
+    parser.add_argument("--k-factor", type=int, default=None,
+                        help="override IVF-PQ's refine factor and the prefix kinds' calibrated factor")
+    parser.add_argument("--branches", type=int, default=3,
+                        help="CGD branches in the synthetic vectors (3: 512-d prefixes at d=1536; 1: none)")
+    parser.add_argument("--singles", type=int, default=1000, help="one-query searches timed (p50, p99)")
+    parser.add_argument("--singles-budget-s", type=float, default=30.0,
+                        help="stop timing one-query searches after this many seconds (exhaustive kinds)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where prefix kinds write their full vectors (default: the temporary directory)")
     parser.add_argument("--blas-threshold", type=int, default=DEFAULT_BLAS_THRESHOLD)
     parser.add_argument("--threads", type=int, default=None, help="FAISS threads (default: all cores)")
     parser.add_argument("--blas-sweep", default="", metavar="N[,N...]",
                         help="also time Flat search of 1..100 queries per BLAS threshold over N vectors")
     parser.add_argument("--gallery", type=int, default=0, help="also time the durable Gallery with N items")
+    parser.add_argument("--compaction", type=int, default=0, metavar="N",
+                        help="also measure memory built / half deleted / compacted per kind at N vectors")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -286,8 +372,8 @@ def main() -> None:
         data = ClusteredVectors(n, args.dim)
         results["blas"] += bench_blas_threshold(data, data.extra(100, stream=0))
         faiss.cvar.distance_compute_blas_threshold = args.blas_threshold
-    for n in [int(s) for s in args.sizes.split(",")]:
-        data = ClusteredVectors(n, args.dim)
+    for n in [int(s) for s in args.sizes.split(",") if s]:
+        data = ClusteredVectors(n, args.dim, branches=args.branches)
         queries = data.extra(100, stream=0)
         started = time.perf_counter()
         truth = exact_top10(data, queries)
@@ -296,6 +382,9 @@ def main() -> None:
             results["kinds"].append(isolated(kind, n, args.dim, queries, truth, args))
             if args.out is not None:
                 args.out.write_text(json.dumps(results, indent=1))
+    if args.compaction:
+        results["compaction"] = [isolated_compaction(kind, args.compaction, args.dim, args)
+                                 for kind in args.kinds]
     if args.gallery:
         results["gallery"].append(bench_gallery(args.gallery, args.dim, "Flat"))
     machine["load1_end"] = load_average()

@@ -1,0 +1,154 @@
+"""Benchmark of the gallery's vector backends on the same synthetic vectors as index_bench.py: FAISS in
+the process, pgvector in a real PostgreSQL (pgserver's binaries, started here in a temporary directory)
+and Milvus Lite (a local file), each through the `VectorBackend` / `VectorIndex` the gallery uses.
+
+Per backend and kind: build time (adding every vector in 10,000-vector batches, plus what the backend
+does when the gallery saves it: pgvector creates its HNSW graph then), the latency of adding 100 more
+(median of 5 adds), single-query search latency (median and p95 of `--singles`) and recall@10 against
+exact search (`--queries` queries); each row names the index actually built (`factory`). The CPU model,
+its AVX flags and the load average before and after every row are recorded.
+
+    nice -n 19 .venv/bin/python benchmarks/backend_bench.py --n 100000 --out /tmp/backend_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from index_bench import ClusteredVectors, cpu_model, exact_top10, load_average
+
+from index.faiss_index import FaissBackend
+from index.kinds import IndexSpec
+from index.postgres import PostgresSettings
+
+ROWS = {  # name -> (backend, kind)
+    "faiss-flat": ("faiss", "Flat"),
+    "faiss-hnsw": ("faiss", "HNSW"),
+    "pgvector-hnsw": ("pgvector", "HNSW"),
+    "milvus-lite-hnsw": ("milvus", "HNSW"),
+    "milvus-lite-flat": ("milvus", "Flat"),
+}
+BATCH = 10_000
+
+
+def cpu_flags() -> list[str]:
+    with open("/proc/cpuinfo") as handle:
+        flags = next((line for line in handle if line.startswith("flags")), ": ").split(":", 1)[1].split()
+    return sorted(flag for flag in flags if flag.startswith(("avx", "amx")))
+
+
+def make_backend(backend: str, kind: str, workdir: Path, postgres_url: str | None) -> Any:
+    if backend == "faiss":
+        return FaissBackend(IndexSpec.parse(kind))
+    if backend == "pgvector":
+        from index.pgvector_index import PgvectorBackend
+
+        assert postgres_url is not None
+        return PgvectorBackend.open(PostgresSettings(postgres_url, statement_timeout_s=3600), kind,
+                                    workdir / "pointers")
+    from index.milvus_index import MilvusBackend
+
+    return MilvusBackend.open(str(workdir / f"bench-{kind}.db"), kind, workdir / "pointers")
+
+
+def bench_row(name: str, data: ClusteredVectors, queries: np.ndarray, truth: np.ndarray, singles: int,
+              workdir: Path, postgres_url: str | None) -> dict[str, Any]:
+    backend_name, kind = ROWS[name]
+    row: dict[str, Any] = {"row": name, "backend": backend_name, "kind": kind, "n": data.n, "dim": data.dim,
+                           "load_before": load_average()}
+    backend = make_backend(backend_name, kind, workdir, postgres_url)
+    try:
+        started = time.perf_counter()
+        index = backend.create(data.dim, data.n, None)
+        for ids, vectors in data.chunks():
+            for start in range(0, len(ids), BATCH):
+                index.add(ids[start:start + BATCH], vectors[start:start + BATCH])
+        row["load_s"] = round(time.perf_counter() - started, 1)
+        index.save(workdir / "pointers" / f"{name}.index", {"bench": name})  # pgvector builds HNSW here
+        row["build_s"] = round(time.perf_counter() - started, 1)
+        row["factory"] = index.factory
+        extra = data.extra(500, stream=5)
+        adds = []
+        for i in range(5):
+            t = time.perf_counter()
+            index.add(np.arange(data.n + 100 * i, data.n + 100 * (i + 1), dtype=np.int64),
+                      extra[100 * i:100 * (i + 1)])
+            adds.append(1000 * (time.perf_counter() - t))
+        row["add100_ms_median"] = round(statistics.median(adds), 1)
+        index.remove(np.arange(data.n, data.n + 500, dtype=np.int64))
+        latencies = []
+        for query in queries[:singles]:
+            t = time.perf_counter()
+            index.search(query[None, :], 10)
+            latencies.append(1000 * (time.perf_counter() - t))
+        row["search_ms_median"] = round(statistics.median(latencies), 2)
+        row["search_ms_p95"] = round(float(np.percentile(latencies, 95)), 2)
+        _, found = index.search(queries, 10)
+        row["recall_at_10"] = round(float(np.mean([len(set(f) & set(t)) / 10
+                                                   for f, t in zip(found.tolist(), truth.tolist(),
+                                                                   strict=True)])), 4)
+        index.release()
+    finally:
+        backend.close()
+    row["load_after"] = load_average()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=1536)
+    parser.add_argument("--queries", type=int, default=100, help="queries for recall@10")
+    parser.add_argument("--singles", type=int, default=100, help="single-query searches timed")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--faiss-threads", type=int, default=1,
+                        help="FAISS OpenMP threads (1: on a shared, loaded machine spinning threads make "
+                             "FAISS 10-20x slower, as tests/index/conftest.py notes)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(args.faiss_threads)
+    data = ClusteredVectors(args.n, args.dim)
+    queries = data.extra(args.queries, stream=0)
+    truth = exact_top10(data, queries)
+    facts = {"cpu": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count(), "n": args.n, "dim": args.dim,
+             "faiss_threads": args.faiss_threads}
+    print(json.dumps(facts), flush=True)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="cgd-backend-bench-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)  # pgserver runs PostgreSQL as a user of its own when started as root
+        server = None
+        if any(ROWS[name][0] == "pgvector" for name in args.rows):
+            import pgserver
+
+            server = pgserver.get_server(workdir / "postgres", cleanup_mode="stop")
+        try:
+            for name in args.rows:
+                row = bench_row(name, data, queries, truth, args.singles, workdir,
+                                server.get_uri() if server is not None else None)
+                print(json.dumps(row), flush=True)
+                results.append(row)
+        finally:
+            if server is not None:
+                server.cleanup()
+    if args.out is not None:
+        args.out.write_text(json.dumps({"facts": facts, "rows": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,9 @@
 """`Thumbnails`: small JPEGs of gallery images (longest side `THUMBNAIL_SIDE`), cached on disk.
 
 A thumbnail is made from the stored original on first request and kept under the data directory
-(`thumbnails/<id // 1000>/<id>-<sha256[:16]>.jpg`: the hash in the name means a reused row id never
-shows another item's picture). `remove` deletes it with the item. Every method blocks (decoding,
-disk): call them on the gallery gateway's executor.
+(`thumbnails/<id // 1000>/<id>-<sha256[:16]>.jpg`: with the image's hash in the name, a file left by
+a crash can never be shown for another picture). `remove` deletes it with the item. Every method
+blocks (decoding, disk): call them on the gallery gateway's executor.
 """
 
 from __future__ import annotations

@@ -101,7 +101,8 @@ function addForm(onAdded) {
         if (externalIds.some(Boolean)) form.append("external_ids", externalIds[j]);
         if (metadata.value.trim()) form.append("metadata", metadata.value.trim());
       });
-      const name = `batch ${i + 1} of ${batches.length} (${batch.length} files, ${batch[0].name}…)`;
+      const name = `batch ${i + 1} of ${batches.length} (${batch.length} file${batch.length === 1 ? "" : "s"}, `
+        + `${batch[0].name}…)`;
       try {
         const answer = await api("/gallery", {method: "POST", form});
         added += answer.items.length;

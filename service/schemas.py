@@ -259,6 +259,12 @@ class IndexStatus(BaseModel):
     blas_threshold: int = Field(1, description="CGD_INDEX_BLAS_THRESHOLD")
 
 
+class CompactionAccepted(BaseModel):
+    version: str = Field(description="the model version whose index is being rebuilt")
+    tombstones: int = Field(description="deleted vectors the index held when the rebuild started")
+    vectors: int = Field(description="vectors in the index that serves meanwhile")
+
+
 class StoreStatus(BaseModel):
     backend: str = Field(description='where items, images and vectors are kept, e.g. "sqlite"')
     items: int | None = Field(description="items in the gallery (None when it cannot be read)")

@@ -12,6 +12,7 @@ from service.deps import GatewayDep, RuntimeDep, SettingsDep, ThumbnailsDep, Wor
 from service.errors import InvalidParameter, NotFound
 from service.schemas import (
     MAX_LABEL_LENGTH,
+    CompactionAccepted,
     ItemPage,
     ItemPublic,
     ItemsCreated,
@@ -148,6 +149,16 @@ async def update_item(gateway: GatewayDep, item_id: ItemId, update: ItemUpdate) 
     if "metadata" in changes and changes["metadata"] is None:
         changes["metadata"] = {}  # null clears the metadata, as it clears the label
     return item_public(await gateway.update(item_id, **changes))
+
+
+@router.post("/compact", status_code=status.HTTP_202_ACCEPTED, response_model=CompactionAccepted,
+             dependencies=[WriteKey])
+async def compact_index(gateway: GatewayDep) -> CompactionAccepted:
+    """Rebuild the live version's index from the stored vectors in the background, which frees the
+    tombstones of deleted items (HNSW, IVF and prefix kinds). Searches are answered by the current index
+    until the new one is swapped in; deletes start this by themselves past a quarter of tombstones."""
+    stats = await gateway.run(gateway.gallery.compact, None, False)
+    return CompactionAccepted(version=stats.version, tombstones=stats.tombstones, vectors=stats.vectors)
 
 
 @router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteKey])

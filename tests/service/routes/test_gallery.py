@@ -50,6 +50,15 @@ def test_delete_removes_the_item_from_search_at_once(shared_client, add, make_im
     assert shared_client.get("/gallery").json()["total"] == total - 1
 
 
+def test_compact_rebuilds_the_index_and_search_goes_on(shared_client, add, make_image):
+    (item,) = add([112], labels=["compact"])
+    accepted = shared_client.post("/gallery/compact")
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["version"] == shared_client.get("/models").json()["active"]
+    assert accepted.json()["vectors"] >= 1 and accepted.json()["tombstones"] == 0  # Flat deletes physically
+    assert [hit["id"] for hit in search(shared_client, make_image(112), label="compact")] == [item["id"]]
+
+
 def test_external_ids_with_a_slash_can_be_read_and_deleted(shared_client, add, expect_error):
     (item,) = add([115], external_ids=["shop/42/front"])
     found = shared_client.get("/gallery/external/shop/42/front")

@@ -60,8 +60,8 @@ class CancelFlag(Protocol):
 @dataclass(frozen=True)
 class Progress:
     """One report. `phase` is "caching" (steps count cached images) or "training" (optimiser steps);
-    `eta_s` is the estimated time left in that phase, in seconds. The report sent right after an
-    epoch's validation carries that epoch's history row in `epoch_record`."""
+    `eta_s` is the estimated time left in that phase, in seconds. A report of phase
+    "validated" follows each epoch's validation, with the epoch's history row in `epoch_record`."""
 
     epoch: int
     epochs: int
@@ -400,7 +400,7 @@ def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[
             trained_steps, trained_s = trained_steps + len(losses), trained_s + window_s
         exhausted = run.end_epoch(losses, window_images / max(1e-9, window_s))
         if losses:  # the epoch's last report again, with its validation
-            report(replace(progress, epoch_record=run.history[-1]))
+            report(replace(progress, phase="validated", epoch_record=run.history[-1]))
         if trained_s > 0:
             replan(trained_steps / trained_s)
         run.epoch += 1

@@ -151,11 +151,10 @@ class TrainingQueue:
         last: dict[str, Any] = {"history": []}  # the epochs' records so far, for the job's curves
 
         def on_progress(progress: Progress) -> None:
-            report = asdict(progress)
-            record = report.pop("epoch_record")
-            if record is not None:
-                last["history"] = [*last["history"], record]
-            last.update(report)
+            if progress.epoch_record is not None:  # an epoch validated: its record joins the history
+                last["history"] = [*last["history"], progress.epoch_record]
+            else:
+                last.update({k: v for k, v in asdict(progress).items() if k != "epoch_record"})
             self.jobs.update(job.id, progress=dict(last))
 
         outcome = run_training(spec, on_progress, lambda: job.id in self._cancelled)

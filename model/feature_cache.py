@@ -85,6 +85,28 @@ def _run_trunk(trunk: torch.nn.Module, tensors: list[torch.Tensor], device: torc
         return trunk(batch).float().cpu().numpy().astype(np.float16)
 
 
+def planned_images(done: int, *, train: int, val: int, views: int, images_per_s: float, now: float,
+                   extra_views_until: float | None) -> int:
+    """How many images `build_cache` will run through the trunk in all, seen from `done` of them at
+    `now` at `images_per_s`: view 0 of the training images and the validation images, then each extra
+    view that starts before `extra_views_until` (a view once started is finished)."""
+    base = train + val
+    if extra_views_until is None:
+        return base + train * (views - 1)
+    planned = base
+    ends = now + max(0, base - done) / max(images_per_s, 1e-9)
+    for view in range(1, views):
+        start = base + (view - 1) * train
+        if done > start:  # started: it will be finished
+            ends = now + max(0, start + train - done) / max(images_per_s, 1e-9)
+        elif ends >= extra_views_until:
+            break
+        else:
+            ends += train / max(images_per_s, 1e-9)
+        planned += train
+    return planned
+
+
 def build_cache(
     directory: Path,
     train_images: Sequence[LabelledImage],

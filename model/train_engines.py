@@ -25,7 +25,7 @@ from model.data import LabelledImage, LabelledImageDataset
 from model.device import autocast
 from model.embedder import Embedder
 from model.evaluation import embed_dataset, inference_dataset
-from model.feature_cache import FeatureCache, build_cache, cache_bytes
+from model.feature_cache import FeatureCache, build_cache, cache_bytes, planned_images
 from model.finetune import set_backbone_trainable
 from model.sampler import ClassBalancedBatchSampler
 from model.stages import StageSplit, split_backbone
@@ -188,7 +188,8 @@ def build_engine(model: CGD, config: TrainConfig, train_images: Sequence[Labelle
                  report: Callable[[int, int, float, int], None],
                  cancelled: Callable[[], bool]) -> TrainEngine | None:
     """The cached engine when `split` is given and the cache fits, else the full one; None when
-    cancelled while caching. `report(done, total, images_per_s, views)` follows the caching."""
+    cancelled while caching. `report(done, planned, images_per_s, views)` follows the caching (`planned`:
+    the images the trunk will run over, the extra views the budget leaves room for included)."""
     views = cache_views(model, config, split, train_images, budget_s) if split else 0
     if split is None or views == 0:
         return FullEngine(model, train_images, labels, val_images, device=device, dtype=dtype,
@@ -198,7 +199,11 @@ def build_engine(model: CGD, config: TrainConfig, train_images: Sequence[Labelle
     deadline = None if budget_s is None or config.cache_views else began + CACHE_BUDGET_SHARE * budget_s
 
     def progress(done: int, total: int) -> None:
-        report(done, total, done / max(time.perf_counter() - began, 1e-9), views)
+        now = time.perf_counter()
+        rate = done / max(now - began, 1e-9)
+        planned = planned_images(done, train=len(train_images), val=len(val_images), views=views,
+                                 images_per_s=rate, now=now, extra_views_until=deadline)
+        report(done, planned, rate, views)
 
     cache = build_cache(cache_dir, train_images, val_images, split.trunk, model.config.preprocessing,
                         stride=split.stride, channels=split.channels, views=views, device=device, dtype=dtype,

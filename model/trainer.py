@@ -59,8 +59,9 @@ class CancelFlag(Protocol):
 
 @dataclass(frozen=True)
 class Progress:
-    """One report. `phase` is "caching" (steps count cached images) or "training" (optimiser steps);
-    `eta_s` is the estimated time left in that phase, in seconds. A report of phase
+    """One report. `phase` is "caching" (steps count the images the trunk runs over, of those planned
+    within the budget) or "training" (optimiser steps); `eta_s` is the estimated time left, in seconds:
+    with a time budget, at least what is left of it while caching. A report of phase
     "validated" follows each epoch's validation, with the epoch's history row in `epoch_record`."""
 
     epoch: int
@@ -319,13 +320,18 @@ def train(
         return cancel is not None and cancel.is_set()
 
     cache_dir = out.with_suffix(".cache")
+
+    def caching(done: int, planned: int, rate: float, views: int) -> None:
+        """With a budget the job ends with it, so its ETA is what is left of it from the first report."""
+        left = (planned - done) / max(rate, 1e-9)
+        if budget_s is not None:
+            left = max(left, budget_s - (time.perf_counter() - t0))
+        report(Progress(0, run.plan.epochs, done, planned, None, 0.0, rate * views, left, phase="caching"))
+
     try:
         run.engine = build_engine(run.model, config, run.train_images, run.labels, run.val_images,
                                   device=run.device, dtype=run.dtype, split=run.split(), budget_s=budget_s,
-                                  cache_dir=cache_dir, report=lambda done, total, rate, views: report(
-                                      Progress(0, run.plan.epochs, done, total, None, 0.0, rate * views,
-                                               (total - done) / max(rate, 1e-9), phase="caching")),
-                                  cancelled=cancelled)
+                                  cache_dir=cache_dir, report=caching, cancelled=cancelled)
         run.cache_views = getattr(run.engine, "views", 0)
         if run.engine is None:
             return _finish(run, "cancelled", cache_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -92,9 +93,13 @@ def test_same_seed_same_losses(few_classes, small_start, tmp_path: Path) -> None
 
 
 def test_time_budget_stops_training(few_classes, small_start, tmp_path: Path) -> None:
+    reports: list[tuple[float, Progress]] = []
+    began = time.perf_counter()
     result = train(few_classes, _config(epochs=50, max_minutes=0.02), out=tmp_path / "budget.pt",
-                   start=small_start[0])
+                   start=small_start[0], on_progress=lambda p: reports.append((time.perf_counter(), p)))
     assert result.stopped == "budget"
+    at, first = reports[0]  # the ETA covers the rest of the budget from the first report on
+    assert first.phase == "caching" and first.eta_s >= 0.02 * 60 - (at - began) - 0.01
     assert 1 <= len(result.history) < 50
     assert load_checkpoint(tmp_path / "budget.pt").version == result.version
 

@@ -19,8 +19,10 @@ fewer than min(k, candidates) hits is answered again exactly over the candidates
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,7 @@ class MilvusIndex:
         self._dim = dim
         self._ids = ids
         self.dirty = True
+        self._out_of_step = False  # an add or remove failed half-way: rebuild from the store
 
     @property
     def dim(self) -> int:
@@ -111,17 +114,19 @@ class MilvusIndex:
         vectors = self._check(vectors)
         if len(ids) != len(vectors):
             raise DimensionMismatch(f"{len(ids)} ids for {len(vectors)} vectors")
-        for start in range(0, len(ids), _BATCH):
-            rows = [{"id": int(i), "vector": v} for i, v in
-                    zip(ids[start:start + _BATCH].tolist(), vectors[start:start + _BATCH], strict=True)]
-            self._backend.call("insert", self.collection, rows)
+        with self._changing():
+            for start in range(0, len(ids), _BATCH):
+                rows = [{"id": int(i), "vector": v} for i, v in
+                        zip(ids[start:start + _BATCH].tolist(), vectors[start:start + _BATCH], strict=True)]
+                self._backend.call("insert", self.collection, rows)
         self._ids.add(ids)
 
     def remove(self, ids: np.ndarray) -> None:
         present = self._ids.present(ids)
-        for start in range(0, len(present), _ID_FILTER_CHUNK):
-            chunk = present[start:start + _ID_FILTER_CHUNK]
-            self._backend.call("delete", self.collection, ids=chunk.tolist())
+        with self._changing():
+            for start in range(0, len(present), _ID_FILTER_CHUNK):
+                chunk = present[start:start + _ID_FILTER_CHUNK]
+                self._backend.call("delete", self.collection, ids=chunk.tolist())
         self._ids.remove(present)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
@@ -137,7 +142,17 @@ class MilvusIndex:
         return np.ascontiguousarray(np.stack([found[int(i)] for i in wanted.tolist()]))
 
     def maintenance(self) -> str | None:
-        return None
+        """"resync" after an add or remove the server did not complete (the store has the truth)."""
+        return "resync" if self._out_of_step else None
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around a change on the server: if it fails, this index may differ from the store."""
+        try:
+            yield
+        except BaseException:
+            self._out_of_step = True
+            raise
 
     def _search_params(self, k: int) -> dict[str, Any]:
         index_type, _ = KINDS[self._backend.kind]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class PgvectorIndex:
         self._ids = ids
         self._indexed = indexed
         self.dirty = not indexed or backend.hnsw is None
+        self._out_of_step = False  # an add or remove failed half-way: rebuild from the store
 
     @property
     def dim(self) -> int:
@@ -111,7 +113,7 @@ class PgvectorIndex:
             return
         query = sql.SQL("COPY {} (id, embedding) FROM STDIN WITH (FORMAT BINARY)").format(
             sql.Identifier(self.table))
-        with self._backend.connection() as conn, conn.transaction():
+        with self._changing(), self._backend.connection() as conn, conn.transaction():
             for start in range(0, len(ids), _COPY_CHUNK):
                 with conn.cursor() as cur, cur.copy(query) as copy:
                     copy.set_types(["bigint", "vector"])
@@ -124,7 +126,7 @@ class PgvectorIndex:
         present = self._ids.present(ids)
         if not len(present):
             return
-        with self._backend.connection() as conn:
+        with self._changing(), self._backend.connection() as conn:
             conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(self.table)),
                          (present.tolist(),))
         self._ids.remove(present)
@@ -140,7 +142,17 @@ class PgvectorIndex:
         return np.ascontiguousarray(np.stack([found[int(i)] for i in wanted.tolist()]), dtype=np.float32)
 
     def maintenance(self) -> str | None:
-        return None
+        """"resync" after an add or remove the server did not complete (the store has the truth)."""
+        return "resync" if self._out_of_step else None
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around a change on the server: if it fails, this index may differ from the store."""
+        try:
+            yield
+        except BaseException:
+            self._out_of_step = True
+            raise
 
     def search(self, queries: np.ndarray, k: int,
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,38 @@
+"""The service on PostgreSQL + pgvector (a real server): /ready names the engines; while the server is
+stopped, /ready and requests answer 503 with the reason and no password, and it recovers by itself."""
+
+from __future__ import annotations
+
+import time
+
+from tests.index.engines import create_database
+
+
+def test_the_service_on_postgresql_and_pgvector_survives_its_database_going_away(
+        tmp_path, open_app, make_image, expect_error, postgres_control) -> None:
+    url = create_database(postgres_control.url).replace("postgres:@", "postgres:hunter2-secret@")
+    settings = {"database_url": url, "vector_backend": "pgvector", "index_kind": "HNSW",
+                "db_connect_timeout_s": 1.0}
+    with open_app(tmp_path / "data", **settings) as client:
+        ready = client.get("/ready").json()
+        assert ready["ready"], ready["reasons"]
+        assert ready["store"]["backend"] == "postgresql" and ready["index"]["backend"] == "pgvector"
+        added = client.post("/gallery", files=[("files", ("a.png", make_image(1))), ("files", ("b.png",
+                                                                                         make_image(2)))])
+        assert added.status_code == 201, added.text
+        postgres_control.stop()
+        try:
+            not_ready = client.get("/ready")
+            assert not_ready.status_code == 503 and "engine" in " ".join(not_ready.json()["reasons"])
+            assert "hunter2-secret" not in not_ready.text
+            body = expect_error(client.get("/gallery"), 503, "unavailable")
+            assert "hunter2-secret" not in body["detail"]
+            expect_error(client.post("/search", files={"file": ("q.png", make_image(1))}), 503, "unavailable")
+        finally:
+            postgres_control.start()
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:  # the pools reconnect by themselves
+            assert time.monotonic() < deadline, "not ready again within 60 s"
+            time.sleep(0.5)
+        hits = client.post("/search", files={"file": ("q.png", make_image(1))}).json()
+        assert hits["results"][0]["id"] == added.json()["items"][0]["id"]

@@ -1,8 +1,8 @@
-"""`FullVectors`: float16 rows (N, dim) in a memory-mapped file, looked up by item id.
+"""`FullVectors`: float16 rows (N, dim) in a file, looked up by item id.
 
-The re-ranking side of a coarse-to-fine index: rows are written through the file and read through a
-read-only view of its mapping, so only the rows a search gathers are paged into the process; the full
-vectors stay on disk (and in the kernel's page cache while memory allows). Rows are appended and never
+The re-ranking side of a coarse-to-fine index: rows are appended to the file and a search reads the
+rows it re-ranks with preadv, so the full vectors stay on disk (and in the kernel's page cache while
+memory allows), out of the process's resident memory. Rows are appended and never
 rewritten; a removed id's row is only forgotten (it is reclaimed when the index is rebuilt). Without a
 directory (or when the file cannot be made) the rows live in memory. Not thread-safe: the gallery
 serialises writers and excludes them from searches.
@@ -81,7 +81,8 @@ class FullVectors:
             raise SnapshotCorrupt(f"the full vectors {path} do not match their snapshot")
         return cls(dim, path, rows, rows, row_ids)
 
-    def _map(self, capacity: int) -> np.ndarray:
+    def _map(self, capacity: int) -> np.ndarray | None:
+        """Room for `capacity` rows: a grown array in memory, or the file grown (None)."""
         if self.path is None:
             grown = np.zeros((capacity, self.dim), DTYPE)
             old = getattr(self, "_data", None)
@@ -91,7 +92,7 @@ class FullVectors:
         needed = capacity * self.dim * DTYPE.itemsize
         if self.path.stat().st_size < needed:
             os.truncate(self.path, needed)
-        return np.memmap(self.path, dtype=DTYPE, mode="r", shape=(capacity, self.dim))
+        return None
 
     def __len__(self) -> int:
         return len(self._lookup()[0])
@@ -165,8 +166,23 @@ class FullVectors:
         return len(rows)
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        """float32 vectors (..., dim) of rows (...) (all >= 0)."""
-        return self._data[rows.reshape(-1)].astype(np.float32).reshape(*rows.shape, self.dim)
+        """float32 vectors (..., dim) of rows (...) (all >= 0). From a file, each row is read with
+        preadv: a memory map would grow the process's resident memory by the neighbouring pages the
+        kernel maps at each fault (fault-around), up to the whole file after a few thousand rows."""
+        flat = rows.reshape(-1)
+        if self._data is not None:
+            return self._data[flat].astype(np.float32).reshape(*rows.shape, self.dim)
+        out = np.empty((len(flat), self.dim), DTYPE)
+        buffer = memoryview(out).cast("B")
+        size = self.dim * DTYPE.itemsize
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i, row in enumerate(flat.tolist()):
+                if os.preadv(fd, [buffer[i * size:(i + 1) * size]], row * size) != size:
+                    raise OSError(f"{self.path} is shorter than row {row}")
+        finally:
+            os.close(fd)
+        return out.astype(np.float32).reshape(*rows.shape, self.dim)
 
     def save(self, snapshot: Path) -> tuple[str, str]:
         """Flush the rows and write the row ids next to `snapshot`; returns the two file names (the

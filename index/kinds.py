@@ -17,7 +17,7 @@ Any other string is used as a FAISS factory string (metric inner product, wrappe
 
 `prefix:<kind>` (e.g. `prefix:HNSW-SQ8`) is coarse-to-fine (`index.prefix_index`): `<kind>` indexes only
 the first branch of CGD's concatenated embedding, renormalised, and its top `k * factor` candidates are
-re-ranked exactly on the full vectors (float16, memory-mapped from disk).
+re-ranked exactly on the full vectors (float16, read from a file on disk).
 """
 
 from __future__ import annotations

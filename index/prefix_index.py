@@ -3,7 +3,7 @@
 CGD's embedding is the concatenation of n L2-normalised branch projections, divided by sqrt(n)
 (METHODS.md section 1); its first branch (d/n wide) is a descriptor of its own. The coarse index (any
 kind) holds that branch, renormalised; a search takes its top `k * factor` candidates and re-ranks them
-exactly on the full vectors (`FullVectors`: float16, memory-mapped, so only the rows gathered are paged in).
+exactly on the full vectors (`FullVectors`: float16 in a file, only the rows re-ranked are read).
 
 Where the prefix comes from: the vectors themselves. At build, a sample of the version's vectors is
 checked for the branch structure (every block of d/3, or else d/2, values has norm 1/sqrt(n)). A model

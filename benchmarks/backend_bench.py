@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     faiss.omp_set_num_threads(args.faiss_threads)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a timeout's TERM still stops the PostgreSQL
     data = ClusteredVectors(args.n, args.dim)
     queries = data.extra(args.queries, stream=0)
     truth = exact_top10(data, queries)

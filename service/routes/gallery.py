@@ -112,12 +112,12 @@ async def delete_item_by_external_id(runtime: RuntimeDep, thumbnails: Thumbnails
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{item_id}", response_model=ItemPublic, dependencies=[ReadKey])
+@router.get("/{item_id:int}", response_model=ItemPublic, dependencies=[ReadKey])
 async def get_item(gateway: GatewayDep, item_id: ItemId) -> ItemPublic:
     return item_public(await gateway.get(item_id))
 
 
-@router.get("/{item_id}/image", dependencies=[ReadKey],
+@router.get("/{item_id:int}/image", dependencies=[ReadKey],
             responses={200: {"content": {"image/*": {}}, "description": "the original bytes"}})
 async def get_item_image(gateway: GatewayDep, item_id: ItemId) -> Response:
     """The image exactly as it was uploaded."""
@@ -125,7 +125,7 @@ async def get_item_image(gateway: GatewayDep, item_id: ItemId) -> Response:
     return Response(content=data, media_type=_media_type(data))
 
 
-@router.get("/{item_id}/thumbnail", dependencies=[ReadKey],
+@router.get("/{item_id:int}/thumbnail", dependencies=[ReadKey],
             responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG, longest side 256 px"}})
 async def get_item_thumbnail(gateway: GatewayDep, thumbnails: ThumbnailsDep, item_id: ItemId,
                              if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -142,7 +142,7 @@ async def get_item_thumbnail(gateway: GatewayDep, thumbnails: ThumbnailsDep, ite
     return Response(content=data, media_type="image/jpeg", headers=headers)
 
 
-@router.patch("/{item_id}", response_model=ItemPublic, dependencies=[WriteKey])
+@router.patch("/{item_id:int}", response_model=ItemPublic, dependencies=[WriteKey])
 async def update_item(gateway: GatewayDep, item_id: ItemId, update: ItemUpdate) -> ItemPublic:
     """Replace the label and/or the metadata of an item."""
     changes = update.model_dump(exclude_unset=True)
@@ -161,7 +161,7 @@ async def compact_index(gateway: GatewayDep) -> CompactionAccepted:
     return CompactionAccepted(version=stats.version, tombstones=stats.tombstones, vectors=stats.vectors)
 
 
-@router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteKey])
+@router.delete("/{item_id:int}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteKey])
 async def delete_item(runtime: RuntimeDep, thumbnails: ThumbnailsDep, item_id: ItemId) -> Response:
     """Remove an item from search at once, its thumbnail, and its image unless another item shares it."""
     deleted = await runtime.gateway.delete(item_id)
@@ -170,7 +170,7 @@ async def delete_item(runtime: RuntimeDep, thumbnails: ThumbnailsDep, item_id: I
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{item_id}/similar", response_model=SearchResponse, dependencies=[ReadKey])
+@router.get("/{item_id:int}/similar", response_model=SearchResponse, dependencies=[ReadKey])
 async def similar_items(
     gateway: GatewayDep,
     worker: WorkerDep,

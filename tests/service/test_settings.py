@@ -139,8 +139,10 @@ def test_index_settings_reach_the_gallery_and_bad_ones_fail_at_start_up(monkeypa
     monkeypatch.setenv("CGD_INDEX_EF_SEARCH", "64")
     monkeypatch.setenv("CGD_INDEX_REFINE_FACTOR", "8")
     monkeypatch.setenv("CGD_INDEX_USE_GPU", "never")
-    assert Settings().index_options() == {"index_kind": "prefix:HNSW-SQ8", "nprobe": None, "ef_search": 64,
-                                          "k_factor": 8, "use_gpu": "never", "blas_threshold": 1}
+    options = Settings().index_options()
+    assert options.pop("engines") == Settings().gallery_engines()
+    assert options == {"index_kind": "prefix:HNSW-SQ8", "nprobe": None, "ef_search": 64,
+                       "k_factor": 8, "use_gpu": "never", "blas_threshold": 1}
     for values, message in (({"index_kind": "prefix:"}, "needs one coarse kind"),
                             ({"index_kind": "IDMap,Flat"}, "adds IDMap2 itself"),
                             ({"index_nprobe": 0}, "index_nprobe"),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from index.postprocess import l2_normalize, query_expansion
+from model.metrics import average_precision_at_r
 from model.selection import Gain, map_gain
 
 LOG = logging.getLogger(__name__)
@@ -125,11 +126,7 @@ def expanded_scores(vectors: np.ndarray, labels: np.ndarray, qe_n: int = 0, dba_
         scores[np.arange(len(rows)), rows] = -np.inf
         ranked = _top(scores, k)
         match = classes[ranked] == classes[rows, None]
-        r = relevant[rows]
-        ranks = np.arange(1, k + 1)
-        precision = np.where(match & (ranks <= r[:, None]), np.cumsum(match, axis=1) / ranks, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            aps.append(np.where(r > 0, precision.sum(axis=1) / r, np.nan))
+        aps.append(average_precision_at_r(match, relevant[rows]))
         for requested, cutoff in cutoffs.items():
             hits[requested] += int(match[:, :cutoff].any(axis=1).sum())
     per_query = np.concatenate(aps)

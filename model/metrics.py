@@ -50,6 +50,15 @@ def _chunk_rows(relevant: np.ndarray, start: int, chunk_size: int, k_min: int) -
         rows = max(1, MAX_NEIGHBOURS_PER_CHUNK // (k + 1))
 
 
+def average_precision_at_r(match: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """AP@R of each query from `match` (Q, k) (is the hit at each rank of the query's class, k >= R)
+    and `relevant` (Q,) R; NaN where R = 0."""
+    ranks = np.arange(1, match.shape[1] + 1)
+    precision_at_hits = np.where(match & (ranks <= relevant[:, None]), np.cumsum(match, axis=1) / ranks, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(relevant > 0, precision_at_hits.sum(axis=1) / relevant, np.nan)
+
+
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8), *,
                       chunk_size: int = 4096) -> dict[str, float]:
     """See `query_scores`: its per-query figures averaged."""
@@ -107,11 +116,7 @@ def query_scores(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] =
             match = class_ids[found] == class_ids[query_ids, None]  # (rows, k)
             for requested, cutoff in cutoffs.items():
                 hits[requested] += int(match[:, :cutoff].any(axis=1).sum())
-            r = relevant[query_ids]
-            ranks = np.arange(1, k + 1)
-            precision_at_hits = np.where(match & (ranks <= r[:, None]), np.cumsum(match, axis=1) / ranks, 0.0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                average_precisions.append(np.where(r > 0, precision_at_hits.sum(axis=1) / r, np.nan))
+            average_precisions.append(average_precision_at_r(match, relevant[query_ids]))
             start += rows
     per_query = np.concatenate(average_precisions)
     metrics = {f"recall@{k}": hits[k] / n for k in cutoffs}

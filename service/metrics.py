@@ -126,6 +126,6 @@ class _LatencyMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
-            template = getattr(route, "path", None) if isinstance(route, BaseRoute) else None
+            template = getattr(route, "path_format", None) if isinstance(route, BaseRoute) else None
             labels = {"method": scope["method"], "route": template or UNMATCHED_ROUTE, "status": str(status)}
             self.histogram.labels(**labels).observe(elapsed)

@@ -15,6 +15,10 @@ delete is seen by the next search). Kinds (`CGD_INDEX_KIND`):
 Filters are the allowed ids as an expression `id in [...]` of int64 literals (the only values put in an
 expression, formatted from integers: nothing to escape); a filtered or approximate search that returns
 fewer than min(k, candidates) hits is answered again exactly over the candidates' stored vectors.
+Rows stay in a growing segment, which Milvus searches by brute force (1.5 s per query at 10k x 1536 in
+Milvus Lite), until a flush seals them: `save` flushes, and so does an add once `FLUSH_ROWS` rows are
+unflushed. A sealed segment is searched without its new index until the collection is loaded again
+(136 ms against 17 ms per query at 20k x 1536), so `save` also reloads it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ DEFAULT_NPROBE = 32
 MAX_TOP_K = 16384  # Milvus answers at most this many hits per query
 EXACT_FALLBACK_LIMIT = 1 << 16
 _BATCH = 2000
+FLUSH_ROWS = 10_000  # rows inserted since the last flush after which an add seals them (see the docstring)
 _ID_FILTER_CHUNK = 16384
 
 
@@ -76,6 +81,7 @@ class MilvusIndex:
         self._ids = ids
         self.dirty = True
         self._out_of_step = False  # an add or remove failed half-way: rebuild from the store
+        self._unflushed = 0  # rows inserted since the last flush (still in a growing segment)
 
     @property
     def dim(self) -> int:
@@ -119,7 +125,15 @@ class MilvusIndex:
                 rows = [{"id": int(i), "vector": v} for i, v in
                         zip(ids[start:start + _BATCH].tolist(), vectors[start:start + _BATCH], strict=True)]
                 self._backend.call("insert", self.collection, rows)
+            self._unflushed += len(ids)
+            if self._unflushed >= FLUSH_ROWS:
+                self._flush()
         self._ids.add(ids)
+
+    def _flush(self) -> None:
+        """Seal the growing segment, so that Milvus builds the configured index over its rows."""
+        self._backend.call("flush", self.collection)
+        self._unflushed = 0
 
     def remove(self, ids: np.ndarray) -> None:
         present = self._ids.present(ids)
@@ -186,7 +200,11 @@ class MilvusIndex:
         return scores, ids
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
-        """Point `path` at this collection (its rows are durable in Milvus already)."""
+        """Seal what is still growing (its index gets built) and reload the collection so that searches
+        use that index, then point `path` at this collection."""
+        if self._unflushed:
+            self._flush()
+            self._backend.reload(self.collection)
         write_pointer(path, self.collection, {**meta, "kind": self.kind, "dim": self._dim})
         self.dirty = False
 
@@ -274,6 +292,18 @@ class MilvusBackend:
         index = MilvusIndex(self, collection, int(meta["dim"]), SortedIds.of(ids))
         index.dirty = False
         return index, meta
+
+    def reload(self, collection: str) -> None:
+        """Release and load `collection` in one step (no search in between): Milvus Lite searches a
+        segment sealed by a flush without its new index until the collection is loaded again."""
+        from pymilvus import MilvusException
+
+        with self._lock:
+            try:
+                self.client.release_collection(collection)
+                self.client.load_collection(collection)
+            except MilvusException as exc:
+                raise MilvusUnavailable(f"Milvus at {self.uri}: {exc}") from None
 
     def call_on(self, target: Any, method: str) -> Any:
         from pymilvus import MilvusException

@@ -10,13 +10,18 @@ Rows:
 - `torch`: `model.runtimes.TorchEngine` (BatchNorm folded, channels_last, glibc malloc tuned), fp32
 - `torch-bf16`: the same under bf16 autocast (slow without native bf16: opt in with `--rows`)
 - `onnxruntime`, `openvino`: the ONNX export of `CGD.forward` (cached in `--cache-dir`)
+- `auto`: `CGD_RUNTIME=auto` as the service builds it (`select_engine`), with the runtime it chose
+
+`torch-bf16` joins the default rows on a CPU with native bf16 (AVX512-BF16 or AMX). Before the rows,
+the ONNX export is timed cold (a fresh cache directory, as at a first service start) and warm (the
+cached file, as at every restart).
 
 Each batch size also records the minor page faults of one more pass (eager torch without the malloc
 tuning faults its big activations in at every pass). The min cosine compares each row's vectors with
 torch fp32 on the same images. The CPU model, its avx2/avx512f/avx512_bf16/amx_bf16 flags and the
 load average before and after every row are recorded.
 
-    nice -n 10 .venv/bin/python benchmarks/inference_bench.py --seconds 3 --repeats 2 --out /tmp/infer.json
+    .venv/bin/python benchmarks/runtime_bench.py --seconds 2 --repeats 2 --time-export --out /tmp/rt.json
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "caltech101"
-ROWS = ("torch-baseline", "torch-unfolded", "torch", "torch-bf16", "onnxruntime", "openvino")
-DEFAULT_ROWS = "torch-baseline,torch-unfolded,torch,onnxruntime,openvino"
+ROWS = ("torch-baseline", "torch-unfolded", "torch", "torch-bf16", "onnxruntime", "openvino", "auto")
+DEFAULT_ROWS = "torch-baseline,torch-unfolded,torch,onnxruntime,openvino,auto"
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
@@ -78,7 +83,7 @@ def real_batch(root: Path, count: int):
 
 
 def make_runner(row: str, threads: int, cache_dir: Path):
-    """(row's embed function, its version)."""
+    """(row's embed function, the runtime that runs it)."""
     import torch
 
     from model.default import default_model
@@ -93,21 +98,21 @@ def make_runner(row: str, threads: int, cache_dir: Path):
             out = model(batch.contiguous(memory_format=torch.channels_last))
             return torch.nn.functional.normalize(out.float(), dim=1).numpy()
 
-        return run
+        return run, "torch"
     if row == "torch-unfolded":
         from model.runtimes import TorchEngine
 
-        return TorchEngine(default_model(), torch.device("cpu"), "fp32", fold_bn=False).run
+        return TorchEngine(default_model(), torch.device("cpu"), "fp32", fold_bn=False).run, "torch"
     runtime, precision = {"torch-bf16": ("torch", "bf16")}.get(row, (row, "fp32"))
     embedder = Embedder.load(None, device="cpu", precision=precision, runtime=runtime, cache_dir=cache_dir,
                              threads=threads)
-    return embedder.embed_tensors
+    return embedder.embed_tensors, embedder.runtime
 
 
 def worker(args: argparse.Namespace) -> None:
     """Child process: time one row at every batch size, save its vectors of the full batch."""
     images = real_batch(args.image_root, max(args.batch_sizes))
-    run = make_runner(args.worker, args.threads, args.cache_dir)
+    run, runtime = make_runner(args.worker, args.threads, args.cache_dir)
     result = {}
     for size in args.batch_sizes if args.seconds > 0 else ():
         batch = images[:size]
@@ -125,7 +130,7 @@ def worker(args: argparse.Namespace) -> None:
         result[str(size)] = {"images_per_s": size / median, "latency_ms": median * 1000, "runs": len(times),
                              "page_faults": faults}
     np.save(args.vectors, run(images))
-    print(json.dumps(result))
+    print(json.dumps({"runtime": runtime, "by_batch": result}))
 
 
 def run_row(row: str, args: argparse.Namespace, vectors: Path) -> dict:
@@ -137,19 +142,37 @@ def run_row(row: str, args: argparse.Namespace, vectors: Path) -> dict:
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"error": done.stderr.strip()[-500:], "load": [before, load_average()]}
-    return {"by_batch": json.loads(done.stdout.strip().splitlines()[-1]), "load": [before, load_average()]}
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "load": [before, load_average()]}
+
+
+def time_export(cache_dir: Path) -> dict:
+    """Seconds of `ensure_onnx` for the default model: cold (fresh `cache_dir`), then warm (cached)."""
+    from model.checkpoint import model_version
+    from model.default import default_model
+    from model.onnx_export import ensure_onnx
+
+    model = default_model()
+    version = "default-" + model_version(model.config, model.state_dict())
+    timings = {"load": [load_average()]}
+    for phase in ("cold", "warm"):
+        started = time.perf_counter()
+        ensure_onnx(model, version, cache_dir)
+        timings[f"{phase}_s"] = round(time.perf_counter() - started, 3)
+    timings["load"].append(load_average())
+    return timings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated, of {', '.join(ROWS)}")
-    parser.add_argument("--batches", default="1,32", help="batch sizes, comma-separated")
+    parser.add_argument("--batches", default="1,8,32", help="batch sizes, comma-separated")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per row and batch size")
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of all rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/cgd-engines"), help="ONNX exports")
     parser.add_argument("--image-root", type=Path, default=DEFAULT_IMAGES, help="caltech101 (labels.csv)")
+    parser.add_argument("--time-export", action="store_true", help="time a cold and a warm ONNX export")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--vectors", type=Path, default=None, help=argparse.SUPPRESS)
@@ -159,12 +182,20 @@ def main() -> None:
         worker(args)
         return
     rows = args.rows.split(",")
+    if args.rows == DEFAULT_ROWS and cpu_facts()["flags"]["avx512_bf16"] | cpu_facts()["flags"]["amx_bf16"]:
+        rows.insert(3, "torch-bf16")
     unknown = set(rows) - set(ROWS)
     if unknown:
         raise SystemExit(f"unknown rows {sorted(unknown)}; use {', '.join(ROWS)}")
     report = {**cpu_facts(), "threads": args.threads, "seconds": args.seconds, "rows": {}}
     work = Path(args.cache_dir) / "bench"
     work.mkdir(parents=True, exist_ok=True)
+    if args.time_export:
+        import shutil
+
+        shutil.rmtree(args.cache_dir / "export-timing", ignore_errors=True)
+        report["export"] = time_export(args.cache_dir / "export-timing")
+        print(json.dumps({"export": report["export"]}), flush=True)
     reference = work / "reference.npy"
     reference_run = run_row("torch", argparse.Namespace(**{**vars(args), "seconds": 0.0}), reference)
     if "error" in reference_run:
@@ -200,12 +231,17 @@ def markdown(report: dict) -> str:
                          f"{best['page_faults']} faults)")
         loads = [load for r in results for load in r["load"]]
         cosine = min(r["min_cosine"] for r in good)
-        lines.append(f"| {row} | " + " | ".join(cells)
+        chosen = f" ({good[0]['runtime']})" if row == "auto" else ""
+        lines.append(f"| {row}{chosen} | " + " | ".join(cells)
                      + f" | {cosine:.5f} | {min(loads):.1f}-{max(loads):.1f} |")
     header = ("| row | " + " | ".join(f"batch {s}: img/s (latency, faults/pass)" for s in sizes or [])
               + " | min cosine | load |")
     rule = "| --- | " + " | ".join("---:" for _ in sizes or []) + " | ---: | --- |"
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in report["flags"].items())
+    export = report.get("export")
+    if export:
+        lines.append(f"\nONNX export: cold {export['cold_s']:.1f} s, warm (cached) {export['warm_s']:.3f} s, "
+                     f"load {export['load'][0]}-{export['load'][1]}")
     return "\n".join([f"{report['cpu']}, {report['cores']} cores ({flags}), {report['threads']} threads",
                       header, rule, *lines])
 

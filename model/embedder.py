@@ -64,16 +64,22 @@ class Embedder:
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, *, device: str = "auto",
              precision: str = "auto", runtime: str = "torch", cache_dir: Path | None = None,
-             threads: int | None = None) -> Embedder:
-        """From a checkpoint file, or the embedded default model when `checkpoint` is None."""
+             threads: int | None = None, scales: Sequence[float] | None = None) -> Embedder:
+        """From a checkpoint file, or the embedded default model when `checkpoint` is None; `scales`
+        replaces the model's inference scales (multi-scale descriptors) and so its version."""
         engine = {"runtime": runtime, "cache_dir": cache_dir, "threads": threads}
         if checkpoint is None:
-            model = default_model()
-            version = "default-" + model_version(model.config, model.state_dict())
-            return cls(model, version, device=device, precision=precision, **engine)
-        loaded = load_checkpoint(checkpoint)
-        return cls(loaded.model, loaded.version, device=device, precision=precision,
-                   classes=loaded.classes, **engine)
+            model, classes, version = default_model(), [], None
+        else:
+            loaded = load_checkpoint(checkpoint)
+            model, classes, version = loaded.model, loaded.classes, loaded.version
+        if scales is not None and tuple(scales) != model.config.scales:
+            model.config = model.config.with_changes(scales=tuple(scales))
+            version = None
+        if version is None:
+            prefix = "default-" if checkpoint is None else ""
+            version = prefix + model_version(model.config, model.state_dict())
+        return cls(model, version, device=device, precision=precision, classes=classes, **engine)
 
     @property
     def runtime(self) -> str:

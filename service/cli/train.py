@@ -111,10 +111,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from model.evaluation import evaluate
 
     ks = tuple(int(k) for k in args.ks.split(","))
-    embedder = Embedder.load(args.checkpoint, device=args.device)
-    if args.scales:
-        model = embedder.model
-        model.config = model.config.with_changes(scales=tuple(float(s) for s in args.scales.split(",")))
+    scales = tuple(float(s) for s in args.scales.split(",")) if args.scales else None
+    embedder = Embedder.load(args.checkpoint, device=args.device, scales=scales)
     metrics = evaluate(embedder, _images(args.data, args.split), ks=ks, batch_size=args.batch_size)
     if args.json:
         sys.stdout.write(json.dumps(metrics) + "\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from pydantic import ValidationError
 
 from service.schemas import Promotion, TrainRequest
 
@@ -36,6 +37,10 @@ def test_the_request_maps_to_one_train_config() -> None:
     assert not config.keep_start_if_not_better and not config.progress_bar
     assert request.promote is Promotion.ALWAYS
     assert TrainRequest().train_config(3.0).keep_start_if_not_better
+    assert TrainRequest(scales=[1, 0.707]).train_config(3.0).scales == (1.0, 0.707)
+    assert TrainRequest().train_config(3.0).scales == (1.0,)
+    with pytest.raises(ValidationError, match="scales must each be in"):
+        TrainRequest(scales=[1, 8])
 
 
 def test_a_job_that_cannot_beat_the_serving_model_keeps_it(tmp_path, open_app, caltech_photos) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ TRAIN_FIELDS = {"epochs": "2", "image_size": "64", "batch_size": "8", "val_fract
 TRAIN_TIMEOUT_S = 240
 VIEWPORT = {"width": 1280, "height": 900}
 UI_TIMEOUT_MS = 30_000
+SERVER_ERROR = re.compile(r'"[A-Z]+ [^"]*" 5\d\d\b.*')  # an access-log line of a 5xx
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
 expect = playwright_api.expect
@@ -93,6 +93,9 @@ def server(tmp_path_factory) -> Iterator[Server]:
                           {"CGD_API_KEY": WRITE_KEY, "CGD_READ_API_KEY": READ_KEY})
     yield server
     server.stop()
+    log = server.log.read_text(errors="replace")
+    assert '" 200' in log, "the server's access log is on"  # so that the check below can fail
+    assert not SERVER_ERROR.findall(log), SERVER_ERROR.findall(log)  # no 5xx, whoever asked
 
 
 @pytest.fixture(scope="module")
@@ -216,12 +219,10 @@ def wait_for_images(page) -> None:
         wait_until_loaded(image)
 
 
-def wait_until_loaded(image, timeout_s: float = UI_TIMEOUT_MS / 1000) -> None:
-    """The <img> has decoded its picture (polled from here: the page's CSP forbids evaluated strings)."""
-    deadline = time.monotonic() + timeout_s
-    while not image.evaluate("img => img.complete && img.naturalWidth > 0"):
-        assert time.monotonic() < deadline, "the image did not load"
-        time.sleep(0.1)
+def wait_until_loaded(image) -> None:
+    """The <img> has finished loading (Playwright's own retrying assertion) and decoded a picture."""
+    expect(image).to_have_js_property("complete", True)
+    assert image.evaluate("img => img.naturalWidth") > 0, "the image did not decode"
 
 
 def test_searching_with_a_gallery_photo_finds_it_first_then_its_label(open_console, console_gallery,
@@ -330,19 +331,15 @@ def test_a_tiny_training_job_runs_to_success_with_its_curves_and_the_new_model(o
     form.locator("[name=promote]").select_option("always")
     page.click("[data-testid=train-submit]")
     status = page.locator("[data-testid=job-status]")
-    seen: set[str] = set()
-    deadline = time.monotonic() + TRAIN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        text = status.inner_text() if status.count() else ""
-        seen.add(text)
-        if text in ("succeeded", "failed", "cancelled"):
-            break
-        page.wait_for_timeout(500)
-    assert status.inner_text() == "succeeded", (seen, page.locator("[data-testid=job-detail]").inner_text())
-    assert "running" in seen, seen  # followed live
+    expect(status).to_have_text("running", timeout=TRAIN_TIMEOUT_S * 1000)  # followed live
+    expect(page.locator("[data-testid=job-phase]")).not_to_have_text("–")
+    expect(page.locator("[data-testid=job-steps]")).to_be_attached()
+    expect(status).to_have_text(re.compile(r"^(succeeded|failed|cancelled)$"), timeout=TRAIN_TIMEOUT_S * 1000)
+    assert status.inner_text() == "succeeded", page.locator("[data-testid=job-detail]").inner_text()
     assert page.locator("[data-testid=loss-chart]").get_attribute("data-points") == "2"
     assert page.locator("[data-testid=validation-chart]").get_attribute("data-points") == "4"
     assert page.locator("[data-testid=loss-chart] polyline").count() == 1
+    assert page.locator("[data-testid=validation-chart] polyline").count() == 2  # MAP@R and R@1
     metrics = page.locator("[data-testid=job-metrics]").inner_text()
     assert "map@r" in metrics and "recall@1" in metrics
     new_version = page.locator("[data-testid=job-model-version]").inner_text()

@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -57,7 +58,8 @@ from service_bench import (
 )
 
 from model.checkpoint import save_checkpoint
-from model.default import default_model
+from model.config import CGDConfig
+from model.default import DEFAULT_CONFIG, default_model
 from service.model_registry import ModelRegistry
 from service.settings import Settings
 
@@ -72,9 +74,21 @@ def cpu_flags() -> list[str]:
     return [flag for flag in CPU_FLAGS if flag in present]
 
 
-def variant_checkpoint(path: Path, seed: int) -> Path:
+def model_config(image_size: int) -> CGDConfig:
+    """The default model's configuration at input size `image_size`."""
+    return DEFAULT_CONFIG.with_changes(preprocessing=replace(DEFAULT_CONFIG.preprocessing,
+                                                             image_size=image_size))
+
+
+def base_checkpoint(path: Path, image_size: int) -> Path:
+    """The embedded default model at input size `image_size`: what the server starts with."""
+    save_checkpoint(path, default_model(model_config(image_size)), metrics={"base": image_size})
+    return path
+
+
+def variant_checkpoint(path: Path, seed: int, image_size: int) -> Path:
     """The default model with every weight moved by N(0, 1e-3): another version, sensible vectors."""
-    model = default_model()
+    model = default_model(model_config(image_size))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -175,9 +189,10 @@ async def activation(client: httpx.AsyncClient, version: str) -> dict:
             "reembed_images_per_s": round(job["reembedded"] / job["seconds"], 1) if job["seconds"] else None}
 
 
-async def promotion(client: httpx.AsyncClient, max_minutes: float) -> tuple[str, Awaitable[dict]]:
+async def promotion(client: httpx.AsyncClient, max_minutes: float,
+                    image_size: int) -> tuple[str, Awaitable[dict]]:
     """Start a promote=always job; wait until it re-embeds; (job id, awaitable of its end)."""
-    body = {"promote": "always", "max_minutes": max_minutes, "epochs": 1}
+    body = {"promote": "always", "max_minutes": max_minutes, "epochs": 1, "image_size": image_size}
     started = await client.post("/train", json=body)
     if started.status_code != 202:
         raise SystemExit(f"POST /train: {started.status_code} {started.text}")
@@ -215,7 +230,7 @@ async def run_http(url: str, gallery: list[ImageBytes], queries: list[ImageBytes
             activation(client, variants[1]), search=False)
         print(f"activation alone: {results['activate_alone']}", file=sys.stderr, flush=True)
         if not args.no_train:
-            _, finished = await promotion(client, args.train_minutes)
+            _, finished = await promotion(client, args.train_minutes, args.image_size)
             results["promotion_under_load"] = await Load(client, queries, args.probe_ms).run(finished)
             print(f"promotion under load: {results['promotion_under_load']}", file=sys.stderr, flush=True)
     return results
@@ -246,22 +261,28 @@ def main() -> None:
     parser.add_argument("--raw-seconds", type=float, default=20.0, help="length of each raw measurement")
     parser.add_argument("--train-minutes", type=float, default=0.5, help="budget of the promotion's training")
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds for the server to start")
+    parser.add_argument("--image-size", type=int, default=DEFAULT_CONFIG.image_size,
+                        help="input size in px of the served model, both variants and the promotion's job")
     parser.add_argument("--no-train", action="store_true", help="skip the promotion phase")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
-    settings = Settings()
     gallery, queries = gallery_images(args.image_root, args.images, args.queries)
-    machine = {"cpu": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count(),
-               "load1_start": load_average(),
-               "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("CGD_")}}
-    print(f"machine {machine}", file=sys.stderr, flush=True)
-    raw = RawPipeline(queries, settings)
-    raws = [raw.measure(args.raw_seconds)]
     with tempfile.TemporaryDirectory(prefix="cgd-swap-bench-") as tmp:
+        base = base_checkpoint(Path(tmp) / "base.pt", args.image_size)
+        os.environ["CGD_CHECKPOINT"] = str(base)  # the server's first model (CGD_* reach the server)
+        settings = Settings()
+        machine = {"cpu": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count(),
+                   "load1_start": load_average(), "image_size": args.image_size,
+                   "settings": {k: v for k, v in sorted(os.environ.items())
+                                if k.startswith("CGD_") and k != "CGD_CHECKPOINT"}}
+        print(f"machine {machine}", file=sys.stderr, flush=True)
+        raw = RawPipeline(queries, settings, checkpoint=base, engine_dir=Path(tmp) / "raw-engines")
+        raws = [raw.measure(args.raw_seconds)]
         data = Path(tmp) / "data"
         data.mkdir()
         registry = ModelRegistry(data)
-        variants = [registry.add_checkpoint(variant_checkpoint(Path(tmp) / f"v{seed}.pt", seed)).version
+        variants = [registry.add_checkpoint(variant_checkpoint(Path(tmp) / f"v{seed}.pt", seed,
+                                                               args.image_size)).version
                     for seed in (1, 2)]
         port = free_port()
         url = f"http://{HOST}:{port}"
@@ -273,7 +294,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=120)
-    raws.append(raw.measure(args.raw_seconds))
+        raws.append(raw.measure(args.raw_seconds))
     machine["load1_end"] = load_average()
     raw_images_per_s = round(statistics.mean(r["images_per_s"] for r in raws), 1)
     checks = verdict(results, raw_images_per_s)

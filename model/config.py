@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 DESCRIPTOR_LETTERS = frozenset("SMG")
+MIN_SCALE, MAX_SCALE = 0.25, 4.0  # input scales of multi-scale descriptors
 
 # The 12 distinct configurations of the paper: 3 single descriptors, 6 ordered pairs, and one
 # triple per first letter (only the first letter of a triple matters: it feeds the classifier).
@@ -16,6 +18,14 @@ DESCRIPTOR_CONFIGS: tuple[str, ...] = (
 
 class ConfigError(ValueError):
     """A model configuration that cannot be built."""
+
+
+def checked_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    """`scales` as a tuple of floats; ConfigError unless 1 to n factors in [MIN_SCALE, MAX_SCALE]."""
+    scales = tuple(float(scale) for scale in scales)
+    if not scales or any(not MIN_SCALE <= scale <= MAX_SCALE for scale in scales):
+        raise ConfigError(f"scales must be 1 to n factors in [{MIN_SCALE:g}, {MAX_SCALE:g}], got {scales}")
+    return scales
 
 
 @dataclass(frozen=True)
@@ -78,9 +88,7 @@ class CGDConfig:
             )
         if self.gem_p < 1.0:
             raise ConfigError(f"gem_p must be >= 1, got {self.gem_p}")
-        object.__setattr__(self, "scales", tuple(float(scale) for scale in self.scales))
-        if not self.scales or any(not 0.25 <= scale <= 4.0 for scale in self.scales):
-            raise ConfigError(f"scales must be 1 to n factors in [0.25, 4], got {self.scales}")
+        object.__setattr__(self, "scales", checked_scales(self.scales))
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
         if self.qe_n < 0 or self.dba_n < 0:

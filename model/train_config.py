@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from model.config import checked_scales
 from model.splits import ValMode
 
 Engine = Literal["auto", "cached", "full"]
@@ -71,6 +72,7 @@ class TrainConfig:
             raise ValueError(f"unknown expansion {self.expansion!r}; use auto or none")
         if self.cache_views is not None and not 1 <= self.cache_views <= 16:
             raise ValueError(f"cache_views must be in [1, 16], got {self.cache_views}")
+        object.__setattr__(self, "scales", checked_scales(self.scales))
         if self.tail_stages < 1:
             raise ValueError(f"tail_stages must be >= 1, got {self.tail_stages}")
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from model.config import MAX_SCALE, MIN_SCALE
 from model.train_config import TrainConfig
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -120,10 +121,10 @@ class TrainRequest(BaseModel):
         default=None, description="search defaults of the new model: query expansion and database-side "
         "augmentation chosen on validation, kept only when they gain beyond noise and exact copies still "
         "score >= 0.99 (auto); none: off")
-    scales: list[float] | None = Field(
+    scales: list[Annotated[float, Field(ge=MIN_SCALE, le=MAX_SCALE)]] | None = Field(
         default=None, min_length=1, max_length=4, description="input scales whose descriptors the new model "
-        "averages at inference (multi-scale descriptors, e.g. [1, 0.707, 1.414]; each in [0.25, 4]; "
-        "costs the sum of the squared scales in embedding time) (auto: [1])")
+        "averages at inference (multi-scale descriptors, e.g. [1, 0.707, 1.414]; costs the sum of the "
+        "squared scales in embedding time) (auto: [1])")
     promote: Promotion = Promotion.IF_BETTER
     max_minutes: float | None = Field(default=None, gt=0, le=24 * 60,
                                       description="training budget; re-embedding is reported apart")
@@ -132,18 +133,9 @@ class TrainRequest(BaseModel):
         """The trainer's recipe: the fields set here, TrainConfig's defaults for the rest."""
         fields = self.model_dump(exclude_none=True, exclude={"labels", "promote"})
         fields.setdefault("max_minutes", default_max_minutes)
-        if "scales" in fields:
-            fields["scales"] = tuple(fields["scales"])
         # promote=always promotes what training made, even when the start model validates better.
         return TrainConfig(**fields, progress_bar=False,
                            keep_start_if_not_better=self.promote is not Promotion.ALWAYS)
-
-    @field_validator("scales")
-    @classmethod
-    def _scales_in_range(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and any(not 0.25 <= scale <= 4.0 for scale in value):
-            raise ValueError(f"scales must each be in [0.25, 4], got {value}")
-        return value
 
     @field_validator("descriptors")
     @classmethod

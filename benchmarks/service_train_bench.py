@@ -7,12 +7,17 @@ model in one process, same runtime, on the same images, measured after the serve
 `cgd eval` on the test split (classes never seen in training) of the embedded default and of the
 model the job promoted, all in the same run.
 
+Search while a job trains: `/search` at concurrency 4 (test-split images) and `/health` probes for
+`--probe-seconds` before the job (idle) and again once the job is in its training phase (the same
+load as `swap_bench.Load`); the job's figures include that window. Pass: p99 during training < 3x idle.
+
     nice -n 10 .venv/bin/python benchmarks/service_train_bench.py --data ../shared/data/gtsrb32
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -25,6 +30,7 @@ from pathlib import Path
 import httpx
 from local_service import free_port, wait_ready
 from service_bench import ImageBytes, RawPipeline
+from swap_bench import Load
 
 from model.data import load_dataset
 from service.settings import Settings
@@ -52,6 +58,29 @@ def follow_job(client: httpx.Client, job_id: str, timeout_s: float) -> dict:
             last_log = time.monotonic()
         time.sleep(2.0)
     raise TimeoutError(f"job {job_id} did not finish in {timeout_s:.0f} s")
+
+
+def search_latency(url: str, queries: list[ImageBytes], seconds: float) -> dict:
+    """`/search` at concurrency 4 and `/health` probes for `seconds`: swap_bench's load and figures."""
+    async def measure() -> dict:
+        limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120.0, trust_env=False) as client:
+            await Load(client, queries, probe_ms=20.0).run(asyncio.sleep(2.0))  # warm-up
+            return await Load(client, queries, probe_ms=20.0).run(asyncio.sleep(seconds))
+    return asyncio.run(measure())
+
+
+def wait_for_training(client: httpx.Client, job_id: str, min_step: int, timeout_s: float) -> dict:
+    """Poll the job until its training phase has run `min_step` steps (or it ended)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/train/{job_id}").json()
+        progress = job["progress"] or {}
+        if job["status"] in FINISHED or (progress.get("phase") == "training"
+                                         and progress.get("step", 0) >= min_step):
+            return job
+        time.sleep(1.0)
+    raise TimeoutError(f"job {job_id} did not reach its training phase in {timeout_s:.0f} s")
 
 
 def evaluate(data: Path, split: str, checkpoint: Path | None) -> tuple[dict, float]:
@@ -95,10 +124,18 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict:
                            cwd=REPO, check=True)
             record["ingest_s"] = round(time.perf_counter() - began, 1)
             record["gallery_items"] = client.get("/ready").json()["store"]["items"]
+            queries = [ImageBytes(item.path.name, item.label, item.path.read_bytes())
+                       for item in load_dataset(args.data, "test")[:64]] if args.probe_seconds else []
+            if queries:
+                record["search_idle"] = search_latency(url, queries, args.probe_seconds)
             began = time.perf_counter()
             accepted = client.post("/train", json=args.request)
             accepted.raise_for_status()
-            job = follow_job(client, accepted.json()["job_id"], args.timeout_minutes * 60)
+            job_id = accepted.json()["job_id"]
+            if queries:
+                wait_for_training(client, job_id, min_step=5, timeout_s=args.timeout_minutes * 60)
+                record["search_during_training"] = search_latency(url, queries, args.probe_seconds)
+            job = follow_job(client, job_id, args.timeout_minutes * 60)
             record["job_wall_s"] = round(time.perf_counter() - began, 1)
             record["job"] = {key: job[key] for key in (
                 "status", "params", "baseline_metrics", "new_metrics", "promoted", "model_version",
@@ -138,6 +175,13 @@ def markdown(record: dict) -> str:
     rows.append(f"\nre-embedding: {reembedding['images']} images in {reembedding['seconds']} s, "
                 f"{reembedding['service_images_per_s']} images/s = {reembedding['ratio_to_raw']}x the raw "
                 f"pipeline's {reembedding['raw']['images_per_s']} ({reembedding['raw']['runtime']})")
+    if "search_during_training" in record:
+        idle, busy = record["search_idle"], record["search_during_training"]
+        ratio = busy["search_p99_ms"] / idle["search_p99_ms"]
+        rows.append(f"/search at concurrency 4: p50 / p99 {idle['search_p50_ms']} / {idle['search_p99_ms']} "
+                    f"ms idle, {busy['search_p50_ms']} / {busy['search_p99_ms']} ms while training "
+                    f"({ratio:.2f}x idle p99; errors {busy['errors'] or 'none'}); /health p99 "
+                    f"{idle['health_p99_ms']} / {busy['health_p99_ms']} ms")
     return "\n".join(rows)
 
 
@@ -148,6 +192,8 @@ def main() -> None:
     parser.add_argument("--request", type=json.loads, default={},
                         help='the POST /train body as JSON (default {}: every default)')
     parser.add_argument("--train-threads", type=int, default=0, help="CGD_TRAIN_THREADS of the service")
+    parser.add_argument("--probe-seconds", type=float, default=60.0,
+                        help="search-latency window idle and during training (0: none)")
     parser.add_argument("--timeout-minutes", type=float, default=60.0)
     parser.add_argument("--out", type=Path, default=None, help="write the record as JSON")
     args = parser.parse_args()

@@ -7,10 +7,10 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from index.errors import StorageCorrupted
+from index.errors import InvalidItem, StorageCorrupted
 
 LOG = logging.getLogger(__name__)
 
@@ -74,6 +74,22 @@ class BlobStore:
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
             raise
+
+    def put_images(self, images: Sequence[bytes]) -> list[str]:
+        """Durably store image bytes (InvalidItem for an empty or non-bytes one); returns their sha256s."""
+        for image in images:
+            if not isinstance(image, bytes | bytearray | memoryview) or len(image) == 0:
+                raise InvalidItem("an item's image must be non-empty bytes")
+        hashes = [sha256_hex(bytes(image)) for image in images]
+        self.put_many(zip(hashes, (bytes(image) for image in images), strict=True))
+        return hashes
+
+    def sweep(self, referenced: set[str]) -> int:
+        """Erase every blob whose hash is not in `referenced`; returns how many."""
+        orphans = [sha256 for sha256 in self.hashes() if sha256 not in referenced]
+        for sha256 in orphans:
+            self.delete(sha256)
+        return len(orphans)
 
     def get(self, sha256: str) -> bytes:
         """The bytes of a blob, checked against its hash."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from index.kinds import DEFAULT_EF_SEARCH
 from index.postgres import DatabaseUnavailable, PostgresSettings, open_pool, pooled, redact, scrub
 from index.remote_index import (
     NAME_PREFIX,
+    ServerIndex,
     SortedIds,
     choose_kind,
     named_by_pointers,
@@ -57,22 +57,16 @@ EXACT_FALLBACK_LIMIT = 1 << 18
 _COPY_CHUNK = 4096
 
 
-class PgvectorIndex:
+class PgvectorIndex(ServerIndex):
     """A table `cgd_vectors_<hex>` (id BIGINT PRIMARY KEY, embedding vector(dim)) and its HNSW index."""
 
     def __init__(self, backend: PgvectorBackend, table: str, dim: int, ids: SortedIds, *,
                  indexed: bool) -> None:
+        super().__init__(dim, ids)
         self._backend = backend
         self.table = table
-        self._dim = dim
-        self._ids = ids
         self._indexed = indexed
         self.dirty = not indexed or backend.hnsw is None
-        self._out_of_step = False  # an add or remove failed half-way: rebuild from the store
-
-    @property
-    def dim(self) -> int:
-        return self._dim
 
     @property
     def kind(self) -> str:
@@ -86,34 +80,13 @@ class PgvectorIndex:
         state = "" if self._indexed else " (building: exact until saved)"
         return f"pgvector hnsw(m={hnsw['m']}, ef_construction={hnsw['ef_construction']}){state}"
 
-    @property
-    def tombstones(self) -> int:
-        return 0
-
-    @property
-    def exact_fallback(self) -> bool:
-        return False
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def ids(self) -> np.ndarray:
-        return self._ids.array
-
-    def _check(self, vectors: np.ndarray) -> np.ndarray:
-        if vectors.ndim != 2 or vectors.shape[1] != self._dim:
-            raise DimensionMismatch(f"expected (N,{self._dim}) vectors, got {vectors.shape}")
-        return np.ascontiguousarray(vectors, dtype=np.float32)
-
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        vectors = self._check(vectors)
-        if len(ids) != len(vectors):
-            raise DimensionMismatch(f"{len(ids)} ids for {len(vectors)} vectors")
+        vectors = self.checked(vectors, ids)
         if not len(ids):
             return
         query = sql.SQL("COPY {} (id, embedding) FROM STDIN WITH (FORMAT BINARY)").format(
             sql.Identifier(self.table))
-        with self._changing(), self._backend.connection() as conn, conn.transaction():
+        with self.changing(), self._backend.connection() as conn, conn.transaction():
             for start in range(0, len(ids), _COPY_CHUNK):
                 with conn.cursor() as cur, cur.copy(query) as copy:
                     copy.set_types(["bigint", "vector"])
@@ -126,7 +99,7 @@ class PgvectorIndex:
         present = self._ids.present(ids)
         if not len(present):
             return
-        with self._changing(), self._backend.connection() as conn:
+        with self.changing(), self._backend.connection() as conn:
             conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(self.table)),
                          (present.tolist(),))
         self._ids.remove(present)
@@ -141,24 +114,10 @@ class PgvectorIndex:
         found = {int(item_id): vector.to_numpy() for item_id, vector in rows}
         return np.ascontiguousarray(np.stack([found[int(i)] for i in wanted.tolist()]), dtype=np.float32)
 
-    def maintenance(self) -> str | None:
-        """"resync" after an add or remove the server did not complete (the store has the truth)."""
-        return "resync" if self._out_of_step else None
-
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[None]:
-        """Around a change on the server: if it fails, this index may differ from the store."""
-        try:
-            yield
-        except BaseException:
-            self._out_of_step = True
-            raise
-
     def search(self, queries: np.ndarray, k: int,
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        queries = self._check(queries)
-        candidates = None if allowed is None else self._ids.present(allowed)
-        available = len(self._ids) if candidates is None else len(candidates)
+        queries = self.checked(queries)
+        candidates, available = self.candidates(allowed)
         k = min(k, available)
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)

@@ -3,13 +3,15 @@
 `PostgresSettings` names the server (`url`) and bounds what the gallery waits for: `pool_size`
 connections, `connect_timeout_s` to connect, `statement_timeout_s` per statement. Every connection
 commits durably (`synchronous_commit=on`). `redact(url)` is the URL as logs, errors and /ready show it.
+`migrate` applies a list of schema steps once each (the gallery's tables, the service's).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +24,7 @@ from index.errors import EngineUnavailable
 LOG = logging.getLogger(__name__)
 
 URL_SCHEMES = ("postgresql", "postgres")
+_MIGRATION_LOCK = 0x43474447  # pg_advisory_xact_lock key ("CGDG")
 
 
 class DatabaseUnavailable(EngineUnavailable):
@@ -99,3 +102,36 @@ def pooled(pool: ConnectionPool, url: str) -> Iterator[psycopg.Connection]:
             yield conn
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise DatabaseUnavailable(f"database {redact(url)}: {scrub(str(exc), url)}") from None
+
+
+def migrate(conn: psycopg.Connection, steps: Sequence[str], table: str) -> int:
+    """Apply the `steps` (SQL scripts, in order) that `table` does not record yet, each in its own
+    transaction under an advisory lock (several processes starting at once apply each step once);
+    returns how many were applied."""
+    applied = 0
+    for number, script in enumerate(steps, start=1):
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, "
+                         "applied_at DOUBLE PRECISION NOT NULL)")
+            if conn.execute(f"SELECT 1 FROM {table} WHERE version = %s", (number,)).fetchone():
+                continue
+            conn.execute(script)
+            conn.execute(f"INSERT INTO {table} (version, applied_at) VALUES (%s, %s)", (number, time.time()))
+            applied += 1
+    return applied
+
+
+def open_migrated_pool(settings: PostgresSettings, steps: Sequence[str], table: str) -> ConnectionPool:
+    """`open_pool`, then `migrate` the database with `steps` (recorded in `table`); nothing stays open if
+    either fails."""
+    pool = open_pool(settings)
+    try:
+        with pooled(pool, settings.url) as conn:
+            applied = migrate(conn, steps, table)
+    except BaseException:
+        pool.close()
+        raise
+    if applied:
+        LOG.info("database %s: %d schema migration(s) applied (%s)", redact(settings.url), applied, table)
+    return pool

@@ -4,15 +4,14 @@ The same contract as `SQLiteItemStore`: each write is one transaction (all or no
 returns: `synchronous_commit=on`), ids come from an identity column and are never reused, vectors are
 float16 bytes per (version, item), metadata is JSONB (filters are containment, `@>`, which compares type
 and value as the SQLite store does). Image bytes are content-addressed files under `root/blobs`, which
-can be a shared volume. The schema is migrated on open (`MIGRATIONS`, under an advisory lock, so that
-several processes starting at once apply each step once).
+can be a shared volume. The schema is migrated on open (`MIGRATIONS`, recorded in `schema_migrations`; see
+`index.postgres.migrate`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,16 +22,14 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from index.blobs import BlobStore, sha256_hex
+from index.blobs import BlobStore
 from index.errors import DimensionMismatch, InvalidItem, InvalidQuery, ItemNotFound, UnknownVersion
 from index.filters import MetadataFilter
-from index.postgres import PostgresSettings, open_pool, pooled, redact
+from index.postgres import PostgresSettings, open_migrated_pool, pooled
 from index.postprocess import Whitening
 from index.records import UNSET, Item, NewItem, VersionInfo
-from index.validation import check_metadata
+from index.validation import check_metadata, check_text, item_changes
 from index.vectors import STORAGE_DTYPE, _decode
-
-LOG = logging.getLogger(__name__)
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -66,19 +63,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX vectors_item ON vectors (item_id);
     """,
 )
-_MIGRATION_LOCK = 0x43474447  # pg_advisory_xact_lock key ("CGDG")
 _COLUMNS = "id, external_id, label, metadata, sha256, created_at"
 
 
 def _item(row: tuple) -> Item:
     return Item(id=int(row[0]), external_id=row[1], label=row[2], metadata=row[3], sha256=row[4],
                 created_at=float(row[5]))
-
-
-def _optional_str(value: object, name: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise InvalidItem(f"{name} must be a string or None, got {type(value).__name__}")
-    return value
 
 
 def filter_sql(label: str | None,
@@ -93,23 +83,6 @@ def filter_sql(label: str | None,
         clauses.append("i.metadata @> %s::jsonb")
         params.append(json.dumps(dict(terms)))
     return " AND ".join(clauses), params
-
-
-def migrate(conn: psycopg.Connection) -> int:
-    """Apply the migrations this database lacks, each in its own transaction; returns how many."""
-    applied = 0
-    for number, script in enumerate(MIGRATIONS, start=1):
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-                         "applied_at DOUBLE PRECISION NOT NULL)")
-            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (number,)).fetchone():
-                continue
-            conn.execute(script)
-            conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
-                         (number, time.time()))
-            applied += 1
-    return applied
 
 
 class PostgresItemStore:
@@ -127,17 +100,8 @@ class PostgresItemStore:
     def open(cls, root: Path, settings: PostgresSettings) -> PostgresItemStore:
         """Connect, migrate the schema, and keep images under `root/blobs`."""
         root.mkdir(parents=True, exist_ok=True)
-        pool = open_pool(settings)
-        store = cls(pool, BlobStore(root / "blobs"), settings.url)
-        try:
-            with store._connection() as conn:
-                applied = migrate(conn)
-        except BaseException:
-            pool.close()
-            raise
-        if applied:
-            LOG.info("database %s: %d schema migration(s) applied", redact(settings.url), applied)
-        return store
+        pool = open_migrated_pool(settings, MIGRATIONS, "schema_migrations")
+        return cls(pool, BlobStore(root / "blobs"), settings.url)
 
     @property
     def pool(self) -> ConnectionPool:
@@ -169,12 +133,7 @@ class PostgresItemStore:
 
     def put_images(self, images: Sequence[bytes]) -> list[str]:
         """Durably store image bytes (before the rows that name them); returns their sha256s."""
-        for image in images:
-            if not isinstance(image, bytes | bytearray | memoryview) or len(image) == 0:
-                raise InvalidItem("an item's image must be non-empty bytes")
-        hashes = [sha256_hex(bytes(image)) for image in images]
-        self.blobs.put_many(zip(hashes, (bytes(image) for image in images), strict=True))
-        return hashes
+        return self.blobs.put_images(images)
 
     def add(self, items: Sequence[NewItem], hashes: Sequence[str],
             vectors: Mapping[str, np.ndarray]) -> tuple[list[Item], list[bool]]:
@@ -183,7 +142,7 @@ class PostgresItemStore:
         As `SQLiteItemStore.add`: an existing external id (stored, or earlier in the batch) yields that
         item unchanged; with no live version yet, the first version in `vectors` becomes live.
         """
-        rows = [(_optional_str(it.external_id, "external_id"), _optional_str(it.label, "label"),
+        rows = [(check_text(it.external_id, "external_id"), check_text(it.label, "label"),
                  check_metadata(it.metadata)) for it in items]
         now = time.time()
         with self._transaction() as conn:
@@ -240,11 +199,7 @@ class PostgresItemStore:
     def update(self, item_id: int, *, label: str | None = UNSET,
                metadata: Mapping[str, Any] = UNSET) -> Item:
         """Change label and/or metadata (metadata is replaced, not merged)."""
-        changes: dict[str, Any] = {}
-        if label is not UNSET:
-            changes["label"] = _optional_str(label, "label")
-        if metadata is not UNSET:
-            changes["metadata"] = check_metadata(metadata)
+        changes = item_changes(label, metadata)
         with self._transaction() as conn:
             if changes:
                 assignments = ", ".join(f"{column} = %s" + ("::jsonb" if column == "metadata" else "")
@@ -306,11 +261,7 @@ class PostgresItemStore:
     def sweep_blobs(self) -> int:
         """Erase image files no item names (left by a crash between a write and its commit). Call with no
         add in flight. Returns how many were erased."""
-        referenced = {row[0] for row in self._read("SELECT DISTINCT sha256 FROM items")}
-        orphans = [sha256 for sha256 in self.blobs.hashes() if sha256 not in referenced]
-        for sha256 in orphans:
-            self.blobs.delete(sha256)
-        return len(orphans)
+        return self.blobs.sweep({row[0] for row in self._read("SELECT DISTINCT sha256 FROM items")})
 
     def discard_images(self, hashes: Iterable[str]) -> None:
         """Erase the given images unless an item names them (after an add that failed). Call under the

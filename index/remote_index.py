@@ -4,15 +4,17 @@ A server-side index lives in a table or collection of its own (`cgd_vectors_<hex
 new one while the old one serves. Its "snapshot" is a pointer file at the registry's snapshot path
 naming that table or collection and the caller's meta (written atomically); a missing or stale pointer
 makes the registry rebuild from the store, and tables or collections no pointer names (left by a crash
-mid-build) are dropped when the backend opens.
+mid-build) are dropped when the backend opens. `ServerIndex` is what both index classes share: the ids
+held in memory, the checks of their arguments, and the mark left by a change the server did not complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from index.blobs import fsync_directory
-from index.errors import InvalidIndexKind, SnapshotCorrupt
+from index.errors import DimensionMismatch, InvalidIndexKind, SnapshotCorrupt
 
 NAME_PREFIX = "cgd_vectors_"
 POINTER_SUFFIX = ".index"
@@ -115,3 +117,59 @@ def pad_hits(rows: list[list[tuple[int, float]]], k: int) -> tuple[np.ndarray, n
         for column, (item_id, score) in enumerate(hits[:k]):
             ids[row, column], scores[row, column] = item_id, score
     return scores, ids
+
+
+class ServerIndex:
+    """The shared part of a server-side `VectorIndex` (pgvector, Milvus): ids, checks, out-of-step mark.
+
+    A subclass sets `kind`, `factory` and the server calls (add, remove, search, reconstruct, save,
+    release); a change it makes on the server goes inside `changing()`.
+    """
+
+    tombstones = 0  # removal is physical
+    exact_fallback = False
+
+    def __init__(self, dim: int, ids: SortedIds) -> None:
+        self._dim = dim
+        self._ids = ids
+        self.dirty = True
+        self._out_of_step = False  # an add or remove failed half-way: rebuild from the store
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> np.ndarray:
+        return self._ids.array
+
+    def checked(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """`vectors` as C-contiguous float32 (N, dim); DimensionMismatch for another shape, or for a count
+        that differs from `ids`'."""
+        if vectors.ndim != 2 or vectors.shape[1] != self._dim:
+            raise DimensionMismatch(f"expected (N,{self._dim}) vectors, got {vectors.shape}")
+        if ids is not None and len(ids) != len(vectors):
+            raise DimensionMismatch(f"{len(ids)} ids for {len(vectors)} vectors")
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def candidates(self, allowed: np.ndarray | None) -> tuple[np.ndarray | None, int]:
+        """(the allowed ids held here, sorted, or None for all; how many can be hit)."""
+        if allowed is None:
+            return None, len(self._ids)
+        present = self._ids.present(allowed)
+        return present, len(present)
+
+    def maintenance(self) -> str | None:
+        """"resync" after an add or remove the server did not complete (the store has the truth)."""
+        return "resync" if self._out_of_step else None
+
+    @contextlib.contextmanager
+    def changing(self) -> Iterator[None]:
+        """Around a change on the server: if it fails, this index may differ from the store."""
+        try:
+            yield
+        except BaseException:
+            self._out_of_step = True
+            raise

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from index import vectors as vector_rows
-from index.blobs import BlobStore, sha256_hex
-from index.errors import InvalidItem, InvalidQuery, ItemNotFound
+from index.blobs import BlobStore
+from index.errors import InvalidQuery, ItemNotFound
 from index.filters import MetadataFilter
 from index.postprocess import Whitening
 from index.records import UNSET, Item, NewItem, VersionInfo
-from index.validation import check_metadata
+from index.validation import check_metadata, check_text, item_changes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -46,12 +46,6 @@ _CHUNK = 900
 def _item(row: tuple) -> Item:
     return Item(id=row[0], external_id=row[1], label=row[2], metadata=json.loads(row[3]), sha256=row[4],
                 created_at=row[5])
-
-
-def _optional_str(value: object, name: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise InvalidItem(f"{name} must be a string or None, got {type(value).__name__}")
-    return value
 
 
 def filter_sql(label: str | None,
@@ -134,12 +128,7 @@ class SQLiteItemStore:
 
     def put_images(self, images: Sequence[bytes]) -> list[str]:
         """Durably store image bytes (before the rows that name them); returns their sha256s."""
-        for image in images:
-            if not isinstance(image, bytes | bytearray | memoryview) or len(image) == 0:
-                raise InvalidItem("an item's image must be non-empty bytes")
-        hashes = [sha256_hex(bytes(image)) for image in images]
-        self.blobs.put_many(zip(hashes, (bytes(image) for image in images), strict=True))
-        return hashes
+        return self.blobs.put_images(images)
 
     def add(self, items: Sequence[NewItem], hashes: Sequence[str],
             vectors: Mapping[str, np.ndarray]) -> tuple[list[Item], list[bool]]:
@@ -149,7 +138,7 @@ class SQLiteItemStore:
         (in the store or earlier in the batch) yields that item unchanged and its vectors are ignored.
         With no live version yet, the first version in `vectors` becomes live in the same transaction.
         """
-        rows = [(_optional_str(it.external_id, "external_id"), _optional_str(it.label, "label"),
+        rows = [(check_text(it.external_id, "external_id"), check_text(it.label, "label"),
                  check_metadata(it.metadata)) for it in items]
         now = time.time()
         with self._transaction() as conn:
@@ -185,11 +174,7 @@ class SQLiteItemStore:
     def update(self, item_id: int, *, label: str | None = UNSET,
                metadata: Mapping[str, Any] = UNSET) -> Item:
         """Change label and/or metadata (metadata is replaced, not merged)."""
-        changes: dict[str, Any] = {}
-        if label is not UNSET:
-            changes["label"] = _optional_str(label, "label")
-        if metadata is not UNSET:
-            changes["metadata"] = check_metadata(metadata)
+        changes = item_changes(label, metadata)
         with self._transaction() as conn:
             if changes:
                 assignments = ", ".join(f"{column} = ?" for column in changes)
@@ -240,11 +225,8 @@ class SQLiteItemStore:
     def sweep_blobs(self) -> int:
         """Erase image files no item names (left by a crash between a write and its commit). Call with no
         add in flight. Returns how many were erased."""
-        referenced = {row[0] for row in self._reader().execute("SELECT DISTINCT sha256 FROM items")}
-        orphans = [sha256 for sha256 in self.blobs.hashes() if sha256 not in referenced]
-        for sha256 in orphans:
-            self.blobs.delete(sha256)
-        return len(orphans)
+        referenced = self._reader().execute("SELECT DISTINCT sha256 FROM items")
+        return self.blobs.sweep({row[0] for row in referenced})
 
     def discard_images(self, hashes: Iterable[str]) -> None:
         """Erase the given images unless an item names them (after an add that failed). Call under the

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from index.errors import DimensionMismatch, InvalidFilter, InvalidItem, InvalidQuery, InvalidVectors
+from index.records import UNSET
 
 UNIT_TOLERANCE = 1e-2  # stored vectors must have |norm - 1| below this
 MAX_METADATA_DEPTH = 16  # the item's object is level 1
@@ -105,3 +106,20 @@ def check_filter(metadata: Mapping[str, Any] | None) -> None:
         if isinstance(value, Mapping | list | tuple):
             raise InvalidFilter(f"metadata filter on {key!r} must be a string, number, boolean or null")
         _check_scalar(value, f"metadata filter on {key!r}", InvalidFilter)
+
+
+def check_text(value: object, name: str) -> str | None:
+    """A label or external id: a string or None (InvalidItem otherwise)."""
+    if value is not None and not isinstance(value, str):
+        raise InvalidItem(f"{name} must be a string or None, got {type(value).__name__}")
+    return value
+
+
+def item_changes(label: object, metadata: object) -> dict[str, Any]:
+    """The columns an update sets (`UNSET` leaves one unchanged), checked; metadata as its JSON text."""
+    changes: dict[str, Any] = {}
+    if label is not UNSET:
+        changes["label"] = check_text(label, "label")
+    if metadata is not UNSET:
+        changes["metadata"] = check_metadata(metadata)
+    return changes

@@ -1,4 +1,5 @@
-"""Durable training-job records in SQLite (`jobs.sqlite3` in the data directory)."""
+"""Durable training-job records: `jobs.sqlite3` in the data directory, or the `jobs` table of the
+service's PostgreSQL tables (`service.service_db`) when `CGD_DATABASE_URL` is set."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from service.errors import NotFound
+from service.service_db import ServiceDatabase
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -46,8 +48,16 @@ class Job:
     error: str | None = None
 
 
-class JobStore:
-    """Jobs survive restarts; a job that was running when the process died is marked failed."""
+class _Rows(NamedTuple):
+    columns: list[str]
+    rows: list[tuple]
+    count: int  # rows changed by an UPDATE
+
+
+class _SQLiteJobs:
+    """Statements on `jobs.sqlite3` (WAL, synchronous=FULL), one at a time."""
+
+    next_seq = "(SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs)"
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,72 +67,108 @@ class JobStore:
         self._db.execute(_SCHEMA)
         self._lock = threading.Lock()
 
+    def execute(self, query: str, params: tuple = ()) -> _Rows:
+        with self._lock:
+            cursor = self._db.execute(query, params)
+            columns = [c[0] for c in cursor.description or ()]
+            return _Rows(columns, cursor.fetchall(), cursor.rowcount)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
+
+class _PostgresJobs:
+    """Statements on the `jobs` table of the service's database (`?` placeholders become `%s`)."""
+
+    next_seq = "DEFAULT"  # an identity column: unique across processes
+
+    def __init__(self, database: ServiceDatabase) -> None:
+        self._database = database
+
+    def execute(self, query: str, params: tuple = ()) -> _Rows:
+        with self._database.connection() as conn:
+            cursor = conn.execute(query.replace("?", "%s"), params)
+            columns = [c.name for c in cursor.description or ()]
+            return _Rows(columns, cursor.fetchall() if columns else [], cursor.rowcount)
+
+    def close(self) -> None:
+        """The database is closed by its owner."""
+
+
+class JobStore:
+    """Jobs survive restarts; a job that was running when the process died is marked failed.
+
+    `JobStore(path)` keeps them in a SQLite file; `JobStore(database)` in PostgreSQL (same statements).
+    """
+
+    def __init__(self, target: Path | ServiceDatabase) -> None:
+        self._db = _PostgresJobs(target) if isinstance(target, ServiceDatabase) else _SQLiteJobs(target)
+
+    def close(self) -> None:
+        self._db.close()
+
     def create(self, params: dict[str, Any]) -> Job:
         job = Job(id=uuid.uuid4().hex[:16], status="queued", params=params, created_at=time.time())
-        with self._lock:
-            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
-            self._db.execute(
-                "INSERT INTO jobs (id, seq, status, params, created_at) VALUES (?, ?, ?, ?, ?)",
-                (job.id, seq, job.status, json.dumps(params), job.created_at),
-            )
+        self._db.execute(f"INSERT INTO jobs (id, seq, status, params, created_at) "
+                         f"VALUES (?, {self._db.next_seq}, ?, ?, ?)",
+                         (job.id, job.status, json.dumps(params), job.created_at))
         return job
 
     def get(self, job_id: str) -> Job:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            columns = [c[0] for c in self._db.execute("SELECT * FROM jobs LIMIT 0").description]
-        if row is None:
+        found = self._jobs("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not found:
             raise NotFound(f"unknown training job {job_id!r}")
-        return _to_job(dict(zip(columns, row, strict=True)))
+        return found[0]
 
     def list(self, limit: int = 100) -> list[Job]:
-        with self._lock:
-            cursor = self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
-            columns = [c[0] for c in cursor.description]
-            rows = cursor.fetchall()
-        return [_to_job(dict(zip(columns, row, strict=True))) for row in rows]
+        return self._jobs("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
 
     def next_queued(self) -> Job | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1"
-            ).fetchone()
-        return self.get(row[0]) if row else None
+        found = self._jobs("SELECT * FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1")
+        return found[0] if found else None
 
     def running_id(self) -> str | None:
         """The id of the job that is running, if one is."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id FROM jobs WHERE status = 'running' ORDER BY seq LIMIT 1"
-            ).fetchone()
-        return row[0] if row else None
+        rows = self._db.execute("SELECT id FROM jobs WHERE status = 'running' ORDER BY seq LIMIT 1").rows
+        return rows[0][0] if rows else None
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Set columns of one job; dict fields are stored as JSON."""
         values = {k: json.dumps(v) if k in _JSON_FIELDS and v is not None else v for k, v in fields.items()}
         assignments = ", ".join(f"{name} = ?" for name in values)
-        with self._lock:
-            self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
+        self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
 
     def fail_interrupted(self) -> int:
         """Mark jobs left `running` by a previous process as failed; returns how many."""
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE jobs SET status = 'failed', finished_at = ?, "
-                "error = 'interrupted: the service restarted while this job was running' "
-                "WHERE status = 'running'",
-                (time.time(),),
-            )
-        return cursor.rowcount
+        return self._db.execute(
+            "UPDATE jobs SET status = 'failed', finished_at = ?, "
+            "error = 'interrupted: the service restarted while this job was running' "
+            "WHERE status = 'running'",
+            (time.time(),),
+        ).count
 
     def count_by_status(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
-        return dict(rows)
+        return {status: int(n) for status, n in
+                self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").rows}
+
+    def import_jobs(self, jobs: list[Job]) -> int:
+        """Copy jobs of another store (oldest first), keeping their ids; ids already here are skipped.
+        Returns how many were copied (`cgd migrate`)."""
+        copied = 0
+        for job in jobs:
+            copied += self._db.execute(
+                "INSERT INTO jobs (id, seq, status, params, created_at, started_at, finished_at, progress, "
+                f"result, error) VALUES (?, {self._db.next_seq}, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (job.id, job.status, json.dumps(job.params), job.created_at, job.started_at, job.finished_at,
+                 json.dumps(job.progress) if job.progress is not None else None, json.dumps(job.result),
+                 job.error)).count
+        return copied
+
+    def _jobs(self, query: str, params: tuple = ()) -> list[Job]:
+        found = self._db.execute(query, params)
+        return [_to_job(dict(zip(found.columns, row, strict=True))) for row in found.rows]
 
 
 def _to_job(row: dict[str, Any]) -> Job:

@@ -1,7 +1,9 @@
 """Which models the service knows (the embedded default and trained checkpoints) and which is active.
 
-Layout under the data directory: `models/<version>.pt` checkpoints and `models/registry.json`
-(records and the active version), written atomically.
+Checkpoints are files `models/<version>.pt` under the data directory (a shared volume for several
+replicas). The records and the active version are in `models/registry.json` (written atomically), or,
+with `CGD_DATABASE_URL` set, in the `models` table of the service's PostgreSQL tables
+(`service.service_db`), read at each call so that every process sees the same active model.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from model.checkpoint import read_checkpoint
 from service.errors import NotFound
+from service.service_db import ServiceDatabase
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,24 @@ class ModelRecord:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-class ModelRegistry:
-    """Durable list of models and the active one (thread-safe)."""
+class RecordStore(Protocol):
+    """Where the records and the active version are kept."""
+
+    def load(self) -> tuple[dict[str, ModelRecord], str | None]:
+        """(records by version, the active version)."""
+
+    def add(self, record: ModelRecord) -> ModelRecord:
+        """Keep `record` unless its version is known; returns the kept one."""
+
+    def activate(self, version: str) -> bool:
+        """Make a known version active; False for an unknown one."""
+
+
+class RegistryFile:
+    """`models/registry.json`, kept in memory and rewritten atomically at each change (one process)."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root / "models"
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._file = self.root / "registry.json"
+        self._file = root / "registry.json"
         self._lock = threading.Lock()
         self._records: dict[str, ModelRecord] = {}
         self._active: str | None = None
@@ -46,24 +60,94 @@ class ModelRegistry:
             self._records = {r["version"]: ModelRecord(**r) for r in data["models"]}
             self._active = data.get("active")
 
-    @property
-    def active(self) -> ModelRecord | None:
+    def load(self) -> tuple[dict[str, ModelRecord], str | None]:
         with self._lock:
-            return self._records.get(self._active) if self._active else None
+            return dict(self._records), self._active
 
-    def records(self) -> list[ModelRecord]:
+    def add(self, record: ModelRecord) -> ModelRecord:
         with self._lock:
-            return sorted(self._records.values(), key=lambda r: r.created_at)
+            existing = self._records.get(record.version)
+            if existing is not None:
+                return existing
+            self._records[record.version] = record
+            self._save()
+            return record
 
-    def get(self, version: str) -> ModelRecord:
+    def activate(self, version: str) -> bool:
         with self._lock:
             if version not in self._records:
-                raise NotFound(f"unknown model version {version!r}")
-            return self._records[version]
+                return False
+            self._active = version
+            self._save()
+            return True
+
+    def _save(self) -> None:
+        data = {"active": self._active, "models": [asdict(r) for r in self._records.values()]}
+        fd, tmp = tempfile.mkstemp(dir=self._file.parent, prefix=".registry.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self._file)
+
+
+class RegistryTable:
+    """The `models` table: one row per version, `active` true on at most one (shared by every process)."""
+
+    def __init__(self, database: ServiceDatabase) -> None:
+        self._database = database
+
+    def load(self) -> tuple[dict[str, ModelRecord], str | None]:
+        with self._database.connection() as conn:
+            rows = conn.execute("SELECT version, checkpoint, created_at, metrics, config, active FROM models "
+                                "ORDER BY created_at").fetchall()
+        records = {row[0]: ModelRecord(row[0], row[1], float(row[2]), json.loads(row[3]), json.loads(row[4]))
+                   for row in rows}
+        return records, next((row[0] for row in rows if row[5]), None)
+
+    def add(self, record: ModelRecord) -> ModelRecord:
+        with self._database.connection() as conn:
+            conn.execute("INSERT INTO models (version, checkpoint, created_at, metrics, config) "
+                         "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (version) DO NOTHING",
+                         (record.version, record.checkpoint, record.created_at, json.dumps(record.metrics),
+                          json.dumps(record.config)))
+        return self.load()[0][record.version]
+
+    def activate(self, version: str) -> bool:
+        with self._database.connection() as conn, conn.transaction():
+            if conn.execute("SELECT 1 FROM models WHERE version = %s", (version,)).fetchone() is None:
+                return False
+            conn.execute("UPDATE models SET active = (version = %s)", (version,))
+        return True
+
+
+class ModelRegistry:
+    """Durable list of models and the active one (thread-safe). `database`: keep the records in
+    PostgreSQL rather than in `models/registry.json`."""
+
+    def __init__(self, root: Path, database: ServiceDatabase | None = None) -> None:
+        self.root = root / "models"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._records: RecordStore = (RegistryTable(database) if database is not None
+                                      else RegistryFile(self.root))
+
+    @property
+    def active(self) -> ModelRecord | None:
+        records, active = self._records.load()
+        return records.get(active) if active else None
+
+    def records(self) -> list[ModelRecord]:
+        return sorted(self._records.load()[0].values(), key=lambda r: r.created_at)
+
+    def get(self, version: str) -> ModelRecord:
+        records, _ = self._records.load()
+        if version not in records:
+            raise NotFound(f"unknown model version {version!r}")
+        return records[version]
 
     def add_default(self, version: str, config: dict[str, Any]) -> ModelRecord:
         """Record the embedded default model (no checkpoint file)."""
-        return self._add(ModelRecord(version, None, time.time(), {}, config))
+        return self._records.add(ModelRecord(version, None, time.time(), {}, config))
 
     def add_checkpoint(self, checkpoint: Path) -> ModelRecord:
         """Copy a trained checkpoint into the registry (verified) and record it."""
@@ -74,30 +158,20 @@ class ModelRegistry:
             tmp = target.with_suffix(".pt.tmp")
             shutil.copyfile(checkpoint, tmp)
             os.replace(tmp, target)
-        return self._add(ModelRecord(version, str(target), time.time(), dict(payload["metrics"]),
-                                     dict(payload["config"])))
+        return self._records.add(ModelRecord(version, str(target), time.time(), dict(payload["metrics"]),
+                                             dict(payload["config"])))
 
     def set_active(self, version: str) -> None:
-        with self._lock:
-            if version not in self._records:
-                raise NotFound(f"unknown model version {version!r}")
-            self._active = version
-            self._save()
+        if not self._records.activate(version):
+            raise NotFound(f"unknown model version {version!r}")
 
-    def _add(self, record: ModelRecord) -> ModelRecord:
-        with self._lock:
-            existing = self._records.get(record.version)
-            if existing is not None:
-                return existing
-            self._records[record.version] = record
-            self._save()
-            return record
-
-    def _save(self) -> None:
-        data = {"active": self._active, "models": [asdict(r) for r in self._records.values()]}
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".registry.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self._file)
+    def import_records(self, other: ModelRegistry) -> int:
+        """Copy the records of another registry over the same `models/` directory, and its active version
+        when it has one (`cgd migrate`); returns how many records were new here."""
+        known, _ = self._records.load()
+        records, active = other._records.load()
+        for record in sorted(records.values(), key=lambda r: r.created_at):
+            self._records.add(record)
+        if active is not None:
+            self._records.activate(active)
+        return len(set(records) - set(known))

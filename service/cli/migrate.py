@@ -1,7 +1,9 @@
 """`cgd migrate --from sqlite:DIR --to postgresql://...`: move a gallery's items, vectors and versions from
 SQLite to PostgreSQL, with a progress bar; resumable (run it again after an interruption); verified by
-counts and a sample of searches on both. Stop the service first (the gallery's lock is taken). Images
-stay under DIR: point the service at the same data directory with CGD_DATABASE_URL set.
+counts and a sample of searches on both. The data directory's model records (`models/registry.json`, with
+the active model) and training jobs (`jobs.sqlite3`) are copied too, so the service serves the same model
+on PostgreSQL. Stop the service first (the gallery's lock is taken). Images and checkpoints stay under
+DIR: point the service at the same data directory with CGD_DATABASE_URL set.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from tqdm import tqdm
 from index import GalleryError
 from index.engines import VECTOR_BACKENDS, Engines
 from index.migration import migrate_gallery, verify_migration
-from index.postgres import redact
+from index.postgres import PostgresSettings, redact
+from service.job_store import JobStore
+from service.model_registry import ModelRegistry
 from service.runtime import GALLERY_DIR
+from service.service_db import ServiceDatabase
 
 SOURCE_SCHEME = "sqlite:"
 
@@ -61,11 +66,35 @@ def run_migrate(args: argparse.Namespace) -> int:
 
             total, copied = migrate_gallery(root, engines, progress, batch=args.batch_size)
         report = verify_migration(root, engines, args.index_kind)
+        models, jobs = migrate_service_records(root.parent if root.name == GALLERY_DIR else root, args.target)
     except GalleryError as exc:
         sys.stderr.write(f"cgd migrate: {exc}\n")
         return 1
     sys.stdout.write(json.dumps({"from": str(root), "to": redact(args.target), "items": total,
                                  "copied_now": copied, "vectors": report.vectors,
-                                 "sample_queries": report.queries, "top1_agreement": report.top1_agreement,
+                                 "models": models, "jobs": jobs, "sample_queries": report.queries,
+                                 "top1_agreement": report.top1_agreement,
                                  "overlap_at_10": round(report.overlap_at_10, 4)}) + "\n")
     return 0
+
+
+def migrate_service_records(data_dir: Path, url: str) -> tuple[int, int]:
+    """Copy the model records (and the active model) and training jobs of `data_dir` into the database's
+    service tables, keeping ids; what is there already is kept. Returns (records, jobs) copied now."""
+    registry_file, jobs_file = data_dir / "models" / "registry.json", data_dir / "jobs.sqlite3"
+    if not registry_file.is_file() and not jobs_file.is_file():
+        return 0, 0
+    database = ServiceDatabase.open(PostgresSettings(url))
+    try:
+        models = (ModelRegistry(data_dir, database).import_records(ModelRegistry(data_dir))
+                  if registry_file.is_file() else 0)
+        jobs = 0
+        if jobs_file.is_file():
+            source = JobStore(jobs_file)
+            try:
+                jobs = JobStore(database).import_jobs(source.list(limit=1 << 30)[::-1])
+            finally:
+                source.close()
+    finally:
+        database.close()
+    return models, jobs

@@ -1,14 +1,22 @@
-"""ModelRegistry on a real data directory and real checkpoints: copies, the active model, restarts."""
+"""ModelRegistry on a real data directory and real checkpoints, its records in registry.json or in a real
+PostgreSQL (pgserver): copies, the active model, restarts, two processes on one database."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import pytest
 
+from index.postgres import PostgresSettings
 from model.cgd import create_cgd
 from model.checkpoint import CheckpointError, save_checkpoint
 from model.config import CGDConfig, Preprocessing
 from service.errors import NotFound
 from service.model_registry import ModelRegistry
+from service.service_db import ServiceDatabase
+from tests.index.engines import create_database
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +28,29 @@ def checkpoint(tmp_path_factory):
     return path, version
 
 
-def test_a_checkpoint_is_copied_in_and_the_active_model_survives_a_restart(tmp_path, checkpoint):
+@pytest.fixture(params=["file", "postgresql"])
+def open_registry(request) -> Iterator[Callable[[Path], ModelRegistry]]:
+    """open_registry(data_dir) -> a registry whose records are in registry.json or in one PostgreSQL
+    database; each call opens it again (a new connection, as after a restart)."""
+    if request.param == "file":
+        yield ModelRegistry
+        return
+    url = create_database(request.getfixturevalue("postgres_server"))
+    databases: list[ServiceDatabase] = []
+
+    def reopen(root: Path) -> ModelRegistry:
+        databases.append(ServiceDatabase.open(PostgresSettings(url)))
+        return ModelRegistry(root, databases[-1])
+
+    yield reopen
+    for database in databases:
+        database.close()
+
+
+def test_a_checkpoint_is_copied_in_and_the_active_model_survives_a_restart(tmp_path, checkpoint,
+                                                                          open_registry):
     path, version = checkpoint
-    registry = ModelRegistry(tmp_path)
+    registry = open_registry(tmp_path)
     assert registry.active is None and registry.records() == []
     default = registry.add_default("default-abc", {"embedding_dim": 1536})
     record = registry.add_checkpoint(path)
@@ -33,7 +61,7 @@ def test_a_checkpoint_is_copied_in_and_the_active_model_survives_a_restart(tmp_p
     assert registry.add_checkpoint(path) == record  # known already: the first record stays
     registry.set_active(version)
 
-    reopened = ModelRegistry(tmp_path)
+    reopened = open_registry(tmp_path)
     assert reopened.active == record
     assert reopened.records() == [default, record]  # oldest first
     assert reopened.get("default-abc").checkpoint is None
@@ -41,8 +69,8 @@ def test_a_checkpoint_is_copied_in_and_the_active_model_survives_a_restart(tmp_p
     assert not list((tmp_path / "models").glob("*.tmp"))
 
 
-def test_unknown_versions_and_damaged_checkpoints_are_refused(tmp_path, checkpoint):
-    registry = ModelRegistry(tmp_path)
+def test_unknown_versions_and_damaged_checkpoints_are_refused(tmp_path, checkpoint, open_registry):
+    registry = open_registry(tmp_path)
     with pytest.raises(NotFound, match="unknown model version"):
         registry.get("nope")
     with pytest.raises(NotFound):
@@ -54,4 +82,20 @@ def test_unknown_versions_and_damaged_checkpoints_are_refused(tmp_path, checkpoi
     with pytest.raises(CheckpointError):
         registry.add_checkpoint(damaged)
     assert registry.records() == [] and not list((tmp_path / "models").glob("*.pt"))
-    assert ModelRegistry(tmp_path).active is None
+    assert open_registry(tmp_path).active is None
+
+
+def test_replicas_on_one_database_see_the_same_records_and_active_model(tmp_path, checkpoint,
+                                                                         postgres_server):
+    url = create_database(postgres_server)
+    with (contextlib.closing(ServiceDatabase.open(PostgresSettings(url))) as one,
+          contextlib.closing(ServiceDatabase.open(PostgresSettings(url))) as two):
+        first, second = ModelRegistry(tmp_path, one), ModelRegistry(tmp_path, two)
+        record = first.add_checkpoint(checkpoint[0])
+        first.add_default("default-abc", {})
+        assert second.get(record.version) == record and second.active is None
+        second.set_active(record.version)
+        assert first.active == record
+        first.set_active("default-abc")  # one active model at a time, whoever set it
+        assert second.active.version == "default-abc" and [r.version for r in second.records()] == [
+            record.version, "default-abc"]

@@ -3,6 +3,7 @@ and images; an interrupted run resumes; the copy is verified and serves the same
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,11 @@ import pytest
 from index import Gallery, NewItem
 from index.engines import Engines
 from index.migration import migrate_gallery
+from index.postgres import PostgresSettings
 from service.cli import main
+from service.job_store import JobStore
+from service.model_registry import ModelRegistry
+from service.service_db import ServiceDatabase
 from tests.index.engines import create_database
 
 
@@ -34,6 +39,14 @@ def _sqlite_gallery(root: Path) -> list[int]:
 def test_migrate_is_resumable_verified_and_keeps_ids(postgres_server, tmp_path, capsys) -> None:
     root = tmp_path / "data" / "gallery"
     ids = _sqlite_gallery(root)
+    registry = ModelRegistry(tmp_path / "data")  # the data directory's model records and jobs come along
+    registry.add_default("default-a", {"embedding_dim": 16})
+    registry.add_default("trained-b", {"embedding_dim": 8})
+    registry.set_active("trained-b")
+    jobs = JobStore(tmp_path / "data" / "jobs.sqlite3")
+    first, second = jobs.create({"epochs": 1}), jobs.create({"epochs": 2})
+    jobs.update(first.id, status="succeeded", result={"promoted": True}, progress={"phase": "done"})
+    jobs.close()
     url = create_database(postgres_server)
 
     def interrupt(done: int, total: int) -> None:
@@ -46,6 +59,13 @@ def test_migrate_is_resumable_verified_and_keeps_ids(postgres_server, tmp_path, 
     report = json.loads(capsys.readouterr().out)
     assert report["items"] == 59 and report["copied_now"] == 39  # the first 20 were kept
     assert report["vectors"] == {"v1": 59, "v2": 30} and report["top1_agreement"] == 1.0
+    assert (report["models"], report["jobs"]) == (2, 2)
+    with contextlib.closing(ServiceDatabase.open(PostgresSettings(url))) as database:
+        copied = ModelRegistry(tmp_path / "data", database)
+        assert copied.active.version == "trained-b" and copied.records() == registry.records()
+        moved = JobStore(database)
+        assert [job.id for job in moved.list()] == [second.id, first.id]  # the same order
+        assert moved.get(first.id).result == {"promoted": True} and moved.next_queued().id == second.id
     with Gallery.open(root) as source:
         expected = source.search(_unit(5, seed=7), 5)[1]
     with Gallery.open(root, engines=Engines(url, "pgvector"), index_kind="HNSW") as copy:

@@ -16,7 +16,7 @@ export function render(root) {
   async function load() {
     try {
       const answer = await api("/models");
-      fill(list, h("table", {class: "models"},
+      fill(list, h("div", {class: "table-scroll"}, h("table", {class: "models"},
         h("thead", {}, h("tr", {}, ["version", "created", "validation metrics", "vectors", ""].map((t) => h("th", {}, t)))),
         h("tbody", {}, answer.models.map((model) => h("tr", {class: model.active ? "active" : null,
                                                               "data-testid": "model-row"},
@@ -25,7 +25,7 @@ export function render(root) {
           h("td", {}, metricsText(model.metrics)),
           h("td", {}, model.has_vectors ? "stored (instant)" : "to re-embed"),
           h("td", {}, model.active ? null : h("button", {type: "button", onclick: () => activate(model.version)},
-                                              "Activate")))))));
+                                              "Activate"))))))));
     } catch (err) {
       status.error(err);
     }

@@ -34,7 +34,7 @@ export function render(root, args) {
       status.info("submitting…");
       try {
         const accepted = await api("/train", {method: "POST", json: form.values()});
-        status.info(`job ${accepted.job_id} ${accepted.status}`);
+        status.info(`job ${accepted.job_id} accepted: its progress is below`);
         selected = accepted.job_id;
         history.replaceState(null, "", `#/training/${selected}`);
         poll();
@@ -86,14 +86,14 @@ export function render(root, args) {
 
 function jobsTable(jobs, onSelect, selected) {
   if (!jobs.length) return h("p", {}, "no job yet");
-  return h("table", {class: "jobs"},
+  return h("div", {class: "table-scroll"}, h("table", {class: "jobs"},
     h("thead", {}, h("tr", {}, ["job", "status", "created", "model", "promoted"].map((t) => h("th", {}, t)))),
     h("tbody", {}, jobs.map((job) => h("tr", {class: job.id === selected ? "selected" : null},
       h("td", {}, h("button", {type: "button", class: "link", onclick: () => onSelect(job.id)}, job.id)),
       h("td", {class: `job-status ${job.status}`}, job.status),
       h("td", {}, when(job.created_at)),
       h("td", {}, h("code", {}, job.model_version ?? "–")),
-      h("td", {}, job.promoted === null ? "–" : job.promoted ? "yes" : "no")))));
+      h("td", {}, job.promoted === null ? "–" : job.promoted ? "yes" : "no"))))));
 }
 
 function bar(value, max, testid) {
@@ -148,8 +148,8 @@ function metricsTable(job) {
   const fresh = job.new_metrics;
   if (!old && !fresh) return h("p", {}, "validation metrics: when training ends");
   const keys = [...new Set([...Object.keys(old || {}), ...Object.keys(fresh || {})])].sort();
-  return h("table", {class: "metrics", "data-testid": "job-metrics"},
+  return h("div", {class: "table-scroll"}, h("table", {class: "metrics", "data-testid": "job-metrics"},
     h("thead", {}, h("tr", {}, h("th", {}, "validation"), h("th", {}, "serving model"), h("th", {}, "trained"))),
     h("tbody", {}, keys.map((key) => h("tr", {},
-      h("th", {}, key), h("td", {}, fmt(old?.[key], 4)), h("td", {}, fmt(fresh?.[key], 4))))));
+      h("th", {}, key), h("td", {}, fmt(old?.[key], 4)), h("td", {}, fmt(fresh?.[key], 4)))))));
 }

@@ -7,6 +7,9 @@ directory. A training batch takes one random view per image and a random (S/stri
 a random crop of S px, in feature space. Validation images get one centre view at S px, as
 inference sees them.
 
+In a data-parallel run the processes of one machine share the cache: each runs the trunk over its
+own share of the images and writes its rows of the same files.
+
 Size: images x views x c x (S/stride + 2)^2 x 2 bytes; for EfficientNet-Lite0 at 224 px
 (c = 112, 16 x 16) that is 57 KiB per view, 0.56 GiB per 10,000 images and view.
 """
@@ -25,6 +28,7 @@ from torchvision import transforms as T
 from model.config import Preprocessing
 from model.data import LabelledImage, open_rgb
 from model.device import autocast
+from model.distributed import SINGLE, Ranks
 from model.transforms import inference_transform
 
 LOG = logging.getLogger(__name__)
@@ -124,34 +128,37 @@ def build_cache(
     extra_views_until: float | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
+    ranks: Ranks = SINGLE,
 ) -> FeatureCache | None:
     """Run the trunk (eval mode) over the views and write the cache; None when cancelled.
 
     View 0 of every training image and the validation images are always cached; views 1.. follow,
     one whole view at a time, only while `time.perf_counter()` is before `extra_views_until` (a
-    busy machine thus caches fewer views instead of overrunning the budget)."""
+    busy machine thus caches fewer views instead of overrunning the budget). With several `ranks` on
+    this machine, each fills every `local_world_size`-th chunk of rows and rank 0 makes the decisions
+    (another view, cancel) for all; `on_progress` then counts this rank's images times their number."""
     cells = pre.image_size // stride
-    directory.mkdir(parents=True, exist_ok=True)
-    train = np.lib.format.open_memmap(directory / "train_views.npy", mode="w+", dtype=np.float16,
-                                      shape=(len(train_images), views, channels, cells + 2, cells + 2))
-    val = np.zeros((len(val_images), channels, cells, cells), dtype=np.float16)
+    train = _shared_array(directory / "train_views.npy", (len(train_images), views, channels, cells + 2,
+                                                          cells + 2), ranks)
+    val = _shared_array(directory / "val.npy", (len(val_images), channels, cells, cells), ranks)
     transforms = view_transforms(pre, stride, views, hflip=hflip)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + ranks.local_rank)
     trunk.eval()
     total, done = len(train_images) * views + len(val_images), 0
+    shard, shards = ranks.local_rank, ranks.local_world_size
 
     def fill(target: np.ndarray, images: Sequence[LabelledImage], transform: Callable) -> bool:
         nonlocal done
-        for start in range(0, len(images), CHUNK):
+        for start in range(shard * CHUNK, len(images), shards * CHUNK):
             decoded = [open_rgb(image.path) for image in images[start:start + CHUNK]]
             target[start:start + len(decoded)] = _run_trunk(trunk, [transform(image) for image in decoded],
                                                             device, dtype)
             done += len(decoded)
             if on_progress is not None:
-                on_progress(done, total)
+                on_progress(min(total, done * shards), total)
             if cancelled():
-                return False
-        return True
+                break
+        return ranks.decide(not cancelled())  # also: every rank's rows are written
 
     if not fill(train[:, 0], train_images, transforms[0]):
         return None
@@ -159,7 +166,7 @@ def build_cache(
         return None
     completed = 1
     for view in range(1, views):
-        if extra_views_until is not None and time.perf_counter() >= extra_views_until:
+        if extra_views_until is not None and ranks.decide(time.perf_counter() >= extra_views_until):
             break
         if not fill(train[:, view], train_images, transforms[view]):
             return None
@@ -169,3 +176,12 @@ def build_cache(
              len(train_images), completed, len(val_images), train.nbytes * completed / views / 2**20,
              directory)
     return FeatureCache(directory, train[:, :completed], val, cells)
+
+
+def _shared_array(path: Path, shape: tuple[int, ...], ranks: Ranks) -> np.ndarray:
+    """A float16 array in a memory-mapped file, made by local rank 0 and opened by the others."""
+    if ranks.local_rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    ranks.barrier()
+    return array if ranks.local_rank == 0 else np.lib.format.open_memmap(path, mode="r+")

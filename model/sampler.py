@@ -24,10 +24,14 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
       every batch then holds every usable class. `classes_per_batch` reports the effective P.
     - The batches depend only on `seed` and the epoch set by `set_epoch`.
     - `batches_per_epoch` defaults to (images of usable classes) // (P * K), at least 1.
+    - Sharded for data-parallel training (`world_size` > 1): every rank draws the same P classes and
+      keeps those at positions `rank`, `rank + world_size`, ...; the ranks' batches of one step are
+      together the one-process batch, and no class is on two ranks. Each rank needs 2 classes.
     """
 
     def __init__(self, labels: Sequence[int] | np.ndarray | torch.Tensor, classes_per_batch: int,
-                 images_per_class: int, *, seed: int, batches_per_epoch: int | None = None) -> None:
+                 images_per_class: int, *, seed: int, batches_per_epoch: int | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         if classes_per_batch < 2:
             raise ValueError(f"classes_per_batch must be >= 2, got {classes_per_batch}")
         if images_per_class < 2:
@@ -46,6 +50,12 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             LOG.warning("only %d usable classes: batches hold %d classes instead of %d",
                         len(usable), len(usable), classes_per_batch)
         self.classes_per_batch = min(classes_per_batch, len(usable))
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        if self.classes_per_batch < 2 * world_size:
+            raise ValueError(f"a batch of {self.classes_per_batch} classes cannot give each of {world_size} "
+                             f"ranks 2 classes; use a larger batch or fewer processes")
+        self.rank, self.world_size = rank, world_size
         self.images_per_class = images_per_class
         self.seed = seed
         self.epoch = 0
@@ -68,8 +78,11 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         for _ in range(self.batches_per_epoch):
             batch: list[int] = []
-            for class_id in rng.choice(len(self.members), self.classes_per_batch, replace=False):
-                batch.extend(self._draw(self.members[class_id], rng).tolist())
+            for position, class_id in enumerate(rng.choice(len(self.members), self.classes_per_batch,
+                                                           replace=False)):
+                drawn = self._draw(self.members[class_id], rng)  # every rank draws, to share the stream
+                if position % self.world_size == self.rank:
+                    batch.extend(drawn.tolist())
             yield batch
 
     def _draw(self, members: np.ndarray, rng: np.random.Generator) -> np.ndarray:

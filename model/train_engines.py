@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from model.cgd import CGD, CGDOutput
 from model.data import LabelledImage, LabelledImageDataset
 from model.device import autocast
+from model.distributed import SINGLE, Ranks
 from model.embedder import Embedder
 from model.evaluation import embed_dataset, inference_dataset
 from model.feature_cache import FeatureCache, build_cache, cache_bytes, planned_images
@@ -186,10 +187,11 @@ def build_engine(model: CGD, config: TrainConfig, train_images: Sequence[Labelle
                  val_images: Sequence[LabelledImage], *, device: torch.device, dtype: torch.dtype,
                  split: StageSplit | None, budget_s: float | None, cache_dir: Path,
                  report: Callable[[int, int, float, int], None],
-                 cancelled: Callable[[], bool]) -> TrainEngine | None:
+                 cancelled: Callable[[], bool], ranks: Ranks = SINGLE) -> TrainEngine | None:
     """The cached engine when `split` is given and the cache fits, else the full one; None when
     cancelled while caching. `report(done, planned, images_per_s, views)` follows the caching (`planned`:
-    the images the trunk will run over, the extra views the budget leaves room for included)."""
+    the images the trunk will run over, the extra views the budget leaves room for included). The
+    processes of a data-parallel run share one cache per machine and draw their own random views."""
     views = cache_views(model, config, split, train_images, budget_s) if split else 0
     if split is None or views == 0:
         return FullEngine(model, train_images, labels, val_images, device=device, dtype=dtype,
@@ -205,12 +207,14 @@ def build_engine(model: CGD, config: TrainConfig, train_images: Sequence[Labelle
                                  images_per_s=rate, now=now, extra_views_until=deadline)
         report(done, planned, rate, views)
 
+    if ranks.nodes > 1:
+        cache_dir = cache_dir / f"node-{ranks.node}"
     cache = build_cache(cache_dir, train_images, val_images, split.trunk, model.config.preprocessing,
                         stride=split.stride, channels=split.channels, views=views, device=device, dtype=dtype,
                         hflip=config.hflip, seed=config.seed, extra_views_until=deadline,
-                        on_progress=progress, cancelled=cancelled)
+                        on_progress=progress, cancelled=cancelled, ranks=ranks)
     if cache is None:
         return None
-    return CachedEngine(model, split, cache, labels, device=device, dtype=dtype,
-                        freeze_bn=config.freeze_bn, seed=config.seed, eval_batch_size=config.eval_batch_size,
+    return CachedEngine(model, split, cache, labels, device=device, dtype=dtype, freeze_bn=config.freeze_bn,
+                        seed=config.seed + ranks.rank, eval_batch_size=config.eval_batch_size,
                         tail_stages=config.tail_stages)

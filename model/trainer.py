@@ -32,6 +32,7 @@ from model.curves import write_curves
 from model.data import LabelledImage, class_index, short_side_median
 from model.default import default_model
 from model.device import resolve_device, resolve_precision
+from model.distributed import SINGLE, Ranks
 from model.embedder import Embedder
 from model.evaluation import embed_dataset, inference_dataset
 from model.expansion import choose_expansion
@@ -116,10 +117,11 @@ class _Run:
     """The mutable state of one training run (model, optimiser, engine, clocks, history)."""
 
     def __init__(self, images: Sequence[LabelledImage], config: TrainConfig, out: Path,
-                 start: Path | None) -> None:
+                 start: Path | None, ranks: Ranks = SINGLE) -> None:
         self.config = config
         self.out = out
-        self.device = resolve_device(config.device)
+        self.ranks = ranks
+        self.device = ranks.device(resolve_device(config.device))
         self.dtype = resolve_precision(self.device, config.precision)
         seed_everything(config.seed)
         self.train_images, self.val_images, self.val_mode = split_validation(
@@ -138,6 +140,7 @@ class _Run:
                                     embedding_dim=embedding_dim)
         self.model.set_whitening(None)
         self.model.to(self.device, memory_format=torch.channels_last)
+        ranks.broadcast_weights(self.model, self.criterion)
         groups = parameter_groups(self.model, backbone_lr=config.resolved_backbone_lr,
                                   head_lr=config.resolved_head_lr, freeze_bn=config.freeze_bn)
         # The criterion scales its own groups from the model's base lr (Proxy Anchor: proxies x100).
@@ -148,7 +151,8 @@ class _Run:
         self.optimiser = optimiser_class(groups, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.sampler = ClassBalancedBatchSampler(self.labels, config.classes_per_batch,
-                                                 config.images_per_class, seed=config.seed)
+                                                 config.images_per_class, seed=config.seed,
+                                                 rank=ranks.rank, world_size=ranks.world_size)
         self.engine: TrainEngine | None = None
         self.cache_views = 0
         self.history: list[dict[str, Any]] = []
@@ -219,6 +223,7 @@ class _Run:
         loss = self.criterion(output, labels.to(self.device, non_blocking=True)).total
         self.optimiser.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self.ranks.average_gradients(p for group in self.optimiser.param_groups for p in group["params"])
         if self.config.grad_clip:
             self.scaler.unscale_(self.optimiser)
             parameters = [p for g in self.optimiser.param_groups for p in g["params"] if p.grad is not None]
@@ -244,8 +249,9 @@ class _Run:
         return float(np.median(timings[1:]))
 
     def end_epoch(self, losses: list[float], images_per_s: float) -> bool:
-        """Validate, record, keep the best weights; True when patience has run out."""
-        metrics, _ = self.validate()
+        """Validate, record, keep the best weights; True when patience has run out. Rank 0 alone
+        validates: every rank records its metrics (the ranks' weights are the same)."""
+        metrics = self.ranks.decide(self.validate()[0] if self.ranks.is_main else None)
         row = {"epoch": self.epoch + 1, "step": self.step, "loss": float(np.mean(losses)) if losses else None,
                "val": metrics, "seconds": round(self.train_s, 1), "images_per_s": round(images_per_s, 1)}
         self.history.append(row)
@@ -268,6 +274,8 @@ def _state_path(out: Path) -> Path:
 
 
 def _save_state(run: _Run) -> None:
+    if not run.ranks.is_main:
+        return
     torch.save({"config": asdict(run.config), "model": run.model.state_dict(),
                 "criterion": run.criterion.state_dict(), "optimiser": run.optimiser.state_dict(),
                 "epoch": run.epoch, "step": run.step, "history": run.history, "best": run.best,
@@ -304,15 +312,18 @@ def train(
     on_progress: Callable[[Progress], None] | None = None,
     cancel: CancelFlag | None = None,
     resume: bool = False,
+    ranks: Ranks = SINGLE,
 ) -> TrainResult:
     """Fine-tune from `start` (a checkpoint; None = the embedded default) on `images`, write the
     selected model to `out` and its curves beside it (the feature cache lives in `<out>.cache/`
     while training runs). With `resume`, continue from the state `<out>.resume.pt` that a previous,
-    interrupted call with the same config left."""
+    interrupted call with the same config left. With `ranks` of a data-parallel run (`model.distributed`),
+    every process calls this on the same images: each trains on its share of every batch, rank 0
+    validates, selects and writes, and every process returns rank 0's result."""
     t0 = time.perf_counter()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    run = _Run(images, config, out, start)
+    run = _Run(images, config, out, start, ranks)
     budget_s = None if config.max_minutes is None else 60.0 * config.max_minutes
     report = on_progress or (lambda progress: None)
 
@@ -331,11 +342,11 @@ def train(
     try:
         run.engine = build_engine(run.model, config, run.train_images, run.labels, run.val_images,
                                   device=run.device, dtype=run.dtype, split=run.split(), budget_s=budget_s,
-                                  cache_dir=cache_dir, report=caching, cancelled=cancelled)
+                                  cache_dir=cache_dir, report=caching, cancelled=cancelled, ranks=ranks)
         run.cache_views = getattr(run.engine, "views", 0)
         if run.engine is None:
             return _finish(run, "cancelled", cache_dir)
-        run.baseline, run.baseline_ap = run.validate_start()
+        run.baseline, run.baseline_ap = ranks.decide(run.validate_start() if ranks.is_main else None)
         if not (resume and _restore_state(run)):
             LOG.info("start model on validation: R@1 %.4f MAP@R %.4f", run.baseline["recall@1"],
                      run.baseline["map@r"])
@@ -348,7 +359,8 @@ def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[
                 cancelled: Callable[[], bool], cache_dir: Path) -> TrainResult:
     config = run.config
     step_s = run.probe_speed()
-    run.validate()  # measures the cost of one validation pass
+    if run.ranks.is_main:
+        run.validate()  # measures the cost of one validation pass
     began = t0 - run.train_s
 
     def replan(steps_per_s: float) -> None:
@@ -356,12 +368,13 @@ def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[
         shared machine can move the drops only while they lie ahead."""
         if run.step >= 0.6 * run.plan.planned_steps and run.step > 0:
             return
-        run.plan = plan_steps(config.epochs, len(run.sampler), budget_s=budget_s,
-                              elapsed_s=time.perf_counter() - began, steps_done=run.step,
-                              steps_per_s=steps_per_s, val_s=run.val_s)
+        run.plan = run.ranks.decide(plan_steps(config.epochs, len(run.sampler), budget_s=budget_s,
+                                               elapsed_s=time.perf_counter() - began, steps_done=run.step,
+                                               steps_per_s=steps_per_s, val_s=run.val_s))
         bar.total = run.plan.planned_steps
 
-    bar = tqdm(total=run.plan.planned_steps, initial=run.step, disable=not config.progress_bar,
+    bar = tqdm(total=run.plan.planned_steps, initial=run.step,
+               disable=not config.progress_bar or not run.ranks.is_main,
                desc=f"train ({run.engine.name})", unit="step", dynamic_ncols=True)
     replan(1.0 / step_s)
     LOG.info("%s engine, %d px: %d steps planned (%.2f s a step measured)%s", run.engine.name,
@@ -390,11 +403,10 @@ def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[
             progress = Progress(run.epoch + 1, run.plan.epochs, run.step, run.plan.planned_steps,
                                 losses[-1], lr, images_per_s, eta)
             report(progress)
-            if cancelled():
-                stopped = "cancelled"
-                break
-            if budget_s is not None and time.perf_counter() - began + run.val_s >= budget_s:
-                stopped = "budget"
+            over_budget = budget_s is not None and time.perf_counter() - began + run.val_s >= budget_s
+            stopped = run.ranks.decide("cancelled" if cancelled() else "budget" if over_budget
+                                       else "completed")
+            if stopped != "completed":
                 break
             if run.step >= run.plan.planned_steps:
                 break
@@ -421,7 +433,10 @@ def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[
 
 
 def _finish(run: _Run, stopped: Stopped, cache_dir: Path) -> TrainResult:
-    """Select (whitening, the promotion rule), write the model and the curves, drop the resume state."""
+    """Select (whitening, the promotion rule), write the model and the curves, drop the resume state:
+    on rank 0, whose result every rank returns."""
+    if not run.ranks.is_main:
+        return run.ranks.decide(None)
     recipe: dict[str, Any] = {"engine": run.engine.name if run.engine else None, "image_size": run.image_size,
                               "cache_views": run.cache_views, "steps": run.step, "epochs": run.epoch,
                               "train_images": len(run.train_images), "val_images": len(run.val_images),
@@ -469,7 +484,7 @@ def _finish(run: _Run, stopped: Stopped, cache_dir: Path) -> TrainResult:
     if run.history:
         write_curves(run.history, run.out, run.baseline)
     _state_path(run.out).unlink(missing_ok=True)
-    return TrainResult(checkpoint=run.out, version=version, baseline=run.baseline,
-                       best=run.best or dict(run.baseline), improved=improved, history=run.history,
-                       stopped=stopped, kept_start_model=not use_trained, val_mode=run.val_mode,
-                       image_size=run.image_size, recipe=recipe)
+    return run.ranks.decide(TrainResult(
+        checkpoint=run.out, version=version, baseline=run.baseline, best=run.best or dict(run.baseline),
+        improved=improved, history=run.history, stopped=stopped, kept_start_model=not use_trained,
+        val_mode=run.val_mode, image_size=run.image_size, recipe=recipe))

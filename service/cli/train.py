@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from model.data import LabelledImage
+    from model.train_config import TrainConfig
 
 DEFAULT_MAX_MINUTES = 15.0
 
@@ -52,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--device", choices=("auto", "cpu", "cuda"))
     train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     train.add_argument("--resume", action="store_true", help="continue an interrupted run into --out")
+    train.add_argument("--nproc-per-node", type=_positive_int, default=1,
+                       help="data-parallel processes on this machine (one per GPU on CUDA; default 1); "
+                            "or launch `cgd train` under torchrun")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     train.set_defaults(handler=run_train)
 
@@ -82,9 +92,16 @@ _CONFIG_OPTIONS = ("loss", "epochs", "image_size", "batch_size", "images_per_cla
                    "scales", "seed", "num_workers", "device", "precision")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def run_train(args: argparse.Namespace) -> int:
+    from model.distributed import launch
     from model.train_config import TrainConfig
-    from model.trainer import train
 
     options = {name: getattr(args, name) for name in _CONFIG_OPTIONS if getattr(args, name) is not None}
     if args.grad_clip is not None:
@@ -92,18 +109,46 @@ def run_train(args: argparse.Namespace) -> int:
     if args.patience is not None:
         options["patience"] = args.patience or None
     config = TrainConfig(**options, max_minutes=args.max_minutes or None, progress_bar=args.progress)
-    result = train(_images(args.data, args.split), config, out=args.out, start=args.start, resume=args.resume)
-    summary = {
-        "checkpoint": str(result.checkpoint), "version": result.version, "improved": result.improved,
-        "kept_start_model": result.kept_start_model, "stopped": result.stopped, "val_mode": result.val_mode,
-        "image_size": result.image_size, "epochs_run": len(result.history), "recipe": result.recipe,
-        "validation_start_model": result.baseline, "validation_best_trained": result.best,
-    }
-    if result.kept_start_model:
+    images = _images(args.data, args.split)
+    job = (images, config, args.out, args.start, args.resume, args.verbose)
+    if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        summary = launch(args.nproc_per_node, _train_rank, *job)
+    else:  # one process, or one rank that torchrun started
+        summary = _train_rank(*job)
+    if summary is None:
+        return 0
+    if summary["kept_start_model"]:
         sys.stdout.write("training did not beat the start model beyond validation noise: "
                          "the start model was kept\n")
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0
+
+
+def _train_rank(images: list[LabelledImage], config: TrainConfig, out: Path, start: Path | None, resume: bool,
+                verbose: bool) -> dict[str, Any] | None:
+    """Train as this process's rank (the only one when not distributed); rank 0's summary, else None."""
+    from model.distributed import init_from_env, shutdown
+    from model.trainer import train
+
+    ranks = init_from_env(config.device)
+    if not logging.getLogger().handlers:  # a process that `launch` started
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                            format=f"%(asctime)s %(levelname)s rank {ranks.rank} %(name)s: %(message)s")
+    if not ranks.is_main:  # rank 0 tells the story
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        result = train(images, config, out=out, start=start, resume=resume, ranks=ranks)
+    finally:
+        shutdown()
+    if not ranks.is_main:
+        return None
+    return {
+        "checkpoint": str(result.checkpoint), "version": result.version, "improved": result.improved,
+        "kept_start_model": result.kept_start_model, "stopped": result.stopped, "val_mode": result.val_mode,
+        "image_size": result.image_size, "epochs_run": len(result.history), "recipe": result.recipe,
+        "validation_start_model": result.baseline, "validation_best_trained": result.best,
+        "processes": ranks.world_size,
+    }
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -84,3 +84,24 @@ def test_drives_a_dataloader_from_tensor_labels() -> None:
         assert indices.shape == (6,)
         assert torch.equal(labels[indices], batch_labels)
         assert sorted(Counter(batch_labels.tolist()).values()) == [2, 2, 2]
+
+
+@pytest.mark.parametrize(("p", "world_size"), [(4, 2), (5, 2), (5, 1)])
+def test_shards_split_each_one_process_batch_by_class(p: int, world_size: int) -> None:
+    labels = [label for label in range(8) for _ in range(5)]
+    whole = _batches(ClassBalancedBatchSampler(labels, p, 3, seed=4))
+    shards = [ClassBalancedBatchSampler(labels, p, 3, seed=4, rank=rank, world_size=world_size)
+              for rank in range(world_size)]
+    assert all(len(shard) == len(whole) for shard in shards), "every rank steps the same number of times"
+    for step, parts in enumerate(zip(*(_batches(shard) for shard in shards), strict=True)):
+        assert sorted(i for part in parts for i in part) == sorted(whole[step])
+        classes = [{labels[i] for i in part} for part in parts]
+        assert sum(len(c) for c in classes) == len(set().union(*classes)) == p, "no class on two ranks"
+        assert all(len(c) >= 2 for c in classes)
+
+
+def test_a_batch_too_small_for_the_ranks_is_an_error() -> None:
+    with pytest.raises(ValueError, match="cannot give each of 3 ranks 2 classes"):
+        ClassBalancedBatchSampler(LABELS, 5, 2, seed=0, rank=0, world_size=3)
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        ClassBalancedBatchSampler(LABELS, 4, 2, seed=0, rank=2, world_size=2)

@@ -16,20 +16,25 @@ from model.checkpoint import load_checkpoint, model_version
 from model.default import default_model
 from model.device import resolve_device
 from model.onnx_export import ensure_onnx
-from model.runtime_select import Measurement, select_engine
-from model.runtimes import RUNTIMES, RuntimeUnavailable, create_engine
-from model.transforms import inference_transform
+from model.quantize import ensure_int8_onnx
+from model.runtime_select import Measurement, sample_batch, select_engine
+from model.runtimes import check_runtime, create_engine
+from model.transforms import Normalizer, inference_pixels
 
 LOG = logging.getLogger(__name__)
+
+CALIBRATION_IMAGES = 32  # int8 calibration images when none are given (synthetic, see `sample_batch`)
 
 
 class Embedder:
     """Inference wrapper: preprocessing and one engine (`model.runtimes`) for a `CGD` model.
 
-    `runtime`: `torch` (the default), `onnxruntime`, `openvino`, or `auto` (the fastest that agrees
-    with torch fp32, measured by `model.runtime_select`). ONNX files and the auto choice are cached in
-    `cache_dir` (default: a `cgd-engines` folder in the temporary directory). Embeddings are always
-    float32 unit rows, whatever the runtime and compute dtype.
+    `runtime`: `torch` (the default), `onnxruntime`, `openvino`, `tensorrt` (CUDA), or `auto` (the
+    fastest that agrees with torch fp32, measured by `model.runtime_select`). `precision` `int8` (only
+    when asked for; `auto` then means onnxruntime) quantizes the model on `calibration` images
+    ((N, 3, S, S) of `preprocess`; default: synthetic ones, see `model.quantize`). ONNX files and the auto
+    choice are cached in `cache_dir` (default: a `cgd-engines` folder in the temporary directory).
+    Embeddings are always float32 unit rows, whatever the runtime and compute dtype.
     """
 
     def __init__(
@@ -43,6 +48,7 @@ class Embedder:
         runtime: str = "torch",
         cache_dir: Path | None = None,
         threads: int | None = None,
+        calibration: torch.Tensor | None = None,
     ) -> None:
         device = device if isinstance(device, torch.device) else resolve_device(device)
         cache_dir = cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "cgd-engines"
@@ -50,24 +56,31 @@ class Embedder:
         self.version = version
         self.classes = list(classes)
         self.measurements: list[Measurement] = []
+        self._pixels = inference_pixels(model.config.preprocessing)
+        self._normalize = Normalizer(model.config.preprocessing)
+        if runtime == "auto" and precision == "int8":
+            runtime = "onnxruntime"  # the one runtime with int8 here; asked for, so not measured against fp32
         if runtime == "auto":
             self.engine, self.measurements = select_engine(model, version, device, precision=precision,
                                                            cache_dir=cache_dir, threads=threads)
-        elif runtime in RUNTIMES:
+        else:
+            check_runtime(runtime, device, precision)  # before any export: a clear error at once
             onnx_file = None if runtime == "torch" else ensure_onnx(model, version, cache_dir)
+            if precision == "int8":
+                samples = (self._normalize(calibration) if calibration is not None
+                           else sample_batch(model.config.image_size, CALIBRATION_IMAGES))
+                onnx_file = ensure_int8_onnx(version, cache_dir, samples)
             self.engine = create_engine(runtime, model, device, precision=precision, onnx_file=onnx_file,
                                         threads=threads)
-        else:
-            raise RuntimeUnavailable(f"unknown runtime {runtime!r}; use auto or one of {', '.join(RUNTIMES)}")
-        self._transform = inference_transform(model.config.preprocessing)
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, *, device: str = "auto",
              precision: str = "auto", runtime: str = "torch", cache_dir: Path | None = None,
-             threads: int | None = None, scales: Sequence[float] | None = None) -> Embedder:
+             threads: int | None = None, scales: Sequence[float] | None = None,
+             calibration: torch.Tensor | None = None) -> Embedder:
         """From a checkpoint file, or the embedded default model when `checkpoint` is None; `scales`
         replaces the model's inference scales (multi-scale descriptors) and so its version."""
-        engine = {"runtime": runtime, "cache_dir": cache_dir, "threads": threads}
+        engine = {"runtime": runtime, "cache_dir": cache_dir, "threads": threads, "calibration": calibration}
         if checkpoint is None:
             model, classes, version = default_model(), [], None
         else:
@@ -83,7 +96,7 @@ class Embedder:
 
     @property
     def runtime(self) -> str:
-        """The inference runtime in use: torch, onnxruntime or openvino."""
+        """The inference runtime in use: torch, onnxruntime, openvino or tensorrt."""
         return self.engine.runtime
 
     @property
@@ -114,12 +127,18 @@ class Embedder:
         return self.model.config.dba_n
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """PIL image -> (3, S, S) float32 tensor on the CPU."""
-        return self._transform(image.convert("RGB"))
+        """PIL image -> (3, S, S) uint8 tensor on the CPU, resized and cropped (`embed_tensors` normalises
+        whole batches, cheaper than image by image)."""
+        return self._pixels(image if image.mode == "RGB" else image.convert("RGB"))
+
+    def model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) uint8 pixels of `preprocess` -> the model's normalised float32 input (a float batch,
+        e.g. of `model.transforms.inference_transform`, is taken as already normalised)."""
+        return self._normalize(batch)
 
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
-        """(B, 3, S, S) preprocessed images -> (B, d) float32 unit rows."""
-        return self.engine.run(batch)
+        """(B, 3, S, S) images of `preprocess` (uint8) or normalised floats -> (B, d) float32 unit rows."""
+        return self.engine.run(self._normalize(batch))
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """PIL images -> (N, d) float32 unit rows, in batches of `batch_size`."""

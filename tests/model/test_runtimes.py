@@ -7,8 +7,11 @@ whole `CGD.forward` is checked), made in a child process as the service makes it
 from __future__ import annotations
 
 import csv
+import importlib
 import importlib.util
+import json
 import platform
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +22,14 @@ from PIL import Image
 from model import runtimes
 from model.cgd import CGD
 from model.default import default_model
+from model.device import cpu_supports_bf16
 from model.embedder import Embedder
 from model.malloc import keep_freed_memory
 from model.onnx_export import ensure_onnx, onnx_path
-from model.runtime_select import Measurement, choose, select_engine
-from model.runtimes import RuntimeUnavailable, TorchEngine, create_engine
+from model.quantize import int8_path
+from model.runtime_select import Measurement, candidates, choose, select_engine
+from model.runtimes import RuntimeUnavailable, TorchEngine, check_runtime, create_engine
+from tests.without_packages import run_without
 
 CPU = torch.device("cpu")
 MIN_COSINE = 0.999
@@ -71,7 +77,7 @@ def reference() -> Embedder:
 
 @pytest.fixture(scope="module")
 def batch(reference: Embedder, photos: list[Image.Image]) -> torch.Tensor:
-    return torch.stack([reference.preprocess(photo) for photo in photos])
+    return reference.model_input(torch.stack([reference.preprocess(photo) for photo in photos]))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +87,7 @@ def onnx_file(engines_dir: Path) -> Path:
     return ensure_onnx(_whitened_model(), VERSION, engines_dir)
 
 
-@pytest.mark.parametrize("name", runtimes.RUNTIMES)
+@pytest.mark.parametrize("name", [name for name in runtimes.RUNTIMES if runtimes.precisions(name, CPU)])
 def test_each_runtime_agrees_with_torch_fp32_on_real_photos(name, reference, batch, onnx_file):
     _skip_unless_installed(name)
     embedder = Embedder(_whitened_model(), VERSION, device="cpu", precision="fp32", runtime=name,
@@ -105,17 +111,17 @@ def test_the_export_carries_learned_whitening(batch, onnx_file):
 
 
 def test_auto_picks_the_fastest_agreeing_runtime_and_caches_the_choice(batch, onnx_file):
-    engine, measurements = select_engine(_whitened_model(), VERSION, CPU, precision="fp32",
+    engine, measurements = select_engine(_whitened_model(), VERSION, CPU, precision="auto",
                                          cache_dir=onnx_file.parent, threads=2, samples=batch)
-    by_name = {m.runtime: m for m in measurements}
-    installed = {name for name in runtimes.RUNTIMES if runtimes.runtime_installed(name)}
-    assert set(by_name) == installed
-    chosen = by_name[engine.runtime]
+    by_name = {m.name: m for m in measurements}
+    assert set(by_name) == {runtime if precision == "fp32" else f"{runtime}-{precision}"
+                            for runtime, precision in candidates(CPU, "auto")}
+    chosen = next(m for m in measurements if (m.runtime, m.precision) == (engine.runtime, engine.precision))
     assert chosen.agrees and chosen.images_per_s == max(m.images_per_s for m in measurements if m.agrees)
     assert chosen.images_per_s >= by_name["torch"].images_per_s
-    again, cached = select_engine(_whitened_model(), VERSION, CPU, precision="fp32",
+    again, cached = select_engine(_whitened_model(), VERSION, CPU, precision="auto",
                                   cache_dir=onnx_file.parent, threads=2, samples=batch)
-    assert again.runtime == engine.runtime and cached == measurements
+    assert (again.runtime, again.precision) == (engine.runtime, engine.precision) and cached == measurements
 
 
 def test_choose_never_takes_a_disagreeing_or_slower_candidate():
@@ -126,16 +132,97 @@ def test_choose_never_takes_a_disagreeing_or_slower_candidate():
     assert choose(measurements).runtime == "other"
 
 
-def test_unknown_runtime_missing_package_and_impossible_precision_are_clear_errors(monkeypatch):
+def test_unknown_runtime_and_impossible_precision_are_clear_errors():
     model = default_model()
     with pytest.raises(RuntimeUnavailable, match="unknown runtime 'tensorflow'"):
         Embedder(model, "v", device="cpu", runtime="tensorflow")
     with pytest.raises(RuntimeUnavailable, match="cannot run precision 'fp16'"):
         create_engine("onnxruntime", model, CPU, precision="fp16", onnx_file=Path("unused.onnx"))
-    monkeypatch.setitem(runtimes._PACKAGES, "openvino", "cgd_no_such_package")
-    with pytest.raises(RuntimeUnavailable, match="'cgd_no_such_package' package is not installed"):
-        create_engine("openvino", model, CPU, onnx_file=Path("unused.onnx"))
-    assert not runtimes.runtime_installed("openvino")
+    with pytest.raises(RuntimeUnavailable, match="'torch' cannot run precision 'int8'"):
+        Embedder(model, "v", device="cpu", runtime="torch", precision="int8")
+    with pytest.raises(RuntimeUnavailable, match="unknown precision 'int4'"):
+        check_runtime("torch", CPU, "int4")
+
+
+def test_cuda_runtimes_asked_for_without_a_gpu_are_clear_errors(onnx_file):
+    """The CUDA branches that run on a CPU-only machine: each refuses with the reason, before any work."""
+    cuda = torch.device("cuda")
+    with pytest.raises(RuntimeUnavailable, match="'tensorrt' needs a CUDA device, and the model runs on cpu"):
+        Embedder(default_model(), "v", device="cpu", runtime="tensorrt")
+    with pytest.raises(RuntimeUnavailable, match="'openvino' cannot run on cuda"):
+        check_runtime("openvino", cuda, "auto")
+    assert runtimes.resolve_runtime_precision("torch", cuda, "auto") == "fp16"
+    assert runtimes.resolve_runtime_precision("tensorrt", cuda, "auto") == "fp16"
+    _skip_unless_installed("onnxruntime")
+    if "CUDAExecutionProvider" in importlib.import_module("onnxruntime").get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(RuntimeUnavailable, match="on CUDA needs the onnxruntime-gpu package"):
+        create_engine("onnxruntime", default_model(), cuda, onnx_file=onnx_file)
+    with pytest.raises(RuntimeUnavailable, match="'tensorrt' needs onnxruntime-gpu with the TensorRT"):
+        create_engine("tensorrt", default_model(), cuda, onnx_file=onnx_file)
+
+
+def test_cuda_graphs_cover_every_batch_size_with_few_captures():
+    assert [runtimes.graph_batch(n) for n in (1, 2, 3, 4, 5, 8, 9, 32, 33)] == [1, 2, 4, 4, 8, 8, 16, 32, 64]
+
+
+def test_auto_measures_fp32_and_native_reduced_precisions_never_int8():
+    pairs = candidates(CPU, "auto")
+    assert ("torch", "fp32") in pairs and all(precision != "int8" for _, precision in pairs)
+    assert (("torch", "bf16") in pairs) == cpu_supports_bf16()
+    assert not [pair for pair in pairs if pair[0] == "tensorrt"]  # CUDA only
+    assert candidates(CPU, "int8") == []
+    assert all(precision == "fp32" for _, precision in candidates(CPU, "fp32"))
+
+
+def test_int8_only_on_request_close_to_fp32_on_real_photos(reference, batch, onnx_file):
+    """`precision=int8` with `runtime=auto` is onnxruntime's static quantization, calibrated here on the
+    photos themselves; its vectors stay close to fp32 (the retrieval cost is in docs/BENCHMARKS.md)."""
+    _skip_unless_installed("onnxruntime")
+    embedder = Embedder(_whitened_model(), VERSION, device="cpu", precision="int8", runtime="auto",
+                        cache_dir=onnx_file.parent, threads=2, calibration=batch)
+    assert (embedder.runtime, embedder.dtype) == ("onnxruntime", torch.int8)
+    assert int8_path(onnx_file.parent, VERSION).is_file()
+    vectors, expected = embedder.embed_tensors(batch), reference.embed_tensors(batch)
+    assert vectors.shape == expected.shape and vectors.dtype == np.float32
+    cosine = (vectors * expected).sum(axis=1)
+    assert cosine.min() >= 0.9
+    assert (vectors @ vectors.T).argmax(axis=1).tolist() == list(range(len(batch)))
+
+
+def test_a_missing_runtime_package_is_skipped_by_auto_and_an_error_by_name(onnx_file, tmp_path):
+    """In a process where the openvino package cannot be imported (blocked, as if not installed)."""
+    cache = tmp_path / "engines"
+    cache.mkdir()
+    shutil.copy(onnx_file, cache / onnx_file.name)  # the export is reused; nothing is measured yet
+    code = f"""
+import json, torch
+from pathlib import Path
+from model.embedder import Embedder
+from model.runtimes import RuntimeUnavailable
+from tests.model.test_runtimes import _whitened_model
+try:
+    import openvino
+    imported = True
+except ImportError:
+    imported = False
+try:
+    Embedder(_whitened_model(), {VERSION!r}, device="cpu", runtime="openvino", cache_dir=Path({str(cache)!r}))
+    named = "no error"
+except RuntimeUnavailable as exc:
+    named = str(exc)
+auto = Embedder(_whitened_model(), {VERSION!r}, device="cpu", runtime="auto", precision="fp32",
+                cache_dir=Path({str(cache)!r}), threads=2)
+print(json.dumps({{"imported": imported, "named": named, "chosen": auto.runtime,
+                  "measured": [m.name for m in auto.measurements]}}))
+"""
+    done = run_without(["openvino"], ["-c", code], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["imported"] is False
+    assert "runtime 'openvino' asked for but the 'openvino' package is not installed" in result["named"]
+    expected = {runtime for runtime, _ in candidates(CPU, "fp32")} - {"openvino"}
+    assert set(result["measured"]) == expected and result["chosen"] in expected
 
 
 def test_torch_engine_keeps_fp32_here_and_the_onnx_cache_is_per_version(tmp_path):

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pydantic
 import pytest
+import torch
 from PIL import Image
 
 from model.embedder import Embedder
 from service.runtime import ENGINE_DIR
+from tests.without_packages import run_without
 
 MIN_COSINE = 0.999
 
@@ -75,3 +77,25 @@ def test_a_runtime_named_in_the_settings_serves(open_app, data_dir, caltech_phot
 def test_an_unknown_runtime_is_refused_at_start_up(make_settings, tmp_path):
     with pytest.raises(pydantic.ValidationError, match="runtime"):
         make_settings(tmp_path, runtime="tensorflow")
+
+
+@pytest.mark.parametrize(("blocked", "env", "message"), [
+    (["onnxruntime"], {"CGD_RUNTIME": "onnxruntime"},
+     "runtime 'onnxruntime' asked for but the 'onnxruntime' package is not installed"),
+    (["openvino"], {"CGD_RUNTIME": "openvino"},
+     "runtime 'openvino' asked for but the 'openvino' package is not installed"),
+    (["onnxruntime"], {"CGD_PRECISION": "int8"},
+     "runtime 'onnxruntime' asked for but the 'onnxruntime' package is not installed"),
+    ([], {"CGD_RUNTIME": "tensorrt"}, "runtime 'tensorrt' needs a CUDA device, and the model runs on cpu"),
+    ([], {"CGD_RUNTIME": "torch", "CGD_PRECISION": "int8"}, "runtime 'torch' cannot run precision 'int8'"),
+])
+def test_a_runtime_that_cannot_run_here_stops_cgd_serve_at_start_up(tmp_path, blocked, env, message):
+    """`cgd serve` in a process where the runtime's package cannot be imported (blocked, as if not
+    installed), or with a runtime/precision pair this machine cannot run: a clear error, exit code 2."""
+    if torch.cuda.is_available() and "tensorrt" in message:
+        pytest.skip("this machine has a GPU")
+    command = ["-m", "service.cli", "serve", "--data-dir", str(tmp_path / "data"), "--port", "0"]
+    done = run_without(blocked, command, tmp_path, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert message in done.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything was opened

@@ -9,12 +9,16 @@ Rows:
 - `torch-unfolded`: `model.runtimes.TorchEngine` without BatchNorm folding (channels_last, malloc tuned)
 - `torch`: `model.runtimes.TorchEngine` (BatchNorm folded, channels_last, glibc malloc tuned), fp32
 - `torch-bf16`: the same under bf16 autocast (slow without native bf16: opt in with `--rows`)
-- `onnxruntime`, `openvino`: the ONNX export of `CGD.forward` (cached in `--cache-dir`)
-- `auto`: `CGD_RUNTIME=auto` as the service builds it (`select_engine`), with the runtime it chose
+- `onnxruntime`, `openvino`: the ONNX export of `CGD.forward` (cached in `--cache-dir`), fp32
+- `openvino-bf16`: OpenVINO with its bf16 inference precision (native bf16 only: opt in otherwise)
+- `onnxruntime-int8`: ONNX Runtime on the int8 model of `model.quantize` (static QDQ quantization,
+  calibrated on `--calibration` other photos: the train split); only ever used when asked for
+- `auto`: `CGD_RUNTIME=auto` and `CGD_PRECISION=auto` as the service builds them (`select_engine`),
+  with the runtime and precision it chose
 
-`torch-bf16` joins the default rows on a CPU with native bf16 (AVX512-BF16 or AMX). Before the rows,
-the ONNX export is timed cold (a fresh cache directory, as at a first service start) and warm (the
-cached file, as at every restart).
+`torch-bf16` and `openvino-bf16` join the default rows on a CPU with native bf16 (AVX512-BF16 or AMX).
+Before the rows, the ONNX export is timed cold (a fresh cache directory, as at a first service start)
+and warm (the cached file, as at every restart).
 
 Each batch size also records the minor page faults of one more pass (eager torch without the malloc
 tuning faults its big activations in at every pass). The min cosine compares each row's vectors with
@@ -40,9 +44,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "caltech101"
-ROWS = ("torch-baseline", "torch-unfolded", "torch", "torch-bf16", "onnxruntime", "openvino", "auto")
-DEFAULT_ROWS = "torch-baseline,torch-unfolded,torch,onnxruntime,openvino,auto"
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+ROWS = ("torch-baseline", "torch-unfolded", "torch", "torch-bf16", "onnxruntime", "onnxruntime-int8",
+        "openvino", "openvino-bf16", "auto")
+DEFAULT_ROWS = "torch-baseline,torch-unfolded,torch,onnxruntime,onnxruntime-int8,openvino,auto"
+BF16_ROWS = ("torch-bf16", "openvino-bf16")  # added to the default rows on a CPU with native bf16
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 
 
 def cpu_facts() -> dict:
@@ -60,8 +66,8 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def real_batch(root: Path, count: int):
-    """(count, 3, 224, 224): the first photo of `count` caltech101 classes, preprocessed."""
+def real_batch(root: Path, count: int, split: str | None = None):
+    """(count, 3, 224, 224): the first photo of `count` caltech101 classes (of `split`), preprocessed."""
     import csv
 
     import torch
@@ -75,6 +81,8 @@ def real_batch(root: Path, count: int):
     chosen: dict[str, Path] = {}
     with (root / "labels.csv").open(newline="") as handle:
         for row in csv.DictReader(handle):
+            if split is not None and row.get("split") != split:
+                continue
             if row["label"] not in chosen:
                 chosen[row["label"]] = root / row["path"]
             if len(chosen) == count:
@@ -82,8 +90,8 @@ def real_batch(root: Path, count: int):
     return torch.stack([transform(upright_rgb(Image.open(path))) for path in chosen.values()])
 
 
-def make_runner(row: str, threads: int, cache_dir: Path):
-    """(row's embed function, the runtime that runs it)."""
+def make_runner(row: str, threads: int, cache_dir: Path, calibration):
+    """(row's embed function, the runtime and precision that run it)."""
     import torch
 
     from model.default import default_model
@@ -98,21 +106,23 @@ def make_runner(row: str, threads: int, cache_dir: Path):
             out = model(batch.contiguous(memory_format=torch.channels_last))
             return torch.nn.functional.normalize(out.float(), dim=1).numpy()
 
-        return run, "torch"
+        return run, "torch-fp32"
     if row == "torch-unfolded":
         from model.runtimes import TorchEngine
 
-        return TorchEngine(default_model(), torch.device("cpu"), "fp32", fold_bn=False).run, "torch"
-    runtime, precision = {"torch-bf16": ("torch", "bf16")}.get(row, (row, "fp32"))
+        return TorchEngine(default_model(), torch.device("cpu"), "fp32", fold_bn=False).run, "torch-fp32"
+    runtime, _, precision = row.partition("-")
+    precision = precision or ("auto" if row == "auto" else "fp32")
     embedder = Embedder.load(None, device="cpu", precision=precision, runtime=runtime, cache_dir=cache_dir,
-                             threads=threads)
-    return embedder.embed_tensors, embedder.runtime
+                             threads=threads, calibration=calibration if precision == "int8" else None)
+    return embedder.embed_tensors, f"{embedder.runtime}-{embedder.engine.precision}"
 
 
 def worker(args: argparse.Namespace) -> None:
     """Child process: time one row at every batch size, save its vectors of the full batch."""
     images = real_batch(args.image_root, max(args.batch_sizes))
-    run, runtime = make_runner(args.worker, args.threads, args.cache_dir)
+    calibration = real_batch(args.image_root, args.calibration, "train") if "int8" in args.worker else None
+    run, runtime = make_runner(args.worker, args.threads, args.cache_dir, calibration)
     result = {}
     for size in args.batch_sizes if args.seconds > 0 else ():
         batch = images[:size]
@@ -137,7 +147,7 @@ def run_row(row: str, args: argparse.Namespace, vectors: Path) -> dict:
     command = [sys.executable, __file__, "--worker", row, "--vectors", str(vectors),
                "--batches", ",".join(map(str, args.batch_sizes)), "--seconds", str(args.seconds),
                "--threads", str(args.threads), "--cache-dir", str(args.cache_dir),
-               "--image-root", str(args.image_root)]
+               "--image-root", str(args.image_root), "--calibration", str(args.calibration)]
     before = load_average()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -172,6 +182,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/cgd-engines"), help="ONNX exports")
     parser.add_argument("--image-root", type=Path, default=DEFAULT_IMAGES, help="caltech101 (labels.csv)")
+    parser.add_argument("--calibration", type=int, default=32,
+                        help="int8 calibration photos (one per class of the train split)")
     parser.add_argument("--time-export", action="store_true", help="time a cold and a warm ONNX export")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -183,7 +195,8 @@ def main() -> None:
         return
     rows = args.rows.split(",")
     if args.rows == DEFAULT_ROWS and cpu_facts()["flags"]["avx512_bf16"] | cpu_facts()["flags"]["amx_bf16"]:
-        rows.insert(3, "torch-bf16")
+        rows.insert(3, BF16_ROWS[0])
+        rows.insert(rows.index("openvino") + 1, BF16_ROWS[1])
     unknown = set(rows) - set(ROWS)
     if unknown:
         raise SystemExit(f"unknown rows {sorted(unknown)}; use {', '.join(ROWS)}")
@@ -238,12 +251,23 @@ def markdown(report: dict) -> str:
               + " | min cosine | load |")
     rule = "| --- | " + " | ".join("---:" for _ in sizes or []) + " | ---: | --- |"
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in report["flags"].items())
+    for base in ("torch-baseline", "torch-bf16"):
+        if sizes and _best(report, "auto", sizes[0]) and _best(report, base, sizes[0]):
+            ratios = ", ".join(f"batch {s}: {_best(report, 'auto', s) / _best(report, base, s):.2f}x"
+                               for s in sizes)
+            lines.append(f"\nauto / {base}: {ratios}")
     export = report.get("export")
     if export:
         lines.append(f"\nONNX export: cold {export['cold_s']:.1f} s, warm (cached) {export['warm_s']:.3f} s, "
                      f"load {export['load'][0]}-{export['load'][1]}")
     return "\n".join([f"{report['cpu']}, {report['cores']} cores ({flags}), {report['threads']} threads",
                       header, rule, *lines])
+
+
+def _best(report: dict, row: str, size: str) -> float | None:
+    """The best repeat's images/s of `row` at batch `size`, None when the row did not run."""
+    good = [r for r in report["rows"].get(row, []) if "by_batch" in r]
+    return max(r["by_batch"][size]["images_per_s"] for r in good) if good else None
 
 
 if __name__ == "__main__":

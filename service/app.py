@@ -18,8 +18,9 @@ from service.openapi import install_openapi
 from service.pixel_budget import PixelBudget
 from service.routes import gallery, health, models, search, train
 from service.routes.console import install_console
-from service.runtime import GALLERY_DIR, Runtime
+from service.runtime import GALLERY_DIR
 from service.settings import Settings
+from service.startup import RuntimeStarter
 from service.storage_health import StorageHealth, register_storage_faults
 from service.thumbnails import THUMBNAIL_DIR, Thumbnails
 
@@ -39,13 +40,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         freeze_startup_objects()  # before the model loads: full GC passes skip the imported modules
-        runtime = await Runtime.open(settings, app.state.metrics)
-        app.state.runtime = runtime
+        starter = RuntimeStarter(app, settings)  # an unreachable database or Milvus: 503s and retries
+        await starter.start()
         try:
             yield
         finally:
-            app.state.runtime = None
-            await runtime.close()
+            await starter.stop()
             LOG.info("stopped cleanly")
 
     # /docs and /redoc come from install_console: their assets are served from the package

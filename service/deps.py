@@ -18,6 +18,10 @@ from service.worker import InferenceWorker
 def get_runtime(request: Request) -> Runtime:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None:
+        unreachable = getattr(request.app.state, "start_error", None)
+        if unreachable:
+            raise NotReady(f"the gallery's server does not answer ({unreachable}); the service retries "
+                           "by itself")
         raise NotReady("the service is starting: the model and the gallery are not loaded yet")
     return runtime
 

@@ -112,7 +112,7 @@ class ModelSwapper:
 
         Raises `SwapCancelled` when `cancelled()` turned true before the switch.
         """
-        record = self._registry.get(version)
+        record = await self._gateway.run(self._registry.get, version)
         if self._worker.version == version:
             return 0.0
         embedder = await self._gateway.run(Embedder.load, record.checkpoint, device=self._device,

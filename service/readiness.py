@@ -33,7 +33,9 @@ async def readiness(app: FastAPI) -> Readiness:
     reasons = [f"storage: {fault.detail}"] if fault is not None else []
     store_engine = app.state.settings.gallery_engines().store_name
     if runtime is None:
-        reasons.insert(0, "starting or stopping: the model and the gallery are not loaded")
+        unreachable = getattr(app.state, "start_error", None)  # a server did not answer: retrying
+        reasons.insert(0, f"engine: {unreachable} (retrying)" if unreachable else
+                       "starting or stopping: the model and the gallery are not loaded")
         return Readiness(ready=False, reasons=reasons, model_version=None, device=None, precision=None,
                          runtime=None, index=None, store=_store(store_engine, None, fault), queue_depth=0,
                          training=None)

@@ -1,7 +1,8 @@
 """`Runtime`: the long-lived objects of one running service, opened and closed together.
 
 Opening loads the serving model, opens the gallery (re-embedding it if it has no vectors for
-that model), and starts the inference worker and the training queue.
+that model), and starts the inference worker and the training queue. With `CGD_DATABASE_URL` set, the
+model records and training jobs are in that PostgreSQL database too (`service.service_db`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from service.metrics import ServiceMetrics
 from service.model_registry import ModelRegistry
 from service.model_swap import ModelSwapper, SwapGate
 from service.search_batcher import SearchBatcher
+from service.service_db import ServiceDatabase
 from service.settings import Settings
 from service.training_queue import TrainingQueue
 from service.worker import InferenceWorker
@@ -44,23 +46,47 @@ class Runtime:
     activations: Activations
     gate: SwapGate
     metrics: ServiceMetrics
+    database: ServiceDatabase | None = None  # the jobs' and model records' PostgreSQL, when set
 
     @classmethod
     async def open(cls, settings: Settings, metrics: ServiceMetrics) -> Runtime:
+        """Open everything; a server that does not answer raises `index.EngineUnavailable` with nothing
+        left open (the app retries)."""
         data = settings.data_dir
-        data.mkdir(parents=True, exist_ok=True)
-        registry = ModelRegistry(data)
-        checkpoint = _serving_checkpoint(settings, registry)
-        gateway = await GalleryGateway.open(data / GALLERY_DIR, threads=settings.io_threads,
-                                            **settings.index_options())
+        (data / GALLERY_DIR).mkdir(parents=True, exist_ok=True)  # /ready probes it, even before it opens
+        engines = settings.gallery_engines()
+        database = (await asyncio.to_thread(ServiceDatabase.open, engines.postgres())
+                    if engines.database_url is not None else None)
+        try:
+            gateway = await GalleryGateway.open(data / GALLERY_DIR, threads=settings.io_threads,
+                                                **settings.index_options())
+        except BaseException:
+            if database is not None:
+                database.close()
+            raise
+        try:
+            return await cls._start(settings, metrics, gateway, database)
+        except BaseException:
+            await gateway.close()
+            if database is not None:
+                database.close()
+            raise
+
+    @classmethod
+    async def _start(cls, settings: Settings, metrics: ServiceMetrics, gateway: GalleryGateway,
+                     database: ServiceDatabase | None) -> Runtime:
+        """Load the model, switch the gallery to it and start the workers."""
+        data = settings.data_dir
+        registry = ModelRegistry(data, database)
+        checkpoint = await gateway.run(_serving_checkpoint, settings, registry)
         engines = {"runtime": settings.runtime, "cache_dir": data / ENGINE_DIR,
                    "threads": settings.inference_threads}
         embedder = await gateway.run(Embedder.load, checkpoint, device=settings.device,
                                      precision=settings.precision, **engines)
         if checkpoint is None:
-            registry.add_default(embedder.version, embedder.model.config.to_dict())
+            await gateway.run(registry.add_default, embedder.version, embedder.model.config.to_dict())
         else:
-            registry.add_checkpoint(checkpoint)
+            await gateway.run(registry.add_checkpoint, checkpoint)
         worker = InferenceWorker(embedder, settings, metrics=metrics, executor=gateway.executor)
         await worker.start()
         searcher = SearchBatcher(gateway, max_batch=settings.search_batch_size,
@@ -71,15 +97,21 @@ class Runtime:
                                precision=settings.precision, engines=engines,
                                batch_size=settings.max_batch_size,
                                prefetch=settings.io_threads)
-        await swapper.switch_to(embedder)
-        jobs = JobStore(data / "jobs.sqlite3")
-        training = TrainingQueue(jobs, gateway.gallery, registry, swapper, asyncio.get_running_loop(),
-                                 workdir=data / "training", threads=settings.train_threads,
-                                 default_max_minutes=settings.train_max_minutes)
-        training.start()
+        jobs = JobStore(database if database is not None else data / "jobs.sqlite3")
+        try:
+            await swapper.switch_to(embedder)
+            training = TrainingQueue(jobs, gateway.gallery, registry, swapper, asyncio.get_running_loop(),
+                                     workdir=data / "training", threads=settings.train_threads,
+                                     default_max_minutes=settings.train_max_minutes)
+            await gateway.run(training.start)
+        except BaseException:
+            await worker.stop(drain=False)
+            await searcher.stop()
+            jobs.close()
+            raise
         LOG.info("serving model %s over %d gallery items", embedder.version, await gateway.count())
         return cls(settings, registry, gateway, worker, searcher, jobs, training, swapper,
-                   Activations(swapper), gate, metrics)
+                   Activations(swapper), gate, metrics, database)
 
     async def close(self) -> None:
         """Graceful stop: no new jobs, finish queued embeddings, persist and close stores."""
@@ -89,6 +121,8 @@ class Runtime:
         await self.searcher.stop()
         await self.gateway.run(self.jobs.close)
         await self.gateway.close()
+        if self.database is not None:
+            self.database.close()
 
 
 def _serving_checkpoint(settings: Settings, registry: ModelRegistry) -> Path | None:

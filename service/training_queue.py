@@ -9,6 +9,7 @@ registers the new checkpoint and, per the job's promotion policy, makes it live 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from index import EngineUnavailable
 from model.data import LabelledImage
 from model.splits import split_validation
 from model.train_config import TrainConfig
@@ -31,6 +33,7 @@ from service.training_process import TrainingSpec, run_training
 
 LOG = logging.getLogger(__name__)
 MIN_IMAGES_PER_LABEL = 2
+DATABASE_RETRY_S = 5
 
 
 def trainable_labels(label_counts: Counter[str]) -> list[str]:
@@ -71,6 +74,7 @@ class TrainingQueue:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._cancelled: set[str] = set()
+        self._running: str | None = None
         self._thread = threading.Thread(target=self._run_forever, name="cgd-training-queue", daemon=True)
 
     def start(self) -> None:
@@ -82,9 +86,9 @@ class TrainingQueue:
     def stop(self, timeout: float = 60.0) -> None:
         """Stop taking jobs and cancel the running one (it ends at its next step)."""
         self._stopping.set()
-        for job in self.jobs.list():
-            if job.status == "running":
-                self._cancelled.add(job.id)
+        running = self._running  # this process's job (not another replica's on a shared database)
+        if running is not None:
+            self._cancelled.add(running)
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -125,17 +129,26 @@ class TrainingQueue:
 
     def _run_forever(self) -> None:
         while not self._stopping.is_set():
-            job = self.jobs.next_queued()
+            try:
+                job = self.jobs.next_queued()
+            except EngineUnavailable as exc:  # the jobs' database is down: wait for it, do not die
+                LOG.warning("training queue: %s; trying again in %d s", exc, DATABASE_RETRY_S)
+                self._stopping.wait(DATABASE_RETRY_S)
+                continue
             if job is None:
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
                 continue
+            self._running = job.id
             try:
                 self._run(job)
             except Exception as exc:  # one failed job must not stop the queue
                 LOG.exception("training job %s failed", job.id)
-                self.jobs.update(job.id, status="failed", finished_at=time.time(),
-                                  error=f"{type(exc).__name__}: {exc}")
+                with contextlib.suppress(EngineUnavailable):  # else marked failed at the next start
+                    self.jobs.update(job.id, status="failed", finished_at=time.time(),
+                                      error=f"{type(exc).__name__}: {exc}")
+            finally:
+                self._running = None
 
     def _run(self, job: Job) -> None:
         started = time.time()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+import index
 from service.readiness import readiness
 from service.schemas import Health, Readiness
 
@@ -34,7 +37,8 @@ async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is not None:
-        runtime.metrics.gallery_size.set(await runtime.gateway.count())
-        runtime.metrics.observe_jobs(await runtime.gateway.run(runtime.jobs.count_by_status))
         runtime.metrics.set_runtime(runtime.worker.embedder.runtime)
+        with contextlib.suppress(index.EngineUnavailable):  # a database outage: the last values stay
+            runtime.metrics.gallery_size.set(await runtime.gateway.count())
+            runtime.metrics.observe_jobs(await runtime.gateway.run(runtime.jobs.count_by_status))
     return request.app.state.metrics.response()

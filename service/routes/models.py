@@ -21,7 +21,7 @@ async def _models(runtime: Runtime) -> ModelList:
         models=[
             ModelPublic(version=r.version, active=r.version == active, created_at=r.created_at,
                         metrics=r.metrics, config=r.config, has_vectors=r.version in stored)
-            for r in runtime.registry.records()
+            for r in await runtime.gateway.run(runtime.registry.records)  # PostgreSQL: off the loop
         ],
     )
 
@@ -41,7 +41,7 @@ async def list_models(runtime: RuntimeDep) -> ModelList:
              dependencies=[Depends(require_write_key)])
 async def activate_model(runtime: RuntimeDep, version: str) -> ActivationAccepted:
     """Start serving `version`: a job re-embeds the gallery where it lacks its vectors, then swaps at once."""
-    runtime.registry.get(version)  # 404 for an unknown version, before any job exists
+    await runtime.gateway.run(runtime.registry.get, version)  # 404 for an unknown version, before any job
     return ActivationAccepted(job_id=runtime.activations.start(version).id)
 
 

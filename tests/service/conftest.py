@@ -161,8 +161,10 @@ class Server:
             pytest.fail(f"the server ignored SIGTERM for {SERVER_STOP_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
 
 
-def start_server(data_dir: Path, log: Path, env: dict[str, str] | None = None) -> Server:
-    """`cgd serve --port <free> --data-dir <data_dir>`, waited for until /ready answers 200."""
+def start_server(data_dir: Path, log: Path, env: dict[str, str] | None = None, *,
+                 until: str = "/ready") -> Server:
+    """`cgd serve --port <free> --data-dir <data_dir>`, waited for until `until` (/ready, or /health:
+    the process serves HTTP) answers 200."""
     port = free_port()
     environment = {key: value for key, value in os.environ.items() if not key.startswith("CGD_")}
     environment.update({"CGD_DEVICE": "cpu", "CGD_TRAIN_THREADS": "1", "CGD_RUNTIME": "torch", **(env or {})})
@@ -177,23 +179,25 @@ def start_server(data_dir: Path, log: Path, env: dict[str, str] | None = None) -
         if process.poll() is not None:
             pytest.fail(f"the server exited with {process.returncode}:\n{server.log_tail()}")
         try:
-            if server.client.get("/ready").status_code == 200:
+            if server.client.get(until).status_code == 200:
                 return server
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
             server.stop()
-            pytest.fail(f"/ready did not answer 200 in {SERVER_START_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
+            pytest.fail(f"{until} did not answer 200 in {SERVER_START_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
         time.sleep(0.25)
 
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Server]]:
-    """`serve(data_dir, log)` starts a real server; any still running at teardown is stopped."""
+    """`serve(data_dir, log, env, until="/ready")` starts a real server; any still running at teardown is
+    stopped."""
     started: list[Server] = []
 
-    def _serve(data_dir: Path, log: Path, env: dict[str, str] | None = None) -> Server:
-        server = start_server(data_dir, log, env)
+    def _serve(data_dir: Path, log: Path, env: dict[str, str] | None = None, *,
+               until: str = "/ready") -> Server:
+        server = start_server(data_dir, log, env, until=until)
         started.append(server)
         return server
 

@@ -1,5 +1,6 @@
 """The service on PostgreSQL + pgvector (a real server): /ready names the engines; while the server is
-stopped, /ready and requests answer 503 with the reason and no password, and it recovers by itself."""
+stopped, /ready and requests answer 503 with the reason and no password, and it recovers by itself;
+`cgd serve` started while the server is down serves 503s, then everything once the server is back."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def test_the_service_on_postgresql_and_pgvector_survives_its_database_going_away
             body = expect_error(client.get("/gallery"), 503, "unavailable")
             assert "hunter2-secret" not in body["detail"]
             expect_error(client.post("/search", files={"file": ("q.png", make_image(1))}), 503, "unavailable")
+            expect_error(client.get("/models"), 503, "unavailable")  # the model records are in it too
+            expect_error(client.get("/train"), 503, "unavailable")  # and the training jobs
+            assert client.get("/metrics").status_code == 200  # the last gallery figures stay
         finally:
             postgres_control.start()
         deadline = time.monotonic() + 60
@@ -36,3 +40,35 @@ def test_the_service_on_postgresql_and_pgvector_survives_its_database_going_away
             time.sleep(0.5)
         hits = client.post("/search", files={"file": ("q.png", make_image(1))}).json()
         assert hits["results"][0]["id"] == added.json()["items"][0]["id"]
+
+
+def test_cgd_serve_starts_while_its_database_is_down_and_serves_once_it_is_back(
+        tmp_path, serve, make_image, expect_error, postgres_control) -> None:
+    url = create_database(postgres_control.url).replace("postgres:@", "postgres:hunter2-secret@")
+    env = {"CGD_DATABASE_URL": url, "CGD_VECTOR_BACKEND": "pgvector", "CGD_INDEX_KIND": "HNSW",
+           "CGD_DB_CONNECT_TIMEOUT_S": "1"}
+    postgres_control.stop()
+    try:
+        server = serve(tmp_path / "data", tmp_path / "serve.log", env, until="/health")
+        not_ready = server.client.get("/ready")
+        assert not_ready.status_code == 503, not_ready.text
+        reasons = " ".join(not_ready.json()["reasons"])
+        assert reasons.startswith("engine: ") and "retrying" in reasons, reasons
+        body = expect_error(server.client.get("/gallery"), 503, "not_ready")
+        assert "does not answer" in body["detail"] and "retries" in body["detail"], body
+        query = {"file": ("q.png", make_image(1))}
+        expect_error(server.client.post("/search", files=query), 503, "not_ready")
+        expect_error(server.client.post("/gallery", files=[("files", ("a.png", make_image(1)))]), 503)
+        assert "hunter2-secret" not in not_ready.text + body["detail"]
+    finally:
+        postgres_control.start()
+    deadline = time.monotonic() + 120  # the next attempt opens the gallery and loads the model
+    while server.client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, f"not ready within 120 s:\n{server.log_tail()}"
+        time.sleep(0.5)
+    added = server.client.post("/gallery", files=[("files", ("a.png", make_image(1)))])
+    assert added.status_code == 201, added.text
+    hits = server.client.post("/search", files={"file": ("q.png", make_image(1))}).json()
+    assert hits["results"][0]["id"] == added.json()["items"][0]["id"]
+    assert server.stop() == 0
+    assert "hunter2-secret" not in server.log.read_text(errors="replace")

@@ -1,14 +1,19 @@
 """Compaction on a real Gallery: deletes past the threshold rebuild the index in the background while
-searches and adds go on; nothing is lost, no deleted item is ever returned, and the tombstones go."""
+searches and adds go on; nothing is lost, no deleted item is ever returned, and the tombstones go; the
+heap the old index freed goes back to the operating system."""
 
 from __future__ import annotations
 
+import ctypes.util
+import os
 import threading
 import time
 
 import numpy as np
+import pytest
 
 from index import NewItem
+from index.compaction import release_freed_memory
 
 N, D = 1200, 32
 DELETED = 2 * N // 5  # past the compaction threshold (a quarter of the index)
@@ -84,3 +89,23 @@ def test_compact_on_demand_frees_the_tombstones_of_a_prefix_kind(open_gallery) -
     assert gallery.index_stats().tombstones == 100  # below the threshold: held
     stats = gallery.compact()
     assert stats.tombstones == 0 and stats.vectors == N - 100
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not ctypes.util.find_library("c") or not os.path.exists("/proc/self/statm"),
+                    reason="needs glibc and /proc (Linux)")
+def test_freed_heap_memory_goes_back_to_the_system() -> None:
+    blocks, pins = [], []
+    for i in range(2048):  # 64 KiB each, below any mmap threshold: 128 MiB from the heap
+        blocks.append(np.ones(8192))
+        if i % 64 == 63:
+            pins.append(np.ones(8192))  # so each freed run of blocks sits inside the heap, not at its top
+    del blocks  # free for malloc but still resident: glibc gives back only the top of the heap by itself
+    freed = resident_bytes()
+    assert release_freed_memory()
+    assert freed - resident_bytes() > 100 * 2**20
+    assert len(pins) == 32

@@ -9,6 +9,8 @@ search latency for 1 query (median and p99 of `--singles`, 1000 by default, stop
 against exact search (100 queries), memory (resident-set growth after building and its peak during the
 build, which includes the training sample and one chunk of generated vectors, and the serialised index
 size; and the growth after all searches, which counts the full-vector pages a prefix kind touched).
+`--cold` times a prefix kind's one-query searches again after dropping its full-vector file from the
+kernel's page cache (fsync + POSIX_FADV_DONTNEED), so the re-ranked rows are read from disk.
 `--compaction N` also measures memory once built, after removing half, and after the rebuild that
 compaction does. The vectors are CGD-shaped (`--branches 3`: three L2-normalised 512-d blocks, so
 prefix kinds find a first branch; 1: the plain clustered vectors). Each (size, kind) runs in a fresh
@@ -47,6 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from index import FaissVectorIndex, Gallery, IndexSpec, NewItem
+from index.compaction import release_freed_memory
 from index.gallery import DEFAULT_BLAS_THRESHOLD
 from index.prefix_index import make_backend
 from index.version_index import TRAINING_SAMPLE
@@ -155,6 +158,33 @@ def build_index(kind: str, data: ClusteredVectors, args: argparse.Namespace, dir
     return index
 
 
+def time_singles(index: Any, queries: np.ndarray, budget_s: float) -> list[float]:
+    """Milliseconds of one-query searches (top-10), one per row of `queries`, stopped after `budget_s`."""
+    times: list[float] = []
+    budget = time.perf_counter() + budget_s
+    for q in queries:
+        started = time.perf_counter()
+        index.search(q[None, :], 10)
+        times.append(1000 * (time.perf_counter() - started))
+        if time.perf_counter() > budget:
+            break
+    return times
+
+
+def evict_page_cache(directory: Path) -> int:
+    """Write back and drop from the kernel's page cache every file under `directory` (a prefix kind's
+    full vectors), so the next searches read them from disk; returns how many files there were."""
+    files = [path for path in directory.rglob("*") if path.is_file()]
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return len(files)
+
+
 def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarray,
                args: argparse.Namespace) -> dict:
     """One kind at one size; runs in its own process (`isolated`). Memory: resident-set growth once built
@@ -170,14 +200,10 @@ def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarr
         build_s = time.perf_counter() - started
         rss_index = rss_bytes() - rss_before
         peak_build = peak_rss_bytes() - rss_before
-        singles: list[float] = []
-        budget = time.perf_counter() + args.singles_budget_s
-        for q in singles_queries:
-            started = time.perf_counter()
-            index.search(q[None, :], 10)
-            singles.append(1000 * (time.perf_counter() - started))
-            if time.perf_counter() > budget:
-                break
+        singles = time_singles(index, singles_queries, args.singles_budget_s)
+        cold: list[float] = []
+        if args.cold and evict_page_cache(Path(directory)):
+            cold = time_singles(index, data.extra(args.singles, stream=3), args.singles_budget_s)
         batch_times = []
         for _ in range(3):
             started = time.perf_counter()
@@ -197,6 +223,9 @@ def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarr
                "add100_ms": round(statistics.median(adds), 1),
                "add100_max_ms": round(max(adds), 1), "search1_ms": round(statistics.median(singles), 2),
                "search1_p99_ms": round(percentile(singles, 99), 2), "search1_n": len(singles),
+               **({"search1_cold_ms": round(statistics.median(cold), 2),
+                   "search1_cold_p99_ms": round(percentile(cold, 99), 2), "search1_cold_n": len(cold)}
+                  if cold else {}),
                "search100_ms": round(statistics.median(batch_times), 1), "recall10": round(recall, 3),
                "rss_gib": round(rss_index / 2**30, 2), "rss_searched_gib": round(rss_searched / 2**30, 2),
                "peak_gib": round(peak_build / 2**30, 2),
@@ -260,7 +289,8 @@ def bench_blas_threshold(data: ClusteredVectors, queries: np.ndarray, repeats: i
 def bench_compaction(kind: str, n: int, dim: int, args: argparse.Namespace) -> dict:
     """Resident memory of a `kind` index of n vectors once built, after removing half of them (tombstones
     for HNSW and IVF kinds), and after compaction as the registry does it (a new index built from the
-    kept vectors, swapped in, the old one dropped). Runs in its own process (`isolated`)."""
+    kept vectors, swapped in, the old one dropped, the freed heap handed back to the operating system).
+    Runs in its own process (`isolated`)."""
     configure(args)
     data = ClusteredVectors(n, dim, branches=args.branches)
     rss_start = rss_bytes()
@@ -285,6 +315,7 @@ def bench_compaction(kind: str, n: int, dim: int, args: argparse.Namespace) -> d
         for ids, vectors in kept.chunks():
             fresh.add(ids[1::2], vectors[1::2])
         index = fresh  # the swap: the old index is dropped here
+        release_freed_memory()  # as the compaction thread does once it has swapped
         compact_s = time.perf_counter() - started
         after_compaction = rss_bytes() - rss_start
         row = {"n": n, "kind": kind, "factory": index.factory, "rss_built_gib": round(built / 2**30, 2),
@@ -346,6 +377,9 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=1000, help="one-query searches timed (p50, p99)")
     parser.add_argument("--singles-budget-s", type=float, default=30.0,
                         help="stop timing one-query searches after this many seconds (exhaustive kinds)")
+    parser.add_argument("--cold", action="store_true",
+                        help="prefix kinds: also time --singles one-query searches after dropping the full "
+                             "vectors from the page cache (cold: the re-ranked rows come from disk)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where prefix kinds write their full vectors (default: the temporary directory)")
     parser.add_argument("--blas-threshold", type=int, default=DEFAULT_BLAS_THRESHOLD)

@@ -14,12 +14,14 @@ leave rows beyond it, never change one it names.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import uuid
 import weakref
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from index.errors import SnapshotCorrupt
@@ -31,10 +33,25 @@ BUILDING_PREFIX = ".building-"
 VECTORS_SUFFIX = ".vectors"
 ROW_IDS_SUFFIX = ".rowids.npy"
 _MIN_CAPACITY = 1024
+DENSE_IDS = 4  # ids are looked up in an id -> row table while the largest is below 4x their number
 
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _fp16_decoder(dim: int) -> faiss.IndexScalarQuantizer:
+    return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+
+
+def to_float32(halves: np.ndarray) -> np.ndarray:
+    """float32 rows (N, dim) of float16 rows (N, dim), converted by FAISS's vectorised fp16 decoder
+    (NumPy's cast of 120 rows of 1536 took 0.3 ms, more than the rest of a re-ranking)."""
+    if not len(halves):
+        return np.zeros(halves.shape, np.float32)
+    codes = np.ascontiguousarray(halves, dtype=DTYPE).view(np.uint8)
+    return _fp16_decoder(halves.shape[1]).sa_decode(codes)
 
 
 class FullVectors:
@@ -50,6 +67,7 @@ class FullVectors:
             self._row_ids[:rows] = row_ids
         self._data = self._map(len(self._row_ids))
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        self._table: np.ndarray | None = None
         self._finalizer: weakref.finalize | None = None
 
     @classmethod
@@ -115,6 +133,17 @@ class FullVectors:
             self._sorted = self._row_ids[live][order], live[order]
         return self._sorted
 
+    def _id_table(self) -> np.ndarray | None:
+        """id -> row (-1: none) for the ids below its length (twice the largest id when made), kept while
+        the ids are dense (gallery ids count up); else None and lookups search the sorted ids (a binary
+        search took 0.12 ms for 120 ids among 1M, 10x the table)."""
+        if self._table is None:
+            known, rows = self._lookup()
+            if len(known) and known[0] >= 0 and known[-1] < DENSE_IDS * len(known) + _MIN_CAPACITY:
+                self._table = np.full(2 * (int(known[-1]) + 1), -1, np.int64)
+                self._table[known] = rows
+        return self._table
+
     def ids(self) -> np.ndarray:
         """Sorted ids (N,) that have a row."""
         return self._lookup()[0]
@@ -139,6 +168,11 @@ class FullVectors:
                 handle.write(np.ascontiguousarray(vectors, dtype=DTYPE).tobytes())
         self._row_ids[start:start + len(ids)] = ids
         self._rows += len(ids)
+        if self._table is not None:
+            if ids.min() >= 0 and ids.max() < len(self._table):
+                self._table[ids] = np.arange(start, self._rows)
+            else:
+                self._table = None  # made again, larger, at the next lookup
         if self._sorted is not None:
             known, rows = self._sorted
             if np.all(np.diff(ids) > 0) and (not len(known) or ids[0] > known[-1]):  # ids come in order
@@ -149,8 +183,12 @@ class FullVectors:
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Rows (N,) of ids (N,); -1 for ids without one."""
-        known, rows = self._lookup()
         ids = np.asarray(ids, dtype=np.int64)
+        table = self._id_table()
+        if table is not None:
+            inside = (ids >= 0) & (ids < len(table))
+            return np.where(inside, table[np.where(inside, ids, 0)], -1)
+        known, rows = self._lookup()
         if not len(known):
             return np.full(ids.shape, -1, np.int64)
         positions = np.minimum(np.searchsorted(known, ids), len(known) - 1)
@@ -158,12 +196,15 @@ class FullVectors:
 
     def remove(self, ids: np.ndarray) -> int:
         """Forget the rows of ids (N,); returns how many had one."""
+        ids = np.asarray(ids, dtype=np.int64)
         rows = self.rows_of(ids)
-        rows = rows[rows >= 0]
-        if len(rows):
-            self._row_ids[rows] = -1
+        present = rows >= 0
+        if present.any():
+            self._row_ids[rows[present]] = -1
             self._sorted = None
-        return len(rows)
+            if self._table is not None:
+                self._table[ids[present]] = -1
+        return int(present.sum())
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """float32 vectors (..., dim) of rows (...) (all >= 0). From a file, each row is read with
@@ -171,7 +212,7 @@ class FullVectors:
         kernel maps at each fault (fault-around), up to the whole file after a few thousand rows."""
         flat = rows.reshape(-1)
         if self._data is not None:
-            return self._data[flat].astype(np.float32).reshape(*rows.shape, self.dim)
+            return to_float32(self._data[flat]).reshape(*rows.shape, self.dim)
         out = np.empty((len(flat), self.dim), DTYPE)
         buffer = memoryview(out).cast("B")
         size = self.dim * DTYPE.itemsize
@@ -182,7 +223,7 @@ class FullVectors:
                     raise OSError(f"{self.path} is shorter than row {row}")
         finally:
             os.close(fd)
-        return out.astype(np.float32).reshape(*rows.shape, self.dim)
+        return to_float32(out).reshape(*rows.shape, self.dim)
 
     def save(self, snapshot: Path) -> tuple[str, str]:
         """Flush the rows and write the row ids next to `snapshot`; returns the two file names (the

@@ -226,7 +226,7 @@ class PrefixVectorIndex:
         rows = self._full.rows_of(found)
         valid = rows >= 0
         vectors = self._full.gather(np.where(valid, rows, 0))
-        scores = np.einsum("qcd,qd->qc", vectors, queries, optimize=True)
+        scores = np.matmul(vectors, queries[:, :, None])[:, :, 0]
         scores[~valid] = -np.inf
         scores, ids = top_k(scores, np.where(valid, found, -1), k)
         missing = ~np.isfinite(scores)

@@ -37,6 +37,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     val_mode: ValMode = "auto"
     patience: int | None = 8
+    plateau_epochs: int | None = 2  # no gain for this many epochs: best weights back, lr x0.1 (twice)
     keep_start_if_not_better: bool = True  # False: write the best trained weights even when worse
     engine: Engine = "auto"  # auto: cached when the backbone splits into trunk and tail, else full
     tail_stages: int = 3  # backbone stages trained by the cached engine (the trunk is frozen)
@@ -73,6 +74,8 @@ class TrainConfig:
         if self.cache_views is not None and not 1 <= self.cache_views <= 16:
             raise ValueError(f"cache_views must be in [1, 16], got {self.cache_views}")
         object.__setattr__(self, "scales", checked_scales(self.scales))
+        if self.plateau_epochs is not None and self.plateau_epochs < 1:
+            raise ValueError(f"plateau_epochs must be >= 1 (or None), got {self.plateau_epochs}")
         if self.tail_stages < 1:
             raise ValueError(f"tail_stages must be >= 1, got {self.tail_stages}")
 

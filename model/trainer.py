@@ -48,6 +48,7 @@ from model.train_config import TrainConfig
 from model.train_engines import TrainEngine, build_engine
 
 LOG = logging.getLogger(__name__)
+PLATEAU_DECAYS = 2  # at most this many x0.1 learning-rate decays at validation plateaus
 
 Stopped = Literal["completed", "cancelled", "budget"]
 
@@ -155,6 +156,8 @@ class _Run:
                                                  rank=ranks.rank, world_size=ranks.world_size)
         self.engine: TrainEngine | None = None
         self.cache_views = 0
+        self.decays = 0  # learning-rate decays at validation plateaus so far (`decay_on_plateau`)
+        self.decayed_at = -1  # the epoch (history index) of the last plateau decay
         self.history: list[dict[str, Any]] = []
         self.step = 0
         self.epoch = 0
@@ -211,7 +214,7 @@ class _Run:
         return query_scores(embeddings, self.val_labels.numpy())
 
     def set_lr(self) -> float:
-        factor = lr_factor(self.step, self.plan.planned_steps)
+        factor = min(lr_factor(self.step, self.plan.planned_steps), 0.1 ** self.decays)
         warm = self.epoch < self.config.effective_warmup_epochs
         for group in self.optimiser.param_groups:
             frozen = warm and group.get("name") == "backbone"
@@ -262,11 +265,40 @@ class _Run:
                  row["loss"] or float("nan"), metrics["recall@1"], metrics["map@r"],
                  self.baseline["recall@1"], self.baseline["map@r"])
         patience = self.config.patience
-        if patience is None:
-            return False
-        best_epoch = max(range(len(self.history)), key=lambda i: (
+        return patience is not None and len(self.history) - 1 - self.best_epoch() >= patience
+
+    def best_epoch(self) -> int:
+        """The history index of the best validation (MAP@R, then R@1; the earliest of equals)."""
+        return max(range(len(self.history)), key=lambda i: (
             self.history[i]["val"]["map@r"], self.history[i]["val"]["recall@1"], -i))
-        return len(self.history) - 1 - best_epoch >= patience
+
+    def decay_on_plateau(self) -> bool:
+        """After `plateau_epochs` epochs without a validation gain (counted from the best epoch or
+        the last decay), go back to the best weights and divide the learning rate by 10, so the budget
+        is spent refining the best model instead of drifting away from it (data close to the start
+        model's peaks within a few epochs; data far from it keeps improving and never plateaus).
+        True when it was already divided `PLATEAU_DECAYS` times: nothing is left to gain, stop."""
+        plateau = self.config.plateau_epochs
+        if plateau is None or self.best_state is None:
+            return False
+        if len(self.history) - 1 - max(self.best_epoch(), self.decayed_at) < plateau:
+            return False
+        if self.decays >= PLATEAU_DECAYS:
+            return True
+        self.model.load_state_dict(self.best_state)
+        self.decays += 1
+        self.decayed_at = len(self.history) - 1
+        LOG.info("no validation gain for %d epochs: back to epoch %d's weights, learning rate x%g", plateau,
+                 self.best_epoch() + 1, 0.1 ** self.decays)
+        return False
+
+    def init_criterion(self) -> None:
+        """Per-class loss parameters (Proxy Anchor's proxies) start at the class centres of the start
+        model's embeddings of the training images (rank 0 computes them for every rank)."""
+        if not self.criterion.ranking.per_class_parameters:
+            return
+        embeddings = self.ranks.decide(self.engine.train_embeddings() if self.ranks.is_main else None)
+        self.criterion.ranking.init_from_embeddings(torch.from_numpy(embeddings), self.labels)
 
 
 def _state_path(out: Path) -> Path:
@@ -280,7 +312,8 @@ def _save_state(run: _Run) -> None:
                 "criterion": run.criterion.state_dict(), "optimiser": run.optimiser.state_dict(),
                 "epoch": run.epoch, "step": run.step, "history": run.history, "best": run.best,
                 "best_state": run.best_state, "baseline": run.baseline, "train_s": run.train_s,
-                "planned_steps": run.plan.planned_steps, "budget_limited": run.plan.budget_limited},
+                "planned_steps": run.plan.planned_steps, "budget_limited": run.plan.budget_limited,
+                "decays": run.decays, "decayed_at": run.decayed_at},
                _state_path(run.out))
 
 
@@ -298,6 +331,7 @@ def _restore_state(run: _Run) -> bool:
     run.epoch, run.step, run.history = state["epoch"], state["step"], state["history"]
     run.best, run.best_state, run.baseline = state["best"], state["best_state"], state["baseline"]
     run.train_s = state["train_s"]
+    run.decays, run.decayed_at = state.get("decays", 0), state.get("decayed_at", -1)
     run.plan = StepPlan(state["planned_steps"], len(run.sampler), state["budget_limited"])
     LOG.info("resumed from %s at epoch %d, step %d", path, run.epoch, run.step)
     return True
@@ -340,14 +374,16 @@ def train(
         report(Progress(0, run.plan.epochs, done, planned, None, 0.0, rate * views, left, phase="caching"))
 
     try:
+        split = run.split()
         run.engine = build_engine(run.model, config, run.train_images, run.labels, run.val_images,
-                                  device=run.device, dtype=run.dtype, split=run.split(), budget_s=budget_s,
+                                  device=run.device, dtype=run.dtype, split=split, budget_s=budget_s,
                                   cache_dir=cache_dir, report=caching, cancelled=cancelled, ranks=ranks)
         run.cache_views = getattr(run.engine, "views", 0)
         if run.engine is None:
             return _finish(run, "cancelled", cache_dir)
         run.baseline, run.baseline_ap = ranks.decide(run.validate_start() if ranks.is_main else None)
         if not (resume and _restore_state(run)):
+            run.init_criterion()
             LOG.info("start model on validation: R@1 %.4f MAP@R %.4f", run.baseline["recall@1"],
                      run.baseline["map@r"])
         return _train_loop(run, budget_s, t0, report, cancelled, cache_dir)
@@ -416,7 +452,7 @@ def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[
         window_s = time.perf_counter() - window_start
         if not warm:
             trained_steps, trained_s = trained_steps + len(losses), trained_s + window_s
-        exhausted = run.end_epoch(losses, window_images / max(1e-9, window_s))
+        exhausted = run.end_epoch(losses, window_images / max(1e-9, window_s)) or run.decay_on_plateau()
         if losses:  # the epoch's last report again, with its validation
             report(replace(progress, phase="validated", epoch_record=run.history[-1]))
         if trained_s > 0:
@@ -424,7 +460,7 @@ def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[
         run.epoch += 1
         _save_state(run)
         if exhausted and run.step < run.plan.planned_steps:
-            LOG.info("no validation improvement for %d epochs: stopping early", config.patience)
+            LOG.info("no further validation gain: stopping early")
             break
     bar.close()
     if stopped == "completed" and run.plan.budget_limited:

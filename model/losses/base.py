@@ -63,6 +63,7 @@ class MetricLoss(nn.Module):
     """
 
     lr_multiplier: float = 1.0
+    per_class_parameters: bool = False  # True: `init_from_embeddings` starts them from the data
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_embeddings(embeddings)
@@ -72,3 +73,7 @@ class MetricLoss(nn.Module):
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The scalar loss for checked (B, d) embeddings and (B,) int64 labels."""
         raise NotImplementedError
+
+    def init_from_embeddings(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        """Start the per-class parameters (when `per_class_parameters`) from the start model's (N, d)
+        embeddings of the training images and their (N,) labels."""

@@ -33,10 +33,12 @@ class ProxyAnchorLoss(MetricLoss):
     """Proxy Anchor loss over (B, d) embeddings and (B,) labels in [0, num_classes); a scalar.
 
     `proxies` is a (num_classes, d) parameter drawn with kaiming_normal (fan_out), as in the
-    reference code, which trains it at 100x the base learning rate (`lr_multiplier`).
+    reference code, which trains it at 100x the base learning rate (`lr_multiplier`); the trainer
+    then moves them to the class centres of the start model (`init_from_embeddings`).
     """
 
     lr_multiplier = 100.0
+    per_class_parameters = True
 
     def __init__(self, num_classes: int, embedding_dim: int, *, alpha: float = 32.0,
                  delta: float = 0.1) -> None:
@@ -63,6 +65,21 @@ class ProxyAnchorLoss(MetricLoss):
         fresh = nn.init.kaiming_normal_(torch.empty(total, self.proxies.shape[1]), mode="fan_out")
         new_rows = fresh[self.num_classes:].to(self.proxies)
         self.proxies = nn.Parameter(torch.cat([self.proxies.detach(), new_rows]))
+
+    @torch.no_grad()
+    def init_from_embeddings(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        """Each proxy at its class's mean embedding (unit length); a class without embeddings keeps
+        its random proxy. Random proxies pull every embedding towards arbitrary directions for the
+        first hundreds of steps, which scrambles a start model that already retrieves well; proxies
+        at the class centres make the loss measure the start model's real mistakes from step one."""
+        check_labels(labels, embeddings.shape[0], num_classes=self.num_classes)
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.proxies.shape[1]:
+            raise ValueError(f"embeddings must have shape (N, {self.proxies.shape[1]}), got "
+                             f"{tuple(embeddings.shape)}")
+        embeddings = embeddings.to(self.proxies)
+        sums = torch.zeros_like(self.proxies).index_add_(0, labels.to(self.proxies.device), embeddings)
+        present = torch.bincount(labels, minlength=self.num_classes).to(self.proxies.device) > 0
+        self.proxies[present] = F.normalize(sums[present], dim=1)
 
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_labels(labels, embeddings.shape[0], num_classes=self.num_classes)

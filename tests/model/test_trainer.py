@@ -149,3 +149,24 @@ def test_no_improvement_keeps_the_start_model(few_classes, small_start, tmp_path
     assert not result.improved and result.kept_start_model
     assert result.recipe["map_gain"]["lower"] <= 0
     assert load_checkpoint(tmp_path / "same.pt").version == small_start[1]
+
+
+def test_a_validation_plateau_restores_the_best_weights_and_divides_the_learning_rate(
+        few_classes, small_start, tmp_path: Path) -> None:
+    """A learning rate far too high makes validation fall: a plateau of one epoch brings the best
+    weights back at a tenth of the rate, from the next epoch on."""
+    reports: list[Progress] = []
+    config = _config(epochs=12, lr=0.5, head_lr=0.5, plateau_epochs=1, whitening="none", expansion="none")
+    result = train(few_classes, config, out=tmp_path / "plateau.pt", start=small_start[0],
+                   on_progress=reports.append)
+    factors = [round(r.lr / 0.5, 6) for r in reports if r.phase == "training"]
+    assert set(factors) <= {1.0, 0.1, 0.01}
+    assert factors == sorted(factors, reverse=True) and 0.1 in factors
+    first_decay = factors.index(0.1)
+    assert any(row["step"] == first_decay for row in result.history)  # at an epoch's end
+
+
+def test_plateau_epochs_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="plateau_epochs"):
+        _config(plateau_epochs=0)
+    assert _config(plateau_epochs=None).plateau_epochs is None

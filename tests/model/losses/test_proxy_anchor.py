@@ -102,3 +102,28 @@ def test_rejects_unknown_labels_and_wrong_dimension() -> None:
         loss(torch.tensor(POINTS), torch.tensor(LABELS))
     with pytest.raises(ValueError, match="dimension"):
         loss(torch.ones(4, 5), torch.tensor([0, 1, 2, 0]))
+
+
+def test_init_from_embeddings_puts_each_proxy_at_its_class_centre() -> None:
+    torch.manual_seed(0)
+    loss = ProxyAnchorLoss(num_classes=4, embedding_dim=8)
+    untouched = loss.proxies[3].detach().clone()
+    embeddings = torch.nn.functional.normalize(torch.randn(12, 8), dim=1)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2])  # no image of class 3
+    assert loss.per_class_parameters
+    loss.init_from_embeddings(embeddings, labels)
+    for label in range(3):
+        centre = embeddings[labels == label].mean(dim=0)
+        assert torch.allclose(loss.proxies[label], centre / centre.norm(), atol=1e-6)
+    assert torch.equal(loss.proxies[3], untouched)
+    # the loss now sees the embeddings near their proxies: lower than from random proxies
+    fresh = ProxyAnchorLoss(num_classes=4, embedding_dim=8)
+    assert loss(embeddings, labels) < fresh(embeddings, labels)
+
+
+def test_init_from_embeddings_rejects_a_wrong_dimension_or_label() -> None:
+    loss = ProxyAnchorLoss(num_classes=2, embedding_dim=8)
+    with pytest.raises(ValueError, match="shape"):
+        loss.init_from_embeddings(torch.randn(4, 5), torch.tensor([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="labels"):
+        loss.init_from_embeddings(torch.randn(4, 8), torch.tensor([0, 0, 1, 2]))

@@ -26,6 +26,12 @@ import torch
 from tqdm import tqdm
 
 from index.postprocess import apply_whitening
+from model.cache_budget import (
+    VIEW0_BUDGET_SHARE,
+    affordable_images,
+    class_balanced_subset,
+    trunk_images_per_s,
+)
 from model.cgd import CGD
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.curves import write_curves
@@ -156,6 +162,7 @@ class _Run:
                                                  rank=ranks.rank, world_size=ranks.world_size)
         self.engine: TrainEngine | None = None
         self.cache_views = 0
+        self.offered_images = len(self.train_images)  # before `fit_to_budget` takes a subset
         self.decays = 0  # learning-rate decays at validation plateaus so far (`decay_on_plateau`)
         self.decayed_at = -1  # the epoch (history index) of the last plateau decay
         self.history: list[dict[str, Any]] = []
@@ -195,6 +202,25 @@ class _Run:
                                  f"{self.image_size} px")
             return None
         return split
+
+    def fit_to_budget(self, split: StageSplit, budget_s: float) -> None:
+        """Train on a class-balanced subset of the training images when caching view 0 of all of them
+        would take more than its share of the budget (`model.cache_budget`; rank 0 measures)."""
+        rate = self.ranks.decide(trunk_images_per_s(
+            split.trunk, self.train_images, self.model.config.preprocessing, stride=split.stride,
+            device=self.device, dtype=self.dtype) if self.ranks.is_main else None)
+        count = affordable_images(budget_s, rate, len(self.val_images))
+        if count >= len(self.train_images):
+            return
+        self.train_images = class_balanced_subset(self.train_images, count, self.config.seed)
+        _, self.labels = class_index(self.train_images)
+        self.sampler = ClassBalancedBatchSampler(self.labels, self.config.classes_per_batch,
+                                                 self.config.images_per_class, seed=self.config.seed,
+                                                 rank=self.ranks.rank, world_size=self.ranks.world_size)
+        self.plan = plan_steps(self.config.epochs, len(self.sampler))
+        LOG.info("the trunk caches %.0f images/s: training on %d of the %d training images (every class "
+                 "kept) so that caching stays within %.0f s", rate, len(self.train_images),
+                 self.offered_images, budget_s * VIEW0_BUDGET_SHARE)
 
     def validate(self) -> tuple[dict[str, float], np.ndarray]:
         """Validation metrics of the model being trained, and the AP@R of each validation query."""
@@ -375,6 +401,8 @@ def train(
 
     try:
         split = run.split()
+        if split is not None and budget_s is not None:
+            run.fit_to_budget(split, budget_s)
         run.engine = build_engine(run.model, config, run.train_images, run.labels, run.val_images,
                                   device=run.device, dtype=run.dtype, split=split, budget_s=budget_s,
                                   cache_dir=cache_dir, report=caching, cancelled=cancelled, ranks=ranks)
@@ -475,7 +503,8 @@ def _finish(run: _Run, stopped: Stopped, cache_dir: Path) -> TrainResult:
         return run.ranks.decide(None)
     recipe: dict[str, Any] = {"engine": run.engine.name if run.engine else None, "image_size": run.image_size,
                               "cache_views": run.cache_views, "steps": run.step, "epochs": run.epoch,
-                              "train_images": len(run.train_images), "val_images": len(run.val_images),
+                              "train_images": len(run.train_images), "offered_images": run.offered_images,
+                              "val_images": len(run.val_images),
                               "whitening": None, "train_seconds": round(run.train_s, 1)}
     improved = False
     if run.best_state is not None:

@@ -104,6 +104,16 @@ def test_time_budget_stops_training(few_classes, small_start, tmp_path: Path) ->
     assert load_checkpoint(tmp_path / "budget.pt").version == result.version
 
 
+def test_a_budget_too_short_to_cache_every_image_trains_on_a_class_balanced_subset(
+        few_classes, small_start, tmp_path: Path) -> None:
+    result = train(few_classes, _config(epochs=2, max_minutes=0.001), out=tmp_path / "subset.pt",
+                   start=small_start[0])
+    recipe = result.recipe
+    assert recipe["offered_images"] == len(few_classes) - recipe["val_images"]
+    assert 4 * len(CLASSES) <= recipe["train_images"] < recipe["offered_images"]
+    assert result.history  # it trained on what it cached
+
+
 class _Crash(RuntimeError):
     pass
 

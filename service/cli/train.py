@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--val-fraction", type=float)
     train.add_argument("--val-mode", choices=("auto", "classes", "images"))
     train.add_argument("--patience", type=int, help="epochs without improvement; 0 = never stop")
+    train.add_argument("--plateau-epochs", type=int,
+                       help="epochs without improvement before the best weights come back at a tenth of "
+                            "the learning rate (twice at most, then the run stops); 0 = the fixed schedule")
     train.add_argument("--engine", choices=("auto", "cached", "full"),
                        help="cached: train the backbone's last stages from a trunk feature cache (default)")
     train.add_argument("--cache-views", type=int, help="augmented views cached per image (default: budget)")
@@ -108,6 +111,8 @@ def run_train(args: argparse.Namespace) -> int:
         options["grad_clip"] = args.grad_clip or None
     if args.patience is not None:
         options["patience"] = args.patience or None
+    if args.plateau_epochs is not None:
+        options["plateau_epochs"] = args.plateau_epochs or None
     config = TrainConfig(**options, max_minutes=args.max_minutes or None, progress_bar=args.progress)
     images = _images(args.data, args.split)
     job = (images, config, args.out, args.start, args.resume, args.verbose)

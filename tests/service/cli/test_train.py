@@ -38,7 +38,8 @@ def test_train_writes_a_checkpoint_that_eval_reads(tiny_tree: Path, tmp_path: Pa
                                                    capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cli.pt"
     code = main(["train", "--data", str(tiny_tree), "--out", str(out), "--epochs", "2", "--image-size", "32",
-                 "--batch-size", "12", "--descriptors", "G", "--embedding-dim", "32", "--no-progress"])
+                 "--batch-size", "12", "--descriptors", "G", "--embedding-dim", "32", "--no-progress",
+                 "--plateau-epochs", "0"])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])

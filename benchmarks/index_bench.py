@@ -9,8 +9,9 @@ search latency for 1 query (median and p99 of `--singles`, 1000 by default, stop
 against exact search (100 queries), memory (resident-set growth after building and its peak during the
 build, which includes the training sample and one chunk of generated vectors, and the serialised index
 size; and the growth after all searches, which counts the full-vector pages a prefix kind touched).
-`--cold` times a prefix kind's one-query searches again after dropping its full-vector file from the
-kernel's page cache (fsync + POSIX_FADV_DONTNEED), so the re-ranked rows are read from disk.
+A prefix kind's full-vector file is fsynced after the build (as the gallery's snapshot does), so no
+write-back runs during the timed searches. `--cold` times its one-query searches again after dropping
+the file from the kernel's page cache (POSIX_FADV_DONTNEED), so the re-ranked rows are read from disk.
 `--compaction N` also measures memory once built, after removing half, and after the rebuild that
 compaction does. The vectors are CGD-shaped (`--branches 3`: three L2-normalised 512-d blocks, so
 prefix kinds find a first branch; 1: the plain clustered vectors). Each (size, kind) runs in a fresh
@@ -171,15 +172,17 @@ def time_singles(index: Any, queries: np.ndarray, budget_s: float) -> list[float
     return times
 
 
-def evict_page_cache(directory: Path) -> int:
-    """Write back and drop from the kernel's page cache every file under `directory` (a prefix kind's
-    full vectors), so the next searches read them from disk; returns how many files there were."""
+def write_back(directory: Path, evict: bool = False) -> int:
+    """fsync every file under `directory` (a prefix kind's full vectors, as the gallery's snapshot does
+    after a build, so no write-back competes with the searches timed next) and, with `evict`, drop them
+    from the kernel's page cache, so the next searches read them from disk; returns how many files."""
     files = [path for path in directory.rglob("*") if path.is_file()]
     for path in files:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if evict:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
     return len(files)
@@ -200,9 +203,10 @@ def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarr
         build_s = time.perf_counter() - started
         rss_index = rss_bytes() - rss_before
         peak_build = peak_rss_bytes() - rss_before
+        write_back(Path(directory))
         singles = time_singles(index, singles_queries, args.singles_budget_s)
         cold: list[float] = []
-        if args.cold and evict_page_cache(Path(directory)):
+        if args.cold and write_back(Path(directory), evict=True):
             cold = time_singles(index, data.extra(args.singles, stream=3), args.singles_budget_s)
         batch_times = []
         for _ in range(3):

@@ -10,6 +10,9 @@ the CPU time per image of the server and of this load generator, and "raw": in-p
 batch size and dtype (`Settings()`: CGD_MAX_BATCH_SIZE, CGD_DEVICE, CGD_PRECISION,
 CGD_INFERENCE_THREADS), timed before, between and after the HTTP levels; a level's service/raw ratio
 uses the raw figures on either side of it. CGD_* variables of the environment reach the server too.
+At the end (`--reembed`), the server restarts on the same data directory with a new model version
+(the default weights saved as a checkpoint) and re-embeds the whole gallery before it serves: its
+images/s against a raw measurement right after.
 
     nice -n 10 .venv/bin/python benchmarks/service_bench.py --images 320 --queries 128 --requests 1024 \\
         --concurrency 1,4,16,64 --out /tmp/service_bench.json
@@ -23,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -109,13 +113,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+def start_server(data_dir: Path, port: int, log: Path, checkpoint: Path | None = None) -> subprocess.Popen:
     """`cgd serve` in a child process (this interpreter), its output in `log`."""
     command = [sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", str(port),
                "--data-dir", str(data_dir)]
+    if checkpoint is not None:
+        command += ["--checkpoint", str(checkpoint)]
     with log.open("wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=Path(__file__).resolve().parents[1])
+
+
+def reembed(data_dir: Path, workdir: Path, port: int) -> dict:
+    """Re-embedding of the whole gallery by a new model version: `cgd serve` restarted on the same data
+    directory with the default model saved as a checkpoint (another version, the same weights), which
+    re-embeds every item before it serves; images/s from the service's own log line."""
+    from model.checkpoint import save_checkpoint
+    from model.default import default_model
+
+    checkpoint = workdir / "same-weights.pt"
+    save_checkpoint(checkpoint, default_model())
+    log = workdir / "reembed.log"
+    server = start_server(data_dir, port, log, checkpoint)
+    try:
+        wait_ready(f"http://{HOST}:{port}", server, log, timeout_s=900.0)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    text = log.read_text(errors="replace")
+    seconds = float(re.search(r"re-embedding and swap took ([0-9.]+) s", text).group(1))
+    items = int(re.search(r"over (\d+) gallery items", text).group(1))
+    return {"images": items, "seconds": seconds, "images_per_s": round(items / seconds, 1),
+            "load1": load_average()}
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -327,6 +356,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=128, help="other images used as requests")
     parser.add_argument("--raw-seconds", type=float, default=10.0, help="duration of each raw measurement")
     parser.add_argument("--image-root", type=Path, default=DEFAULT_IMAGES, help="class folders of images")
+    parser.add_argument("--reembed", action=argparse.BooleanOptionalAction, default=True,
+                        help="at the end, restart with a new model version and time its re-embedding")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -352,13 +383,18 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=60)
+        reembedded = reembed(Path(tmp) / "data", Path(tmp), port) if args.reembed else None
+        if reembedded is not None:
+            raws.append({"when": "after re-embedding", **raw.measure(args.raw_seconds)})
+            reembedded["ratio_to_raw"] = round(reembedded["images_per_s"] / raws[-1]["images_per_s"], 2)
     machine["load1_end"] = load_average()
     print(f"initial ingest: {ingested}; server memory at the end: {machine['server_memory']}")
+    print(f"re-embedding by a new model version at start-up: {reembedded}")
     print(markdown(results, raws))
     if args.out is not None:
         args.out.write_text(json.dumps({"machine": machine, "command": " ".join(sys.argv), "raw": raws,
-                                        "ingest": ingested, "levels": [asdict(level) for level in results]},
-                                       indent=1))
+                                        "ingest": ingested, "levels": [asdict(level) for level in results],
+                                        "reembed": reembedded}, indent=1))
 
 
 if __name__ == "__main__":

@@ -171,3 +171,22 @@ def test_paths_and_files_named_in_the_docs_exist():
         if path != "benchmarks/index_bench.py" and path not in user_files:  # the bench lands with index/
             assert (ROOT / path).exists(), f"docs/DEPLOYMENT.md names {path}, which does not exist"
     assert Path(ROOT / "docker" / "backup.py").is_file()
+
+
+def test_image_build_commands_in_the_docs_match_the_files():
+    """Every `docker build -f F -t T .` builds an existing Dockerfile F into the image T that the
+    Compose files build from F, and every `docker compose -f X` names an existing Compose file."""
+    import yaml
+
+    built_by_compose: dict[str, set[str]] = {}
+    for compose in ROOT.glob("docker-compose*.yml"):
+        for service in yaml.safe_load(compose.read_text(encoding="utf-8"))["services"].values():
+            if "build" in service:
+                built_by_compose.setdefault(service["build"]["dockerfile"], set()).add(service["image"])
+    builds = re.findall(r"docker build -f (\S+) -t (\S+) \.", text())
+    assert len(builds) >= 3, "the CPU, GPU and scale-out build commands"
+    for dockerfile, tag in builds:
+        assert (ROOT / dockerfile).is_file(), f"docker build names {dockerfile}, which does not exist"
+        assert built_by_compose.get(dockerfile) == {tag}, f"{dockerfile} is built as {tag} in the docs"
+    for compose_file in set(re.findall(r"docker compose -f (\S+)", text())):
+        assert (ROOT / compose_file).is_file(), f"docker compose -f {compose_file}: no such file"

@@ -48,7 +48,7 @@ def test_the_split_halves_compose_to_the_backbone() -> None:
 
 def test_cached_validation_embeddings_match_the_plain_forward(engine: CachedEngine, images) -> None:
     cached = engine.val_embeddings()
-    plain, _ = embed_dataset(Embedder(engine.model, "plain", device="cpu"), images)
+    plain, _ = embed_dataset(Embedder(engine.model, "plain", device="cpu", precision="fp32"), images)
     assert cached.shape == plain.shape == (len(images), 1536)
     assert float((cached * plain).sum(axis=1).min()) >= 0.999
 
@@ -56,7 +56,7 @@ def test_cached_validation_embeddings_match_the_plain_forward(engine: CachedEngi
 def test_the_start_model_is_measured_from_the_same_cache(engine: CachedEngine, images) -> None:
     start = training_model(default_model(), num_classes=0, image_size=96)
     cached = engine.val_embeddings_of(start)
-    plain, _ = embed_dataset(Embedder(start, "plain", device="cpu"), images)
+    plain, _ = embed_dataset(Embedder(start, "plain", device="cpu", precision="fp32"), images)
     assert float((cached * plain).sum(axis=1).min()) >= 0.999
     assert engine.val_embeddings_of(default_model()) is None  # 224 px: another size, no cache
 

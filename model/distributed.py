@@ -15,9 +15,11 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -143,22 +145,41 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def _failure_message(failure: Any) -> str:
+    """A failed process's exception text (torch keeps it as is, or in a dict under "message")."""
+    message = failure.message
+    return str(message.get("message", message) if isinstance(message, dict) else message)
+
+
+def _recording_errors(errors: str, entrypoint: Callable[..., T], *args: Any) -> T:
+    """`entrypoint(*args)` in one launched process; an exception is also written to `errors`/rank-R."""
+    try:
+        return entrypoint(*args)
+    except BaseException as exc:
+        (Path(errors) / f"rank-{os.environ.get('RANK', '0')}").write_text(f"{type(exc).__name__}: {exc}")
+        raise
+
+
 def launch(nproc_per_node: int, entrypoint: Callable[..., T], *args: Any) -> T:
     """Run `entrypoint(*args)` in `nproc_per_node` fresh processes on this machine, as
     `torchrun --standalone --nproc-per-node N` does (each finds its rank in the environment, for
-    `init_from_env`); return rank 0's result. Any process failing stops them all and raises."""
+    `init_from_env`); return rank 0's result. Any process failing stops them all and raises, naming
+    each failed rank: when one raises, the others fail in a collective soon after, and the launcher
+    reports only the failure it noticed first, often such a consequence."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc_per_node, rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", run_id=f"cgd-{uuid.uuid4().hex[:12]}", max_restarts=0,
                           start_method="spawn")
-    try:
-        results = elastic_launch(config, entrypoint)(*args)
-    except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        message = failure.message  # the worker's exception, or a dict holding it
-        if isinstance(message, dict):
-            message = message.get("message", message)
-        raise RuntimeError(f"distributed training failed on rank {rank}: {message}") from exc
+    with tempfile.TemporaryDirectory(prefix="cgd-ranks-") as errors:
+        try:
+            results = elastic_launch(config, _recording_errors)(errors, entrypoint, *args)
+        except ChildFailedError as exc:
+            written = sorted(Path(errors).glob("rank-*"), key=lambda path: int(path.name[5:]))
+            reasons = "; ".join(f"rank {path.name[5:]}: {path.read_text()}" for path in written)
+            if not reasons:  # killed, not raised
+                rank, failure = exc.get_first_failure()
+                reasons = f"rank {rank}: {_failure_message(failure)}"
+            raise RuntimeError(f"distributed training failed ({reasons})") from exc
     return results[0]

@@ -157,9 +157,7 @@ class _Run:
         optimiser_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimiser = optimiser_class(groups, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
-        self.sampler = ClassBalancedBatchSampler(self.labels, config.classes_per_batch,
-                                                 config.images_per_class, seed=config.seed,
-                                                 rank=ranks.rank, world_size=ranks.world_size)
+        self.sampler, self.plan = self.sample_labels()
         self.engine: TrainEngine | None = None
         self.cache_views = 0
         self.offered_images = len(self.train_images)  # before `fit_to_budget` takes a subset
@@ -174,7 +172,6 @@ class _Run:
         self.baseline_ap: np.ndarray | None = None
         self.val_s = 0.0
         self.train_s = 0.0
-        self.plan = plan_steps(config.epochs, len(self.sampler))
         LOG.info("training on %d images of %d classes, validating on %d images (%s hold-out), "
                  "%d px, %s on %s", len(self.train_images), len(self.classes), len(self.val_images),
                  self.val_mode, self.image_size, self.dtype, self.device)
@@ -203,6 +200,14 @@ class _Run:
             return None
         return split
 
+    def sample_labels(self) -> tuple[ClassBalancedBatchSampler, StepPlan]:
+        """The batch sampler over `self.labels` (this rank's share of each batch) and its epochs' plan."""
+        config = self.config
+        sampler = ClassBalancedBatchSampler(self.labels, config.classes_per_batch, config.images_per_class,
+                                            seed=config.seed, rank=self.ranks.rank,
+                                            world_size=self.ranks.world_size)
+        return sampler, plan_steps(config.epochs, len(sampler))
+
     def fit_to_budget(self, split: StageSplit, budget_s: float) -> None:
         """Train on a class-balanced subset of the training images when caching view 0 of all of them
         would take more than its share of the budget (`model.cache_budget`; rank 0 measures)."""
@@ -214,10 +219,7 @@ class _Run:
             return
         self.train_images = class_balanced_subset(self.train_images, count, self.config.seed)
         _, self.labels = class_index(self.train_images)
-        self.sampler = ClassBalancedBatchSampler(self.labels, self.config.classes_per_batch,
-                                                 self.config.images_per_class, seed=self.config.seed,
-                                                 rank=self.ranks.rank, world_size=self.ranks.world_size)
-        self.plan = plan_steps(self.config.epochs, len(self.sampler))
+        self.sampler, self.plan = self.sample_labels()
         LOG.info("the trunk caches %.0f images/s: training on %d of the %d training images (every class "
                  "kept) so that caching stays within %.0f s", rate, len(self.train_images),
                  self.offered_images, budget_s * VIEW0_BUDGET_SHARE)

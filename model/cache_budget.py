@@ -18,14 +18,12 @@ import torch
 
 from model.config import Preprocessing
 from model.data import LabelledImage, open_rgb
-from model.device import autocast
-from model.feature_cache import CHUNK, view_transforms
+from model.feature_cache import CHUNK, run_trunk, view_transforms
 
 VIEW0_BUDGET_SHARE = 0.4  # of a time budget, at most, for caching view 0 and the validation images
 MIN_PER_CLASS = 4  # a subset keeps at least this many images of every class that has them
 
 
-@torch.inference_mode()
 def trunk_images_per_s(trunk: torch.nn.Module, images: Sequence[LabelledImage], pre: Preprocessing, *,
                        stride: int, device: torch.device, dtype: torch.dtype) -> float:
     """Images per second of decode + view-0 transform + trunk, timed on up to one chunk of `images`
@@ -35,9 +33,7 @@ def trunk_images_per_s(trunk: torch.nn.Module, images: Sequence[LabelledImage], 
     trunk.eval()
 
     def run(batch: Sequence[LabelledImage]) -> None:
-        tensors = torch.stack([transform(open_rgb(image.path)) for image in batch])
-        with autocast(device, dtype):
-            trunk(tensors.to(device).contiguous(memory_format=torch.channels_last))
+        run_trunk(trunk, [transform(open_rgb(image.path)) for image in batch], device, dtype)
 
     run(sample[:1])
     began = time.perf_counter()

@@ -82,8 +82,9 @@ class FeatureCache:
 
 
 @torch.inference_mode()
-def _run_trunk(trunk: torch.nn.Module, tensors: list[torch.Tensor], device: torch.device,
-               dtype: torch.dtype = torch.float32) -> np.ndarray:
+def run_trunk(trunk: torch.nn.Module, tensors: list[torch.Tensor], device: torch.device,
+              dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """The trunk's float16 maps (B, c, h, w) of a list of (3, H, W) image tensors."""
     batch = torch.stack(tensors).to(device).contiguous(memory_format=torch.channels_last)
     with autocast(device, dtype):
         return trunk(batch).float().cpu().numpy().astype(np.float16)
@@ -151,7 +152,7 @@ def build_cache(
         nonlocal done
         for start in range(shard * CHUNK, len(images), shards * CHUNK):
             decoded = [open_rgb(image.path) for image in images[start:start + CHUNK]]
-            target[start:start + len(decoded)] = _run_trunk(trunk, [transform(image) for image in decoded],
+            target[start:start + len(decoded)] = run_trunk(trunk, [transform(image) for image in decoded],
                                                             device, dtype)
             done += len(decoded)
             if on_progress is not None:

@@ -23,6 +23,7 @@ from index.errors import (
     UnknownVersion,
     VectorNotFound,
     VersionInUse,
+    VersionMoved,
 )
 from index.faiss_index import FaissBackend, FaissVectorIndex
 from index.filters import MetadataFilter
@@ -66,4 +67,5 @@ __all__ = [
     "VectorNotFound",
     "VersionInUse",
     "VersionInfo",
+    "VersionMoved",
 ]

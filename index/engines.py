@@ -15,6 +15,7 @@ from pathlib import Path
 from index.errors import GalleryError
 from index.postgres import PostgresSettings, is_postgres_url, redact
 from index.protocols import ItemStore, VectorBackend
+from index.remote_index import name_prefix
 from index.store import SQLiteItemStore
 
 VECTOR_BACKENDS = ("faiss", "pgvector", "milvus")
@@ -85,16 +86,17 @@ def open_store(root: Path, engines: Engines) -> ItemStore:
 
 
 def open_server_backend(engines: Engines, kind: str, directory: Path, *, ef_search: int | None = None,
-                        nprobe: int | None = None) -> VectorBackend:
+                        nprobe: int | None = None, replica: str | None = None) -> VectorBackend:
     """The pgvector or Milvus backend (`kind` checked against that engine's kinds); pointer files under
-    `directory` name the tables or collections that serve."""
+    `directory` name the tables or collections that serve, named with `replica`'s prefix."""
+    prefix = name_prefix(replica)
     if engines.vector_backend == "pgvector":
         from index.pgvector_index import PgvectorBackend
 
-        return PgvectorBackend.open(engines.postgres(), kind, directory, ef_search=ef_search)
+        return PgvectorBackend.open(engines.postgres(), kind, directory, ef_search=ef_search, prefix=prefix)
     if engines.vector_backend == "milvus":
         from index.milvus_index import MilvusBackend
 
         return MilvusBackend.open(str(engines.milvus_uri), kind, directory, ef_search=ef_search,
-                                  nprobe=nprobe, timeout_s=engines.connect_timeout_s)
+                                  nprobe=nprobe, timeout_s=engines.connect_timeout_s, prefix=prefix)
     raise InvalidEngines(f"{engines.vector_backend} runs in the process: it has no server backend")

@@ -55,6 +55,10 @@ class MissingVectors(GalleryError, ValueError):
     """`add` did not carry vectors for the live version."""
 
 
+class VersionMoved(GalleryError):
+    """Another process made a new model version live in the shared store; this one has not switched yet."""
+
+
 class GalleryLocked(GalleryError):
     """Another process has this gallery open."""
 

@@ -2,6 +2,9 @@
 
 Layout under `root`: `items.sqlite3` (items, vectors, versions), `blobs/ab/cdef...` (images),
 `faiss/<version>.index` (snapshots: a cache rebuilt from the store when needed), `.lock` (one process).
+Replicas (several processes on one PostgreSQL store, `replica=` names each) share `root` and `blobs/`;
+each keeps its own `.lock` and `faiss/` under `replicas/<name>/` and catches up with the others' writes
+through `sync` (the store is the truth; every index is a cache of it).
 
 Concurrency: the `IndexRegistry` holds the locks. One writer at a time (`writer()`); readers share the
 state lock (`reading()`); a writer holds it exclusively (`writing()`) only while it commits to the store
@@ -20,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from index.engines import Engines, open_server_backend, open_store
+from index.engines import Engines, InvalidEngines, open_server_backend, open_store
 from index.errors import (
     InvalidQuery,
     ItemNotFound,
@@ -49,25 +52,28 @@ LOG = logging.getLogger(__name__)
 # exactly 2 (docs/BENCHMARKS.md, "BLAS threshold"): batched searches win.
 DEFAULT_BLAS_THRESHOLD = 1
 PCA_SAMPLE = 100_000
+REPLICA_DIR = "replicas"  # under the gallery's root: one folder per replica
 
 
 class Gallery:
     """Items, images and per-version vectors, searchable by inner product. Thread-safe."""
 
     def __init__(self, root: Path, store: ItemStore, backend: VectorBackend, *,
-                 process_lock: ProcessLock | None = None) -> None:
+                 process_lock: ProcessLock | None = None, local: Path | None = None) -> None:
         self.root = root
         self._store = store
         self._backend = backend
         self._process_lock = process_lock
-        self._registry = IndexRegistry(root / "faiss", store, backend)
+        self._registry = IndexRegistry((local or root) / "faiss", store, backend)
         self._writer = self._registry.writer()
+        self._generation = store.generation()  # before anything is read: later writes show in `sync`
         self._live = store.live_version()
 
     @classmethod
     def open(cls, root: Path, *, index_kind: str = "Flat", use_gpu: str = "auto", nprobe: int | None = None,
              ef_search: int | None = None, k_factor: int | None = None,
-             blas_threshold: int = DEFAULT_BLAS_THRESHOLD, engines: Engines | None = None) -> Gallery:
+             blas_threshold: int = DEFAULT_BLAS_THRESHOLD, engines: Engines | None = None,
+             replica: str | None = None) -> Gallery:
         """Open (or create) the gallery at `root` and load the live version's index (its snapshot
         reconciled with the store, or a build from the store if the snapshot is missing or unusable).
 
@@ -75,21 +81,27 @@ class Gallery:
         FAISS factory string); `nprobe`, `ef_search`, `k_factor` override the kind's search settings.
         `engines`: the item store and vector backend (default SQLite + FAISS; see `index.engines`); pgvector
         and Milvus accept their own kinds (`index.pgvector_index`, `index.milvus_index`).
+        `replica`: this process's name among several on one PostgreSQL store (None: it has `root` alone);
+        its lock and indexes go under `root/replicas/<replica>/`.
         """
         engines = engines or Engines()
         root = Path(root)
         spec = IndexSpec.parse(index_kind, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor)
         gpu = resolve_gpu(use_gpu)
         configure_faiss(blas_threshold)
-        root.mkdir(parents=True, exist_ok=True)
-        lock = ProcessLock(root / ".lock")
+        if replica is not None and engines.database_url is None:
+            raise InvalidEngines("replicas share a gallery through PostgreSQL: set a database URL "
+                                 "(CGD_DATABASE_URL)")
+        local = root / REPLICA_DIR / replica if replica is not None else root
+        local.mkdir(parents=True, exist_ok=True)
+        lock = ProcessLock(local / ".lock")
         store = backend = None
         try:
             store = open_store(root, engines)
-            backend = (make_backend(spec, gpu, root / "faiss") if engines.vector_backend == "faiss" else
-                       open_server_backend(engines, index_kind, root / "faiss", ef_search=ef_search,
-                                           nprobe=nprobe))
-            gallery = cls(root, store, backend, process_lock=lock)
+            backend = (make_backend(spec, gpu, local / "faiss") if engines.vector_backend == "faiss" else
+                       open_server_backend(engines, index_kind, local / "faiss", ef_search=ef_search,
+                                           nprobe=nprobe, replica=replica))
+            gallery = cls(root, store, backend, process_lock=lock, local=local)
             if gallery._live is not None and gallery._live in store.versions():
                 gallery._registry.ensure(gallery._live)
         except BaseException:
@@ -346,6 +358,29 @@ class Gallery:
         if built is not None:
             self._registry.save(built)
         LOG.info("model version %s is live", version)
+
+    def sync(self) -> str | None:
+        """Catch up with what other processes wrote to the shared store (items, deletions, vectors,
+        settings, dropped versions) when its generation moved; returns the store's live version, which
+        the caller switches to with `follow` (together with its model)."""
+        generation = self._store.generation()
+        if generation != self._generation:
+            self._registry.sync()
+            self._generation = generation
+        return self.stored_live_version()
+
+    def stored_live_version(self) -> str | None:
+        """The live version as the store has it now (another process may have changed it)."""
+        return self._store.live_version()
+
+    def follow(self, version: str) -> None:
+        """Serve `version`, which another process made live in the shared store (its index is loaded or
+        built first; the store is not written)."""
+        if version in self.versions():  # else the gallery is empty: nothing to load
+            self._registry.ensure(version)
+        with self._writer:
+            self._live = version
+        LOG.info("model version %s is live (made live by another replica)", version)
 
     def drop_version(self, version: str) -> None:
         """Delete a version that is not live: its vectors, settings and snapshot."""

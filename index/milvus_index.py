@@ -183,6 +183,7 @@ class MilvusBackend:
     kind: str
     ef_search: int
     nprobe: int
+    prefix: str = NAME_PREFIX
     engine = "milvus"
 
     def __post_init__(self) -> None:
@@ -190,9 +191,10 @@ class MilvusBackend:
 
     @classmethod
     def open(cls, uri: str, kind: str, directory: Path, *, ef_search: int | None = None,
-             nprobe: int | None = None, timeout_s: float = 10.0) -> MilvusBackend:
-        """Check the kind, connect (a local path opens Milvus Lite) and drop the collections no pointer
-        under `directory` names (left by a crash mid-build)."""
+             nprobe: int | None = None, timeout_s: float = 10.0,
+             prefix: str = NAME_PREFIX) -> MilvusBackend:
+        """Check the kind, connect (a local path opens Milvus Lite) and drop the collections named with
+        `prefix` that no pointer under `directory` names (left by a crash mid-build)."""
         name, _ = choose_kind(kind, KINDS, "milvus")
         from pymilvus import MilvusClient  # imported here: it takes 2 s and only this backend needs it
 
@@ -200,10 +202,10 @@ class MilvusBackend:
             client = MilvusClient(uri=uri, timeout=timeout_s)
         except Exception as exc:  # pymilvus raises MilvusException or grpc errors
             raise MilvusUnavailable(f"cannot connect to Milvus at {uri}: {exc}") from None
-        backend = cls(client, uri, name, ef_search or DEFAULT_EF_SEARCH, nprobe or DEFAULT_NPROBE)
+        backend = cls(client, uri, name, ef_search or DEFAULT_EF_SEARCH, nprobe or DEFAULT_NPROBE, prefix)
         named = named_by_pointers(directory)
         for collection in backend.call("list_collections"):
-            if collection.startswith(NAME_PREFIX) and collection not in named:
+            if collection.startswith(prefix) and collection not in named:
                 LOG.info("dropping collection %s: no index pointer names it (left by an interrupted build)",
                          collection)
                 backend.call("drop_collection", collection)
@@ -225,7 +227,7 @@ class MilvusBackend:
     def create(self, dim: int, n: int, training: np.ndarray | None) -> MilvusIndex:
         from pymilvus import DataType
 
-        collection = new_name()
+        collection = new_name(self.prefix)
         schema = self.client.create_schema(auto_id=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)

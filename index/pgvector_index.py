@@ -164,13 +164,14 @@ class PgvectorBackend:
     kind: str
     hnsw: dict[str, int] | None
     ef_search: int
+    prefix: str = NAME_PREFIX
     engine = "pgvector"
 
     @classmethod
     def open(cls, settings: PostgresSettings, kind: str, directory: Path,
-             ef_search: int | None = None) -> PgvectorBackend:
-        """Check the kind, create the `vector` extension if needed, connect, and drop the tables that no
-        pointer under `directory` names (left by a crash mid-build)."""
+             ef_search: int | None = None, prefix: str = NAME_PREFIX) -> PgvectorBackend:
+        """Check the kind, create the `vector` extension if needed, connect, and drop the tables named with
+        `prefix` that no pointer under `directory` names (left by a crash mid-build)."""
         name, hnsw = choose_kind(kind, KINDS, "pgvector")
         try:
             with psycopg.connect(settings.url, autocommit=True,
@@ -180,7 +181,7 @@ class PgvectorBackend:
             raise DatabaseUnavailable(f"cannot connect to {redact(settings.url)}: "
                                       f"{scrub(str(exc), settings.url)}") from None
         backend = cls(open_pool(settings, configure=register_vector), settings.url, name, hnsw,
-                      ef_search or DEFAULT_EF_SEARCH)
+                      ef_search or DEFAULT_EF_SEARCH, prefix)
         backend._drop_orphans(named_by_pointers(directory))
         return backend
 
@@ -192,7 +193,7 @@ class PgvectorBackend:
         with self.connection() as conn:
             tables = [row[0] for row in conn.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE %s",
-                (NAME_PREFIX.replace("_", r"\_") + "%",))]
+                (self.prefix.replace("_", r"\_") + "%",))]
         for table in tables:
             if table not in named:
                 LOG.info("dropping %s: no index pointer names it (left by an interrupted build)", table)
@@ -217,7 +218,7 @@ class PgvectorBackend:
         if self.hnsw is not None and dim > MAX_HNSW_DIM:
             raise DimensionMismatch(f"pgvector's HNSW indexes at most {MAX_HNSW_DIM} dimensions, got {dim} "
                                     "(use CGD_INDEX_KIND=Flat, or whitening to fewer dimensions)")
-        table = new_name()
+        table = new_name(self.prefix)
         with self.connection() as conn:
             conn.execute(sql.SQL("CREATE TABLE {} (id BIGINT PRIMARY KEY, embedding vector({}) NOT NULL)")
                          .format(sql.Identifier(table), sql.Literal(dim)))

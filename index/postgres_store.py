@@ -6,6 +6,11 @@ float16 bytes per (version, item), metadata is JSONB (filters are containment, `
 and value as the SQLite store does). Image bytes are content-addressed files under `root/blobs`, which
 can be a shared volume. The schema is migrated on open (`MIGRATIONS`, recorded in `schema_migrations`; see
 `index.postgres.migrate`).
+
+Several processes (service replicas) may write one database. Every write transaction first increments
+the `generation` setting: that row lock orders the writers of every process, and a reader that sees the
+generation move knows something changed (`generation()`, `Gallery.sync`). An `add` whose vectors lack
+the live version (another process made a new version live meanwhile) is refused with `VersionMoved`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from index.blobs import BlobStore
-from index.errors import DimensionMismatch, InvalidItem, InvalidQuery, ItemNotFound, UnknownVersion
+from index.errors import (
+    DimensionMismatch,
+    InvalidItem,
+    InvalidQuery,
+    ItemNotFound,
+    UnknownVersion,
+    VersionMoved,
+)
 from index.filters import MetadataFilter
 from index.postgres import PostgresSettings, open_migrated_pool, pooled
 from index.postprocess import Whitening
@@ -62,6 +74,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX vectors_item ON vectors (item_id);
     """,
+    "INSERT INTO settings (key, value) VALUES ('generation', '0') ON CONFLICT (key) DO NOTHING",
 )
 _COLUMNS = "id, external_id, label, metadata, sha256, created_at"
 
@@ -119,7 +132,9 @@ class PostgresItemStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection]:
+        """A write transaction, after every other process's (the generation's row lock orders them)."""
         with self._write_lock, self._connection() as conn, conn.transaction():
+            conn.execute("UPDATE settings SET value = (value::bigint + 1)::text WHERE key = 'generation'")
             yield conn
 
     def _read(self, query: str, params: Sequence[Any] = ()) -> list[tuple]:
@@ -146,6 +161,10 @@ class PostgresItemStore:
                  check_metadata(it.metadata)) for it in items]
         now = time.time()
         with self._transaction() as conn:
+            live = conn.execute("SELECT value FROM settings WHERE key = 'live_version'").fetchone()
+            if live is not None and live[0] not in vectors:
+                raise VersionMoved(f"model version {live[0]!r} went live on another replica; this one is "
+                                   "switching to it: retry in a moment")
             wanted = sorted({row[0] for row in rows if row[0] is not None})
             known = {r[1]: _item(r) for r in conn.execute(
                 f"SELECT {_COLUMNS} FROM items WHERE external_id = ANY(%s)", (wanted,))} if wanted else {}
@@ -372,6 +391,10 @@ class PostgresItemStore:
     def live_version(self) -> str | None:
         rows = self._read("SELECT value FROM settings WHERE key = 'live_version'")
         return rows[0][0] if rows else None
+
+    def generation(self) -> int:
+        """How many write transactions the database has committed (by any process)."""
+        return int(self._read("SELECT value FROM settings WHERE key = 'generation'")[0][0])
 
     # versions and vectors
 

@@ -90,6 +90,9 @@ class ItemStore(Protocol):
 
     def live_version(self) -> str | None: ...
 
+    def generation(self) -> int:
+        """A number that changes when any process commits a write (0 for a store only this one writes)."""
+
     def versions(self) -> list[str]:
         """Every version with stored vectors, oldest first."""
 

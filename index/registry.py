@@ -9,6 +9,9 @@ An index is loaded from `faiss/<version>.index` or, if that snapshot is missing,
 from the store. Builds (also for training, compaction and new post-processing settings) run without the
 locks while the previous index keeps serving; the result is then reconciled with the store under the
 writer lock (vectors added or deleted meanwhile) and swapped in under the exclusive state lock.
+
+When other processes write the same store (replicas on one PostgreSQL database), `sync` brings the
+loaded indexes in line with it: their adds and deletions, dropped versions, new post-processing settings.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from urllib.parse import quote
 import numpy as np
 
 from index.compaction import Compactions
-from index.errors import GalleryError, SnapshotCorrupt
+from index.errors import GalleryError, SnapshotCorrupt, UnknownVersion
 from index.locking import ReadWriteLock
 from index.protocols import ItemStore, VectorBackend
 from index.version_index import VersionIndex, VersionSettings
@@ -41,6 +44,10 @@ class IndexView:
 
     def get(self, version: str) -> VersionIndex | None:
         return self._indexes.get(version)
+
+    def __iter__(self) -> Iterator[str]:
+        """The loaded versions' names."""
+        return iter(list(self._indexes))
 
 
 class WritableIndexView(IndexView):
@@ -217,17 +224,68 @@ class IndexRegistry:
 
     def _reconcile(self, index: VersionIndex) -> None:
         """Add the store's vectors the index lacks, remove those the store no longer has. Caller: writer."""
+        extra, ids, raw = self._differences(index)
+        index.remove(extra)
+        if len(ids):
+            index.add(ids, raw)
+
+    def _differences(self, index: VersionIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids the store no longer has (N,), ids it has and the index lacks (M,), their vectors (M,d)),
+        read from the store. Caller: writer."""
         stored = self._store.vector_ids(index.name)
         indexed = index.vectors.ids()
         extra = np.setdiff1d(indexed, stored, assume_unique=True)
         missing = np.setdiff1d(stored, indexed, assume_unique=True)
-        index.remove(extra)
+        found = [np.zeros(0, dtype=np.int64)]
+        vectors = [np.zeros((0, index.settings.model_dim), dtype=np.float32)]
         for start in range(0, len(missing), _RECONCILE_CHUNK):
             ids, raw = self._store.vectors(index.name, missing[start:start + _RECONCILE_CHUNK])
-            index.add(ids, raw)
+            found.append(ids)
+            vectors.append(raw)
         if len(extra) or len(missing):
             LOG.info("index of %s reconciled with the store: %d added, %d removed", index.name, len(missing),
                      len(extra))
+        return extra, np.concatenate(found), np.concatenate(vectors)
+
+    def sync(self) -> None:
+        """Bring every loaded index in line with the store, which other processes write too. An index
+        being built is skipped (its build reconciles with the store when it is swapped in). Call without
+        the locks."""
+        with self.reading() as view:
+            names = list(view)
+        for name in names:
+            lock = self._build_lock(name)
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                if self._sync_one(name):
+                    self._install(self.build(name))
+            finally:
+                lock.release()
+        self.maintain(names)
+
+    def _sync_one(self, name: str) -> bool:
+        """Apply the store's changes to one loaded index; True when it must be rebuilt (new settings)."""
+        with self._writer:
+            with self.reading() as view:
+                index = view.get(name)
+            if index is None:
+                return False
+            try:
+                settings = self.settings(name)
+            except UnknownVersion:  # another process dropped the version
+                with self.writing() as writable:
+                    writable.drop(name)
+                return False
+            if settings.fingerprint() != index.settings.fingerprint():
+                return True
+            extra, ids, raw = self._differences(index)  # read while searches go on
+            if len(extra) or len(ids):
+                with self.writing():
+                    index.remove(extra)
+                    if len(ids):
+                        index.add(ids, raw)
+        return False
 
     def save(self, index: VersionIndex) -> None:
         """Snapshot an index if it changed since its last snapshot (writers wait meanwhile).

@@ -4,13 +4,16 @@ A server-side index lives in a table or collection of its own (`cgd_vectors_<hex
 new one while the old one serves. Its "snapshot" is a pointer file at the registry's snapshot path
 naming that table or collection and the caller's meta (written atomically); a missing or stale pointer
 makes the registry rebuild from the store, and tables or collections no pointer names (left by a crash
-mid-build) are dropped when the backend opens. `ServerIndex` is what both index classes share: the ids
+mid-build) are dropped when the backend opens. Replicas of the service share one server but each keeps its
+own indexes (pointers in its own folder), so their names carry the replica's prefix (`name_prefix`) and a
+backend drops only leftovers of its own. `ServerIndex` is what both index classes share: the ids
 held in memory, the checks of their arguments, and the mark left by a change the server did not complete.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -28,9 +31,17 @@ NAME_PREFIX = "cgd_vectors_"
 POINTER_SUFFIX = ".index"
 
 
-def new_name() -> str:
+def name_prefix(replica: str | None) -> str:
+    """The prefix of the tables / collections one replica makes (`NAME_PREFIX` alone for a gallery opened
+    by one process); a fixed-length hash, so that no replica's prefix starts another's."""
+    if replica is None:
+        return NAME_PREFIX
+    return f"{NAME_PREFIX}r{hashlib.sha256(replica.encode()).hexdigest()[:8]}_"
+
+
+def new_name(prefix: str = NAME_PREFIX) -> str:
     """A fresh table / collection name (letters, digits and underscores only)."""
-    return NAME_PREFIX + uuid.uuid4().hex[:16]
+    return prefix + uuid.uuid4().hex[:16]
 
 
 def write_pointer(path: Path, name: str, meta: Mapping[str, Any]) -> None:

@@ -305,6 +305,10 @@ class SQLiteItemStore:
         row = self._reader().execute("SELECT value FROM settings WHERE key = 'live_version'").fetchone()
         return row[0] if row is not None else None
 
+    def generation(self) -> int:
+        """Always 0: one process has the file open (the gallery's lock), so nothing changes behind it."""
+        return 0
+
     def versions(self) -> list[str]:
         return vector_rows.version_names(self._reader())
 

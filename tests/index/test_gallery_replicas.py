@@ -1,0 +1,72 @@
+"""Several processes' galleries on one PostgreSQL store (service replicas), on a real server: each has its
+own folder and indexes, and `sync` / `follow` bring in what the others wrote. Two `Gallery` objects in
+one process stand for two replicas: they share nothing but the database and the image directory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index import Gallery, GalleryLocked, VersionMoved
+from index.engines import Engines, InvalidEngines
+from tests.index.engines import create_database
+
+
+@pytest.fixture(params=["faiss", "pgvector"])
+def engines(request, postgres_server) -> Engines:
+    return Engines(create_database(postgres_server), request.param)
+
+
+def _top(gallery: Gallery, query: np.ndarray, version: str | None = None) -> list[int]:
+    return [hit.item.id for hit in gallery.search(query, 3, version=version)[1][0]]
+
+
+def test_replicas_open_one_gallery_and_see_each_others_writes(tmp_path, engines, new_items,
+                                                              unit_vectors) -> None:
+    root = tmp_path / "gallery"
+    vectors = unit_vectors(7)
+    with Gallery.open(root, engines=engines, replica="a") as a:
+        first = a.add(new_items(4), {"v1": vectors[:4]})
+        with pytest.raises(GalleryLocked):
+            Gallery.open(root, engines=engines, replica="a")
+        b = Gallery.open(root, engines=engines, replica="b")  # leaves a's index (table) alone
+        assert _top(a, vectors[1:2])[0] == first[1].id
+        assert (root / "replicas" / "b" / ".lock").exists() and not (root / ".lock").exists()
+        assert _top(b, vectors[2:3])[0] == first[2].id
+        assert b.image(first[2].id) == b"img-2"  # the images are shared files
+        more = a.add(new_items(1, prefix="more"), {"v1": vectors[6:]})
+        assert more[0].id not in _top(b, vectors[6:])  # b's own index, until it catches up
+        assert b.sync() == "v1" and _top(b, vectors[6:])[0] == more[0].id
+        late = b.add(new_items(2, prefix="late"), {"v1": vectors[4:6]})
+        a.delete(first[2].id)
+        a.sync()
+        b.sync()
+        assert _top(a, vectors[5:6])[0] == late[1].id
+        assert first[2].id not in _top(b, vectors[2:3])
+        assert a.count() == b.count() == 6
+        b.close()
+
+
+def test_a_version_made_live_elsewhere_is_followed_and_stale_adds_are_refused(tmp_path, engines, new_items,
+                                                                              unit_vectors) -> None:
+    root = tmp_path / "gallery"
+    old, new = unit_vectors(4, seed=1), unit_vectors(4, seed=2)
+    with Gallery.open(root, engines=engines, replica="a") as a, \
+            Gallery.open(root, engines=engines, replica="b") as b:
+        items = a.add(new_items(4), {"v1": old})
+        b.follow(b.sync())  # b opened on an empty gallery: v1 went live on a
+        a.put_vectors("v2", [item.id for item in items], new)
+        a.activate("v2")
+        assert b.live_version == "v1" and b.sync() == "v2"
+        with pytest.raises(VersionMoved):  # b still embeds with v1: the item would lack its v2 vector
+            b.add(new_items(1, prefix="stale"), {"v1": old[:1]})
+        assert _top(b, old[1:2], version="v1")[0] == items[1].id  # v1 serves until b follows
+        b.follow("v2")
+        assert b.live_version == "v2" and b.search(new[3:4], 1)[0] == "v2"
+        assert _top(b, new[3:4])[0] == items[3].id
+        assert b.count() == 4
+
+
+def test_a_replica_needs_postgresql(tmp_path) -> None:
+    with pytest.raises(InvalidEngines, match="CGD_DATABASE_URL"):
+        Gallery.open(tmp_path / "gallery", replica="a")

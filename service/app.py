@@ -82,5 +82,6 @@ def register_gallery_errors(errors: ErrorTable) -> None:
         (index.NotEnoughData, 409, "not_enough_data"),
         (index.GalleryLocked, 503, "not_ready"),
         (index.EngineUnavailable, 503, "unavailable"),
+        (index.VersionMoved, 503, "unavailable"),
     ):
         errors.register(exc_type, status_code, code)

@@ -1,5 +1,12 @@
 """Durable training-job records: `jobs.sqlite3` in the data directory, or the `jobs` table of the
-service's PostgreSQL tables (`service.service_db`) when `CGD_DATABASE_URL` is set."""
+service's PostgreSQL tables (`service.service_db`) when `CGD_DATABASE_URL` is set.
+
+Replicas on one database share the queue: `claim` takes the oldest queued job only while no job runs
+anywhere (under a transaction-scoped advisory lock, so two replicas never claim at once), and records
+the replica as its `owner`. The owner writes a heartbeat while the job runs; a job whose owner
+restarted, or whose heartbeat stopped (its replica died), is failed with the reason, and the next job
+proceeds. A cancel request is a flag in the record, which the owner reads with its heartbeat.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +36,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT
 )
 """
+REPLICA_COLUMNS = {"owner": "TEXT", "heartbeat_at": "REAL",
+                   "cancel_requested": "INTEGER NOT NULL DEFAULT 0"}  # added with replicas
+_CLAIM_LOCK = 0x43474A42  # pg_advisory_xact_lock key ("CGJB"): one claim at a time, cluster-wide
 _JSON_FIELDS = ("params", "progress", "result")
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -46,6 +56,8 @@ class Job:
     progress: dict[str, Any] | None = None
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    owner: str | None = None  # the replica that runs (or ran) it
+    cancel_requested: bool = False
 
 
 class _Rows(NamedTuple):
@@ -65,6 +77,10 @@ class _SQLiteJobs:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in REPLICA_COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
         self._lock = threading.Lock()
 
     def execute(self, query: str, params: tuple = ()) -> _Rows:
@@ -72,6 +88,10 @@ class _SQLiteJobs:
             cursor = self._db.execute(query, params)
             columns = [c[0] for c in cursor.description or ()]
             return _Rows(columns, cursor.fetchall(), cursor.rowcount)
+
+    def claim(self, query: str, params: tuple) -> _Rows:
+        """The claiming statement (one process: its lock is enough)."""
+        return self.execute(query, params)
 
     def close(self) -> None:
         with self._lock:
@@ -88,9 +108,19 @@ class _PostgresJobs:
 
     def execute(self, query: str, params: tuple = ()) -> _Rows:
         with self._database.connection() as conn:
-            cursor = conn.execute(query.replace("?", "%s"), params)
-            columns = [c.name for c in cursor.description or ()]
-            return _Rows(columns, cursor.fetchall() if columns else [], cursor.rowcount)
+            return self._run(conn, query, params)
+
+    def claim(self, query: str, params: tuple) -> _Rows:
+        """The claiming statement under the cluster-wide claim lock (released at commit)."""
+        with self._database.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
+            return self._run(conn, query, params)
+
+    @staticmethod
+    def _run(conn: Any, query: str, params: tuple) -> _Rows:
+        cursor = conn.execute(query.replace("?", "%s"), params)
+        columns = [c.name for c in cursor.description or ()]
+        return _Rows(columns, cursor.fetchall() if columns else [], cursor.rowcount)
 
     def close(self) -> None:
         """The database is closed by its owner."""
@@ -124,9 +154,32 @@ class JobStore:
     def list(self, limit: int = 100) -> list[Job]:
         return self._jobs("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
 
-    def next_queued(self) -> Job | None:
-        found = self._jobs("SELECT * FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1")
-        return found[0] if found else None
+    def claim(self, owner: str) -> Job | None:
+        """Mark the oldest queued job running for `owner` and return it; None when none is queued or a job
+        runs already (on any replica)."""
+        now = time.time()
+        found = self._db.claim(
+            "UPDATE jobs SET status = 'running', owner = ?, started_at = ?, heartbeat_at = ?, progress = ? "
+            "WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1) "
+            "AND status = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs WHERE status = 'running') RETURNING *",
+            (owner, now, now, json.dumps({"phase": "preparing"})))
+        return _to_job(dict(zip(found.columns, found.rows[0], strict=True))) if found.rows else None
+
+    def heartbeat(self, job_id: str) -> bool:
+        """The owner's sign of life for a running job; returns whether a cancel was requested."""
+        rows = self._db.execute("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND status = 'running' "
+                                "RETURNING cancel_requested", (time.time(), job_id)).rows
+        return bool(rows and rows[0][0])
+
+    def cancel_queued(self, job_id: str) -> bool:
+        """Cancel a job that has not started; False when it is no longer queued."""
+        return self._db.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? "
+                                "WHERE id = ? AND status = 'queued'", (time.time(), job_id)).count > 0
+
+    def request_cancel(self, job_id: str) -> None:
+        """Ask the running job's owner, whichever replica it is, to stop it."""
+        self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
+                         (job_id,))
 
     def running_id(self) -> str | None:
         """The id of the job that is running, if one is."""
@@ -139,13 +192,26 @@ class JobStore:
         assignments = ", ".join(f"{name} = ?" for name in values)
         self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
 
-    def fail_interrupted(self) -> int:
-        """Mark jobs left `running` by a previous process as failed; returns how many."""
+    def fail_interrupted(self, owner: str | None) -> int:
+        """Mark the jobs `owner` left running (it restarted; jobs of before replicas have no owner) as
+        failed, or every running job with None (one process owns the store); returns how many. Other
+        replicas' running jobs are left alone."""
+        mine, params = ("", ()) if owner is None else (" AND (owner = ? OR owner IS NULL)", (owner,))
         return self._db.execute(
             "UPDATE jobs SET status = 'failed', finished_at = ?, "
             "error = 'interrupted: the service restarted while this job was running' "
-            "WHERE status = 'running'",
-            (time.time(),),
+            f"WHERE status = 'running'{mine}", (time.time(), *params),
+        ).count
+
+    def fail_stale(self, max_silence_s: float) -> int:
+        """Mark running jobs whose owner sent no heartbeat for `max_silence_s` as failed (their replica
+        died); returns how many."""
+        now = time.time()
+        return self._db.execute(
+            "UPDATE jobs SET status = 'failed', finished_at = ?, error = 'interrupted: replica ' || "
+            "COALESCE(owner, 'unknown') || CAST(? AS TEXT) WHERE status = 'running' AND heartbeat_at < ?",
+            (now, f", which ran this job, stopped answering (no heartbeat for {max_silence_s:.0f} s)",
+             now - max_silence_s),
         ).count
 
     def count_by_status(self) -> dict[str, int]:
@@ -173,6 +239,8 @@ class JobStore:
 
 def _to_job(row: dict[str, Any]) -> Job:
     row.pop("seq")
+    row.pop("heartbeat_at")
+    row["cancel_requested"] = bool(row["cancel_requested"])
     for name in _JSON_FIELDS:
         if row[name] is not None:
             row[name] = json.loads(row[name])

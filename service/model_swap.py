@@ -10,6 +10,10 @@ A cancel request is honoured between two chunks, up to the final switch; the old
 serving. The final catch-up (items ingested meanwhile), the index switch and the model switch happen
 under the exclusive side of `SwapGate`, which ingestion holds in shared mode: no item is ever stored
 with vectors of one version only, and no response mixes two versions.
+
+Replicas on one PostgreSQL gallery: the store refuses other replicas' adds without the new version from
+the flip on, and the swapper embeds, after the flip, what they stored between its last catch-up and the
+flip; the other replicas then follow (`service.replica_sync`).
 """
 
 from __future__ import annotations
@@ -88,12 +92,12 @@ class ModelSwapper:
     `batch_size`: images per chunk and per forward pass without traffic; `prefetch`: chunks decoded
     ahead of the model (the executor's threads); `engines`: `Embedder.load`'s runtime, cache_dir and
     threads, so that a newly activated model runs on the runtime chosen for it (exported and measured
-    before it serves).
+    before it serves); `replicas`: other processes write the same gallery.
     """
 
     def __init__(self, worker: InferenceWorker, gateway: GalleryGateway, registry: ModelRegistry,
                  gate: SwapGate, *, device: str, precision: str = "auto", engines: dict | None = None,
-                 batch_size: int = 32, prefetch: int = 2) -> None:
+                 batch_size: int = 32, prefetch: int = 2, replicas: bool = False) -> None:
         self._worker = worker
         self._gateway = gateway
         self._registry = registry
@@ -103,6 +107,7 @@ class ModelSwapper:
         self._engines = engines or {}
         self._batch_size = batch_size
         self._prefetch = prefetch
+        self._replicas = replicas
         self._lock = asyncio.Lock()
         self._traffic_until = 0.0
 
@@ -136,6 +141,8 @@ class ModelSwapper:
                 if self._worker.version != version:
                     self._worker.swap(embedder)
                 await self._gateway.run(self._registry.set_active, version)
+            if self._replicas:  # what other replicas stored between the last catch-up and the flip
+                await self._embed_missing(embedder, None, lambda: False)
         seconds = time.perf_counter() - started
         LOG.info("model %s is live (re-embedding and swap took %.1f s)", version, seconds)
         return seconds

@@ -2,7 +2,9 @@
 
 Opening loads the serving model, opens the gallery (re-embedding it if it has no vectors for
 that model), and starts the inference worker and the training queue. With `CGD_DATABASE_URL` set, the
-model records and training jobs are in that PostgreSQL database too (`service.service_db`).
+model records and training jobs are in that PostgreSQL database too (`service.service_db`), and the
+process is one replica among any number on that database (`Settings.replica`): its own folder under the
+gallery, its share of the training queue, and a `ReplicaSync` that keeps it in step with the others.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from service.job_store import JobStore
 from service.metrics import ServiceMetrics
 from service.model_registry import ModelRegistry
 from service.model_swap import ModelSwapper, SwapGate
+from service.replica_sync import ReplicaSync
 from service.search_batcher import SearchBatcher
 from service.service_db import ServiceDatabase
 from service.settings import Settings
@@ -47,6 +50,7 @@ class Runtime:
     gate: SwapGate
     metrics: ServiceMetrics
     database: ServiceDatabase | None = None  # the jobs' and model records' PostgreSQL, when set
+    sync: ReplicaSync | None = None  # with a database: catching up with the other replicas
 
     @classmethod
     async def open(cls, settings: Settings, metrics: ServiceMetrics) -> Runtime:
@@ -78,7 +82,7 @@ class Runtime:
         """Load the model, switch the gallery to it and start the workers."""
         data = settings.data_dir
         registry = ModelRegistry(data, database)
-        checkpoint = await gateway.run(_serving_checkpoint, settings, registry)
+        checkpoint = await gateway.run(_serving_checkpoint, settings, registry, gateway.live_version)
         engines = {"runtime": settings.runtime, "cache_dir": data / ENGINE_DIR,
                    "threads": settings.inference_threads}
         embedder = await gateway.run(Embedder.load, checkpoint, device=settings.device,
@@ -96,25 +100,33 @@ class Runtime:
         swapper = ModelSwapper(worker, gateway, registry, gate, device=settings.device,
                                precision=settings.precision, engines=engines,
                                batch_size=settings.max_batch_size,
-                               prefetch=settings.io_threads)
+                               prefetch=settings.io_threads, replicas=settings.replica() is not None)
         jobs = JobStore(database if database is not None else data / "jobs.sqlite3")
         try:
             await swapper.switch_to(embedder)
             training = TrainingQueue(jobs, gateway.gallery, registry, swapper, asyncio.get_running_loop(),
                                      workdir=data / "training", threads=settings.train_threads,
-                                     default_max_minutes=settings.train_max_minutes)
+                                     default_max_minutes=settings.train_max_minutes,
+                                     replica=settings.replica())
             await gateway.run(training.start)
         except BaseException:
             await worker.stop(drain=False)
             await searcher.stop()
             jobs.close()
             raise
+        sync = None
+        if settings.replica() is not None:
+            sync = ReplicaSync(gateway, worker, registry, gate, interval_s=settings.sync_interval_s,
+                               load={"device": settings.device, "precision": settings.precision, **engines})
+            sync.start()
         LOG.info("serving model %s over %d gallery items", embedder.version, await gateway.count())
         return cls(settings, registry, gateway, worker, searcher, jobs, training, swapper,
-                   Activations(swapper), gate, metrics, database)
+                   Activations(swapper), gate, metrics, database, sync)
 
     async def close(self) -> None:
         """Graceful stop: no new jobs, finish queued embeddings, persist and close stores."""
+        if self.sync is not None:
+            await self.sync.stop()
         await self.activations.stop()
         await self.gateway.run(self.training.stop)
         await self.worker.stop(drain=True)
@@ -125,9 +137,12 @@ class Runtime:
             self.database.close()
 
 
-def _serving_checkpoint(settings: Settings, registry: ModelRegistry) -> Path | None:
-    """CGD_CHECKPOINT when set; else the model promoted last; else None, the embedded default."""
+def _serving_checkpoint(settings: Settings, registry: ModelRegistry, live: str | None) -> Path | None:
+    """CGD_CHECKPOINT when set; else the model of the gallery's live version (the one the other replicas
+    serve) when it has a record; else the model promoted last; else None, the embedded default."""
     if settings.checkpoint is not None:
         return settings.checkpoint
-    active = registry.active
-    return Path(active.checkpoint) if active is not None and active.checkpoint else None
+    records = {record.version: record for record in registry.records()}
+    chosen = records.get(live) if live is not None else None
+    chosen = chosen or registry.active
+    return Path(chosen.checkpoint) if chosen is not None and chosen.checkpoint else None

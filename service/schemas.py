@@ -197,6 +197,9 @@ class JobPublic(BaseModel):
         "whitening, validation MAP@R gain and its bootstrap lower bound")
     history: list[EpochRecord] = Field(
         default_factory=list, description="one record per finished epoch, while the job runs and after")
+    replica: str | None = Field(default=None, description="the replica that runs or ran the job")
+    cancel_requested: bool = Field(default=False, description="a cancel was asked while it ran; the "
+                                   "replica running it stops it within seconds")
 
 
 class JobList(BaseModel):

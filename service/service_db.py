@@ -39,6 +39,11 @@ MIGRATIONS: tuple[str, ...] = (
         active BOOLEAN NOT NULL DEFAULT FALSE
     );
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    ALTER TABLE jobs ADD COLUMN heartbeat_at DOUBLE PRECISION;
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 POOL_SIZE = 2  # jobs and model records: a few small statements a second at most
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -82,6 +83,14 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(8, ge=1, description="connections per PostgreSQL pool (store, pgvector)")
     db_connect_timeout_s: float = Field(5.0, gt=0, description="seconds to connect to PostgreSQL or Milvus")
     db_statement_timeout_s: float = Field(30.0, gt=0, description="longest PostgreSQL statement, in seconds")
+
+    # Replicas (several `cgd serve` on one CGD_DATABASE_URL and one data_dir)
+    replica_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        description="this replica's name (its own folder data_dir/gallery/replicas/<name>, its training "
+                    "jobs); None: the host name. Used with CGD_DATABASE_URL only (SQLite: one process)")
+    sync_interval_s: float = Field(0.5, gt=0, le=10, description="how often a replica catches up with the "
+                                   "others' writes and model switches (with CGD_DATABASE_URL)")
 
     # Inference worker (dynamic batching)
     max_batch_size: int = Field(32, ge=1, description="images per forward pass")
@@ -192,7 +201,14 @@ class Settings(BaseSettings):
         """`Gallery.open`'s keyword arguments from the index and engine settings."""
         return {"index_kind": self.index_kind, "nprobe": self.index_nprobe, "ef_search": self.index_ef_search,
                 "k_factor": self.index_refine_factor, "use_gpu": self.index_use_gpu,
-                "blas_threshold": self.index_blas_threshold, "engines": self.gallery_engines()}
+                "blas_threshold": self.index_blas_threshold, "engines": self.gallery_engines(),
+                "replica": self.replica()}
+
+    def replica(self) -> str | None:
+        """This process's replica name on a shared PostgreSQL gallery (None with SQLite: one process)."""
+        if self.database_url is None:
+            return None
+        return self.replica_id or socket.gethostname()
 
     def gallery_engines(self) -> Engines:
         """The item store and vector backend these settings name."""

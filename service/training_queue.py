@@ -4,6 +4,10 @@ A job collects the labelled gallery items, fine-tunes the serving model on them 
 process (`training_process`), compares old and new model on the held-out validation split,
 registers the new checkpoint and, per the job's promotion policy, makes it live through
 `ModelSwapper` (re-embedding the gallery while the old model keeps serving).
+
+Replicas on one database share the queue (`JobStore.claim`: one job at a time cluster-wide). A second
+thread sends the running job's heartbeat every `HEARTBEAT_S`, picks up cancel requests made on any
+replica, and fails the jobs of replicas silent for `STALE_S`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections import Counter
@@ -34,6 +39,8 @@ from service.training_process import TrainingSpec, run_training
 LOG = logging.getLogger(__name__)
 MIN_IMAGES_PER_LABEL = 2
 DATABASE_RETRY_S = 5
+HEARTBEAT_S = 2.0  # how often the running job's owner says it is alive and reads cancel requests
+STALE_S = 30.0  # a running job whose owner has been silent this long is failed (its replica died)
 
 
 def trainable_labels(label_counts: Counter[str]) -> list[str]:
@@ -62,8 +69,11 @@ class TrainingQueue:
 
     def __init__(self, jobs: JobStore, gallery, registry: ModelRegistry, swapper: ModelSwapper,
                  loop: asyncio.AbstractEventLoop, *, workdir: Path, threads: int,
-                 default_max_minutes: float) -> None:
+                 default_max_minutes: float, replica: str | None = None) -> None:
+        """`replica`: this process's name among replicas sharing `jobs` (None: it has the store alone)."""
         self.jobs = jobs
+        self._replica = replica
+        self._owner = replica or socket.gethostname()
         self._gallery = gallery
         self._registry = registry
         self._swapper = swapper
@@ -76,12 +86,14 @@ class TrainingQueue:
         self._cancelled: set[str] = set()
         self._running: str | None = None
         self._thread = threading.Thread(target=self._run_forever, name="cgd-training-queue", daemon=True)
+        self._heart = threading.Thread(target=self._beat_forever, name="cgd-training-heartbeat", daemon=True)
 
     def start(self) -> None:
-        interrupted = self.jobs.fail_interrupted()
+        interrupted = self.jobs.fail_interrupted(self._replica)
         if interrupted:
             LOG.warning("%d training job(s) were interrupted by a restart and marked failed", interrupted)
         self._thread.start()
+        self._heart.start()
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop taking jobs and cancel the running one (it ends at its next step)."""
@@ -90,8 +102,9 @@ class TrainingQueue:
         if running is not None:
             self._cancelled.add(running)
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        for thread in (self._thread, self._heart):
+            if thread.is_alive():
+                thread.join(timeout)
 
     def training_images(self, labels: list[str] | None) -> list[LabelledImage]:
         """The labelled gallery images a job trains on: those of labels with a pair or more."""
@@ -118,19 +131,33 @@ class TrainingQueue:
         return job
 
     def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job at once, or ask the running job's owner (any replica) to stop it."""
         job = self.jobs.get(job_id)
         if job.status in FINISHED:
             raise Conflict(f"job {job_id} has already {job.status}")
-        if job.status == "queued":
-            self.jobs.update(job_id, status="cancelled", finished_at=time.time())
-        else:
-            self._cancelled.add(job_id)
+        if not self.jobs.cancel_queued(job_id):  # it started meanwhile, here or on another replica
+            if job_id == self._running:
+                self._cancelled.add(job_id)
+            self.jobs.request_cancel(job_id)
         return self.jobs.get(job_id)
+
+    def _beat_forever(self) -> None:
+        """The running job's heartbeat and cancel requests; other replicas' silent jobs failed."""
+        while not self._stopping.wait(HEARTBEAT_S):
+            running = self._running
+            try:
+                if running is not None and self.jobs.heartbeat(running):
+                    self._cancelled.add(running)
+                stale = self.jobs.fail_stale(STALE_S)
+            except EngineUnavailable:  # the queue's thread reports it
+                continue
+            if stale:
+                LOG.warning("%d training job(s) of a replica that stopped answering marked failed", stale)
 
     def _run_forever(self) -> None:
         while not self._stopping.is_set():
             try:
-                job = self.jobs.next_queued()
+                job = self.jobs.claim(self._owner)
             except EngineUnavailable as exc:  # the jobs' database is down: wait for it, do not die
                 LOG.warning("training queue: %s; trying again in %d s", exc, DATABASE_RETRY_S)
                 self._stopping.wait(DATABASE_RETRY_S)
@@ -151,8 +178,7 @@ class TrainingQueue:
                 self._running = None
 
     def _run(self, job: Job) -> None:
-        started = time.time()
-        self.jobs.update(job.id, status="running", started_at=started, progress={"phase": "preparing"})
+        started = job.started_at or time.time()
         request = TrainRequest.model_validate(job.params)
         images = self.training_images(request.labels)
         start_model = self._registry.active

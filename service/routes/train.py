@@ -25,6 +25,7 @@ def job_public(job: Job) -> JobPublic:
         training_seconds=result.get("training_seconds"),
         reembedding_seconds=result.get("reembedding_seconds"), recipe=result.get("recipe"),
         history=result.get("history") or (job.progress or {}).get("history") or [],
+        replica=job.owner, cancel_requested=job.cancel_requested,
     )
 
 

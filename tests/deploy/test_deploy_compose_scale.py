@@ -104,7 +104,7 @@ def test_replicas_run_the_cpu_image_as_the_single_service_does():
     for key in ("image", "build", "init", "env_file", "stop_grace_period", "shm_size", "healthcheck"):
         assert api[key] == single[key], key
     assert "ports" not in api, "replicas are reached through the load balancer only"
-    assert scale()["services"]["api"]["deploy"]["replicas"] == "1"
+    assert scale()["services"]["api"]["deploy"]["replicas"] == "2"
     assert scale({"CGD_REPLICAS": "5"})["services"]["api"]["deploy"]["replicas"] == "5"
 
 

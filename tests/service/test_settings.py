@@ -142,7 +142,7 @@ def test_index_settings_reach_the_gallery_and_bad_ones_fail_at_start_up(monkeypa
     options = Settings().index_options()
     assert options.pop("engines") == Settings().gallery_engines()
     assert options == {"index_kind": "prefix:HNSW-SQ8", "nprobe": None, "ef_search": 64,
-                       "k_factor": 8, "use_gpu": "never", "blas_threshold": 1}
+                       "k_factor": 8, "use_gpu": "never", "blas_threshold": 1, "replica": None}
     for values, message in (({"index_kind": "prefix:"}, "needs one coarse kind"),
                             ({"index_kind": "IDMap,Flat"}, "adds IDMap2 itself"),
                             ({"index_nprobe": 0}, "index_nprobe"),

@@ -65,7 +65,7 @@ def test_migrate_is_resumable_verified_and_keeps_ids(postgres_server, tmp_path, 
         assert copied.active.version == "trained-b" and copied.records() == registry.records()
         moved = JobStore(database)
         assert [job.id for job in moved.list()] == [second.id, first.id]  # the same order
-        assert moved.get(first.id).result == {"promoted": True} and moved.next_queued().id == second.id
+        assert moved.get(first.id).result == {"promoted": True} and moved.claim("r1").id == second.id
     with Gallery.open(root) as source:
         expected = source.search(_unit(5, seed=7), 5)[1]
     with Gallery.open(root, engines=Engines(url, "pgvector"), index_kind="HNSW") as copy:

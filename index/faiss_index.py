@@ -6,13 +6,20 @@
 - A trained kind with too few vectors to train is an exact IndexFlatIP until it is rebuilt.
 - Filtered search uses an id selector; a query that gets fewer than min(k, allowed) hits from an
   approximate kind is answered exactly over the allowed ids (reconstructed from the index).
+- A single query on a graph or inverted-list kind runs on the calling thread alone (`omp_threads`):
+  FAISS searches one such query serially anyway, and its only parallel region (IDMap's translation of
+  the k result ids) would wake a second OpenMP thread and wait for it at a barrier, a futex sleep
+  and wake-up, longer when the other cores are busy (docs/BENCHMARKS.md, "Where the one-query tail
+  came from"). Exhaustive kinds keep every thread: FAISS splits their database among the threads
+  even for one query.
 - Not thread-safe: the gallery serialises writers and excludes them from searches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,7 @@ RETRAIN_GROWTH = 4  # a trained index is retrained once the gallery is this many
 COMPACT_FRACTION = 0.25  # tombstones above this fraction of the index trigger a rebuild
 _EXACT_CHUNK = 1 << 15
 USE_GPU_CHOICES = ("auto", "always", "never")
+PARALLEL_SCAN_MIN = 10_000  # FAISS 1.15 splits one query's exhaustive scan among threads from here on
 
 
 def configure_faiss(blas_threshold: int) -> None:
@@ -46,6 +54,33 @@ def resolve_gpu(use_gpu: str) -> bool:
     if use_gpu == "always" and gpus == 0:
         raise GpuUnavailable("use_gpu='always' but FAISS sees no GPU (is faiss-gpu installed?)")
     return use_gpu != "never" and gpus > 0
+
+
+@contextlib.contextmanager
+def omp_threads(count: int | None) -> Iterator[None]:
+    """FAISS's OpenMP threads for the calling thread while inside (None: unchanged). libgomp keeps the
+    setting per thread, so other threads' searches keep theirs; restored on the way out."""
+    if count is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def searches_one_query_serially(index: faiss.Index) -> bool:
+    """Whether FAISS searches one query of `index` (unwrapped from IDMap) on one thread anyway: HNSW, and
+    IVF whose coarse quantizer has fewer than PARALLEL_SCAN_MIN lists (refined or not)."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        index = faiss.downcast_index(index.base_index)
+    if isinstance(index, faiss.IndexHNSW):
+        return True
+    ivf = faiss.try_extract_index_ivf(index)
+    return ivf is not None and ivf.nlist < PARALLEL_SCAN_MIN
 
 
 def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +106,7 @@ class FaissVectorIndex:
         self.dirty = False
         inner = faiss.downcast_index(index.index)
         self._removable = isinstance(inner, faiss.IndexFlatCodes)
+        self._serial_query = searches_one_query_serially(inner)
         self._tombstones: set[int] = set()
         self._ids_cache: np.ndarray | None = None
         self._gpu = gpu
@@ -250,7 +286,8 @@ class FaissVectorIndex:
             selector = faiss.IDSelectorNot(batch)
         params, _keep_alive = self._search_params(selector)  # SWIG objects must outlive the search
         searcher = self._gpu_searcher() if selector is None else self._index
-        scores, ids = searcher.search(queries, k, params=params)
+        with omp_threads(1 if len(queries) == 1 and self._serial_query else None):
+            scores, ids = searcher.search(queries, k, params=params)
         short = (ids >= 0).sum(axis=1) < k
         if short.any() and (len(self) if candidates is None else len(candidates)) <= EXACT_FALLBACK_LIMIT:
             scores[short], ids[short] = self._exact(queries[short], k, self.ids() if candidates is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import faiss
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from index import FaissVectorIndex, IndexSpec, InvalidIndexKind, SnapshotCorrupt
+from index.faiss_index import omp_threads, searches_one_query_serially
 from index.vectors import quantize
 
 KINDS = ["Flat", "SQfp16", "SQ8", "HNSW", "HNSW-SQ8", "IVF-Flat", "IVF-SQ8", "IVF-PQ"]
@@ -159,3 +161,42 @@ def test_an_index_copy_for_searches_follows_adds_and_removes(data) -> None:
     hnsw._gpu, hnsw._gpu_index = True, faiss.IndexFlatIP(D)  # refuses add_with_ids
     hnsw.add(ids[100:101], vectors[100:101])
     assert hnsw._gpu_index is None
+
+
+def test_a_thread_setting_of_faiss_threads_holds_for_that_thread_only_and_is_restored() -> None:
+    seen: dict[str, int] = {}
+
+    def other_thread() -> None:
+        with omp_threads(1):
+            seen["other_inside"] = faiss.omp_get_max_threads()
+
+    faiss.omp_set_num_threads(3)
+    try:
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        seen["main"] = faiss.omp_get_max_threads()  # the other thread's setting did not reach this one
+        with omp_threads(2):
+            seen["inside"] = faiss.omp_get_max_threads()
+        seen["after"] = faiss.omp_get_max_threads()
+    finally:
+        faiss.omp_set_num_threads(1)  # the session's setting (conftest)
+    assert seen == {"other_inside": 1, "main": 3, "inside": 2, "after": 3}
+
+
+@pytest.mark.parametrize(("kind", "serial"), [("HNSW", True), ("HNSW-SQ8", True), ("IVF-SQ8", True),
+                                              ("IVF-PQ", True), ("Flat", False), ("SQ8", False)])
+def test_one_query_runs_on_one_thread_where_faiss_searches_it_serially(kind: str, serial: bool, data) -> None:
+    """Graph and inverted-list kinds search one query on the calling thread alone (FAISS would only wake
+    a second thread to translate the result ids), with the same hits; the caller's setting is kept."""
+    ids, vectors, queries = data
+    index = _filled(kind, vectors, ids)
+    assert searches_one_query_serially(index._index.index) is serial
+    batched = index.search(queries, 10)
+    faiss.omp_set_num_threads(2)
+    try:
+        singles = [index.search(query[None, :], 10) for query in queries]
+        assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(1)
+    np.testing.assert_array_equal(np.vstack([found for _, found in singles]), batched[1])

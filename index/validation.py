@@ -19,8 +19,10 @@ MAX_METADATA_BYTES = 64 * 1024  # canonical JSON, UTF-8
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # SQLite integers
 
 
-def check_vectors(vectors: np.ndarray, rows: int | None = None, *, unit: bool = False) -> np.ndarray:
-    """Validate a (N,d) float array (N = rows if given) and return it as C-contiguous float32."""
+def check_vectors(vectors: np.ndarray, rows: int | None = None, *, unit: bool = False,
+                  first_row: int = 0) -> np.ndarray:
+    """Validate a (N,d) float array (N = rows if given) and return it as C-contiguous float32. An error
+    names the first bad row, numbered from `first_row` (for a chunk of a larger array)."""
     array = np.asarray(vectors)
     if array.ndim != 2 or (rows is not None and array.shape[0] != rows):
         expected = f"({rows},d)" if rows is not None else "(N,d)"
@@ -28,10 +30,15 @@ def check_vectors(vectors: np.ndarray, rows: int | None = None, *, unit: bool = 
     if not np.issubdtype(array.dtype, np.floating):
         raise InvalidVectors(f"vectors must be floats, got {array.dtype}")
     array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise InvalidVectors("vectors contain NaN or infinity")
-    if unit and len(array) and float(np.abs(np.linalg.norm(array, axis=1) - 1).max()) > UNIT_TOLERANCE:
-        raise InvalidVectors("gallery vectors must be L2-normalised")
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        raise InvalidVectors(f"vectors contain NaN or infinity (row {first_row + int(np.argmin(finite))})")
+    if unit and len(array):
+        norms = np.linalg.norm(array, axis=1)
+        worst = int(np.argmax(np.abs(norms - 1)))
+        if abs(float(norms[worst]) - 1) > UNIT_TOLERANCE:
+            raise InvalidVectors(f"gallery vectors must be L2-normalised (row {first_row + worst} has norm "
+                                 f"{float(norms[worst]):.4g}; |norm - 1| must be below {UNIT_TOLERANCE})")
     return array
 
 

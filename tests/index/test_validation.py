@@ -1,13 +1,21 @@
-"""index/validation.py: item metadata and metadata filters are refused beyond the store's limits."""
+"""index/validation.py: item metadata and metadata filters are refused beyond the store's limits; bad
+vectors are refused naming their row."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from index import InvalidFilter, InvalidItem
-from index.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, check_filter, check_metadata
+from index import InvalidFilter, InvalidItem, InvalidVectors
+from index.validation import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    check_filter,
+    check_metadata,
+    check_vectors,
+)
 
 
 def nested(depth: int) -> dict:
@@ -75,3 +83,15 @@ def test_filter_values_must_be_scalars_the_store_can_compare(value: object) -> N
 
 def test_filter_accepts_scalars() -> None:
     check_filter({"s": "x", "i": 2**63 - 1, "f": 1.5, "b": True, "n": None})
+
+
+def test_vector_errors_name_the_first_bad_row_of_the_whole_array() -> None:
+    vectors = np.tile(np.float32([0.6, 0.8]), (5, 1))
+    assert check_vectors(vectors, unit=True).shape == (5, 2)
+    vectors[3, 0] = np.nan
+    with pytest.raises(InvalidVectors, match=r"NaN or infinity \(row 103\)"):
+        check_vectors(vectors, first_row=100)
+    vectors[3] = [0.6, 0.8]
+    vectors[2] = [0.3, 0.4]
+    with pytest.raises(InvalidVectors, match=r"L2-normalised \(row 2 has norm 0.5;"):
+        check_vectors(vectors, unit=True)

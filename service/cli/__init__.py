@@ -7,9 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.cli import embed, ingest, migrate, serve, train
+from service.cli import embed, import_vectors, ingest, migrate, serve, train
 
-COMMAND_MODULES = (embed, serve, ingest, train, migrate)
+COMMAND_MODULES = (embed, serve, ingest, import_vectors, train, migrate)
 
 
 def build_parser() -> argparse.ArgumentParser:

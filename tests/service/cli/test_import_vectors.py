@@ -1,0 +1,135 @@
+"""`cgd import` on a real data directory: embeddings of the served model (the embedded default, really
+computed) and their images go into the gallery in durable chunks; a second run adds nothing; bad files,
+another model's vectors and a running service are refused before anything is written."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from index import Gallery
+from model import Embedder
+from service.cli import main
+
+IMAGES = 7
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder.load(None, device="cpu", precision="fp32")
+
+
+@pytest.fixture
+def photos(tmp_path, make_image, embedder) -> tuple[Path, np.ndarray]:
+    """(folder with images/ and labels.csv (path,label,split,metadata), their embeddings (N, d))."""
+    folder = tmp_path / "photos"
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for i in range(IMAGES):
+        path = f"images/{i}.png"
+        (folder / path).write_bytes(make_image(900 + i, size=64))
+        rows.append({"path": path, "label": "ab"[i % 2], "split": "test", "metadata": json.dumps({"i": i})})
+    with open(folder / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "split", "metadata"])
+        writer.writeheader()
+        writer.writerows(rows)
+    images = [Image.open(folder / row["path"]).convert("RGB") for row in rows]
+    return folder, embedder.embed_images(images)
+
+
+def _import(vectors: Path, items: Path, data_dir: Path, version: str, *extra: str) -> int:
+    return main(["import", str(vectors), str(items), "--model-version", version, "--data-dir", str(data_dir),
+                 *extra])
+
+
+def test_import_adds_items_under_the_served_model_and_a_second_run_adds_nothing(
+        photos, embedder, tmp_path, capsys) -> None:
+    folder, vectors = photos
+    np.save(tmp_path / "vectors.npy", vectors.astype(np.float16))  # any float width is accepted
+    data = tmp_path / "data"
+    assert _import(tmp_path / "vectors.npy", folder / "labels.csv", data, embedder.version,
+                   "--batch-size", "3") == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert report == {"imported": IMAGES, "already_in_gallery": 0, "model_version": embedder.version,
+                      "dim": vectors.shape[1], "data_dir": str(data)}
+    with Gallery.open(data / "gallery") as gallery:
+        assert gallery.live_version == embedder.version and gallery.count() == IMAGES
+        _, hits = gallery.search(vectors[3:4], 1)
+        item = hits[0][0].item
+        assert (item.external_id, item.label, item.metadata) == ("images/3.png", "b", {"i": 3})
+        assert gallery.image(item.id) == (folder / "images" / "3.png").read_bytes()
+    assert _import(tmp_path / "vectors.npy", folder / "labels.csv", data, embedder.version) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["already_in_gallery"] == IMAGES
+
+
+def test_jsonl_items_with_their_own_external_ids(photos, embedder, tmp_path, capsys) -> None:
+    folder, vectors = photos
+    np.save(tmp_path / "vectors.npy", vectors)
+    lines = [json.dumps({"path": f"images/{i}.png", "external_id": f"sku-{i}", "metadata": {"shop": "x"}})
+             for i in range(IMAGES)]
+    (folder / "items.jsonl").write_text("\n".join(lines) + "\n")
+    assert _import(tmp_path / "vectors.npy", folder / "items.jsonl", tmp_path / "data", embedder.version) == 0
+    with Gallery.open(tmp_path / "data" / "gallery") as gallery:
+        item = gallery.get_by_external_id("sku-5")
+        assert item.label is None and item.metadata == {"shop": "x"}
+
+
+def _nan_row(vectors: np.ndarray) -> np.ndarray:
+    vectors[5, 0] = np.nan
+    return vectors
+
+
+def _short_row(vectors: np.ndarray) -> np.ndarray:
+    vectors[2] *= 0.5
+    return vectors
+
+
+@pytest.mark.parametrize(("spoil", "version", "message"), [
+    (_nan_row, None, "NaN or infinity (row 5)"),
+    (_short_row, None, "L2-normalised (row 2 has norm 0.5"),
+    (lambda v: v[:, :512] / np.linalg.norm(v[:, :512], axis=1, keepdims=True), None,
+     "the vectors have 512 dimensions but model"),
+    (lambda v: v, "0123456789ab", "the vectors are of model version '0123456789ab' but the service serves"),
+    (lambda v: v[:-1], None, f"has {IMAGES} items for {IMAGES - 1} vectors"),
+])
+def test_bad_vectors_or_another_model_are_refused_before_anything_is_written(
+        spoil, version, message, photos, embedder, tmp_path, capsys) -> None:
+    folder, vectors = photos
+    np.save(tmp_path / "vectors.npy", spoil(vectors.copy()))
+    data = tmp_path / "data"
+    assert _import(tmp_path / "vectors.npy", folder / "labels.csv", data, version or embedder.version,
+                   "--batch-size", "2") == 2
+    assert message in capsys.readouterr().err
+    if (data / "gallery").exists():
+        with Gallery.open(data / "gallery") as gallery:
+            assert gallery.count() == 0
+
+
+def test_a_missing_image_or_a_bad_metadata_cell_names_its_item(photos, embedder, tmp_path, capsys) -> None:
+    folder, vectors = photos
+    np.save(tmp_path / "vectors.npy", vectors)
+    (folder / "images" / "4.png").unlink()
+    assert _import(tmp_path / "vectors.npy", folder / "labels.csv", tmp_path / "data", embedder.version) == 2
+    assert "item 4: image" in capsys.readouterr().err
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "metadata"])
+    writer.writerows([[f"images/{i}.png", "{not json" if i == 1 else ""] for i in range(IMAGES)])
+    (folder / "items.csv").write_text(buffer.getvalue())
+    assert _import(tmp_path / "vectors.npy", folder / "items.csv", tmp_path / "data", embedder.version) == 2
+    assert "item 1: metadata is not JSON" in capsys.readouterr().err
+
+
+def test_a_gallery_open_in_the_service_is_not_imported_into(photos, embedder, tmp_path, capsys) -> None:
+    folder, vectors = photos
+    np.save(tmp_path / "vectors.npy", vectors)
+    with Gallery.open(tmp_path / "data" / "gallery"):  # as a running service holds it
+        assert _import(tmp_path / "vectors.npy", folder / "labels.csv", tmp_path / "data",
+                       embedder.version) == 1
+    assert "stop the service first" in capsys.readouterr().err

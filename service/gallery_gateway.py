@@ -3,14 +3,19 @@
 Every route, the search batcher, ingestion and the model swapper await the gateway; each call runs
 on its executor of `io_threads` threads (`CGD_IO_THREADS`), so the event loop only routes. Image
 decoding and preprocessing (uploads, the inference worker, re-embedding) run on the same executor
-through `run`; only the model has a thread of its own (the inference worker's).
+through `run`; only the model has a thread of its own (the inference worker's), and a model swap
+builds the new version's index in a short-lived thread at lower CPU priority (`prepare`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
+import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -22,6 +27,8 @@ import numpy as np
 from index import Gallery, Hit, IndexStats, Item, ItemNotFound, MetadataFilter, NewItem, VersionInfo
 
 LOG = logging.getLogger(__name__)
+
+BACKGROUND_NICE = 10  # niceness added to a background build's thread (as the training process has)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -169,6 +176,20 @@ class GalleryGateway:
 
         await self.run(apply)
 
+    async def prepare(self, version: str) -> None:
+        """Load or build `version`'s index before it goes live, in a thread of its own at `BACKGROUND_NICE`
+        (its FAISS threads inherit it): a build, with DBA an all-pairs neighbour search, takes the CPU
+        only when serving does not need it."""
+        def load() -> None:
+            if version in self._gallery.versions():
+                self._gallery.index_stats(version)  # loads or builds the index
+
+        builder = ThreadPoolExecutor(1, thread_name_prefix="cgd-build", initializer=_lower_priority)
+        try:
+            await _run(builder, load)
+        finally:
+            builder.shutdown(wait=False)  # its thread ends, and its OpenMP threads with it
+
     async def activate(self, version: str) -> None:
         """Make `version` live (its index loaded or built, and snapshotted, off the event loop)."""
         await self.run(self._gallery.activate, version)
@@ -177,3 +198,14 @@ class GalleryGateway:
 async def _run(executor: Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(executor, functools.partial(fn, *args, **kwargs))
+
+
+def _lower_priority() -> None:
+    """Thread initialiser: this thread, and the threads it starts, `BACKGROUND_NICE` nicer (Linux, where
+    niceness is per thread; elsewhere it would apply to the whole process, so nothing changes)."""
+    if sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        niceness = os.getpriority(os.PRIO_PROCESS, thread) + BACKGROUND_NICE
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, niceness))

@@ -4,8 +4,9 @@ While the new version's vectors are computed, the old model keeps serving. Re-em
 pipeline: chunks of the worker's batch size are read, decoded (upright RGB, as at ingestion) and
 preprocessed on the gateway's executor, several chunks ahead of the model, which embeds them in the
 inference worker's model thread; the vectors are written through the gateway. Search batches go
-first: before each forward pass the swapper waits (briefly) until no request waits for the model,
-and once it has seen traffic it runs smaller passes for a while. Items deleted meanwhile are skipped.
+first: a forward pass starts only between the worker's rounds (`InferenceWorker.run_between_rounds`),
+and passes are small until `TRAFFIC_HOLD_S` after the last request. The new version's index is then
+built at a lower CPU priority (`GalleryGateway.prepare`). Items deleted meanwhile are skipped.
 A cancel request is honoured between two chunks, up to the final switch; the old model then keeps
 serving. The final catch-up (items ingested meanwhile), the index switch and the model switch happen
 under the exclusive side of `SwapGate`, which ingestion holds in shared mode: no item is ever stored
@@ -37,12 +38,9 @@ from service.worker import InferenceWorker
 
 LOG = logging.getLogger(__name__)
 
-YIELD_POLL_S = 0.002  # how often the swapper looks whether requests wait for the model
-YIELD_MAX_S = 0.25  # longest it waits for them before a pass (so traffic cannot starve it)
-TRAFFIC_HOLD_S = 2.0  # after requests were seen, passes stay small this long
+YIELD_MAX_S = 0.25  # longest a pass waits for the requests' rounds (so traffic cannot starve it)
+TRAFFIC_HOLD_S = 2.0  # passes stay small until this long after the last request
 TRAFFIC_PASS_FRACTION = 8  # passes under traffic: batch size / this (a search waits less behind one)
-MODEL_WAIT_S = 0.02  # a pass that waited longer for the model thread ran after a request's round (a
-# round's forward pass takes longer than this; a thread's wake-up on a loaded machine does not)
 
 Progress = Callable[[int, int], None]
 Cancelled = Callable[[], bool]
@@ -109,7 +107,6 @@ class ModelSwapper:
         self._prefetch = prefetch
         self._replicas = replicas
         self._lock = asyncio.Lock()
-        self._traffic_until = 0.0
 
     async def activate(self, version: str, on_progress: Progress | None = None,
                        cancelled: Cancelled | None = None) -> float:
@@ -120,8 +117,10 @@ class ModelSwapper:
         record = await self._gateway.run(self._registry.get, version)
         if self._worker.version == version:
             return 0.0
+        started = time.perf_counter()
         embedder = await self._gateway.run(Embedder.load, record.checkpoint, device=self._device,
                                            precision=self._precision, **self._engines)
+        LOG.info("model %s loaded on %s in %.1f s", version, embedder.runtime, time.perf_counter() - started)
         return await self.switch_to(embedder, on_progress, cancelled)
 
     async def switch_to(self, embedder: Embedder, on_progress: Progress | None = None,
@@ -132,7 +131,10 @@ class ModelSwapper:
         cancelled = cancelled or (lambda: False)
         async with self._lock:
             await self._embed_missing(embedder, on_progress, cancelled)
+            embedded = time.perf_counter()
             await self._gateway.set_dba(version, embedder.dba_n)  # the model's search default
+            await self._gateway.prepare(version)  # its index, built at a lower CPU priority
+            prepared = time.perf_counter()
             async with self._gate.exclusive():
                 await self._embed_missing(embedder, None, cancelled)
                 if cancelled():
@@ -143,9 +145,11 @@ class ModelSwapper:
                 await self._gateway.run(self._registry.set_active, version)
             if self._replicas:  # what other replicas stored between the last catch-up and the flip
                 await self._embed_missing(embedder, None, lambda: False)
-        seconds = time.perf_counter() - started
-        LOG.info("model %s is live (re-embedding and swap took %.1f s)", version, seconds)
-        return seconds
+        ended = time.perf_counter()
+        LOG.info("model %s is live (re-embedding and swap took %.1f s: re-embedding %.1f s, index %.1f s "
+                 "with dba_n %d, switch %.1f s)", version, ended - started, embedded - started,
+                 prepared - embedded, embedder.dba_n, ended - prepared)
+        return ended - started
 
     async def _embed_missing(self, embedder: Embedder, on_progress: Progress | None,
                              cancelled: Cancelled) -> None:
@@ -180,30 +184,15 @@ class ModelSwapper:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _embed(self, embedder: Embedder, batch: torch.Tensor) -> np.ndarray:
-        """(B,3,S,S) -> (B,d) in the model thread, in passes that let waiting requests go first."""
+        """(B,3,S,S) -> (B,d) in the model thread, in passes between the requests' rounds (small ones
+        while requests come, so that a request waits less behind one)."""
         vectors, start = [], 0
         while start < len(batch):
-            await self._yield_to_requests()
             size = self._batch_size
-            if time.monotonic() < self._traffic_until:
+            if self._worker.seconds_since_request < TRAFFIC_HOLD_S:
                 size = max(1, self._batch_size // TRAFFIC_PASS_FRACTION)
             part = batch[start:start + size]
-            submitted = time.monotonic()
-            began, embedded = await self._worker.run_in_model_thread(_timed, embedder, part)
-            if began - submitted > MODEL_WAIT_S:  # a request's round ran first: there is traffic
-                self._traffic_until = time.monotonic() + TRAFFIC_HOLD_S
-            vectors.append(embedded)
+            vectors.append(await self._worker.run_between_rounds(embedder.embed_tensors, part,
+                                                                 max_wait_s=YIELD_MAX_S))
             start += len(part)
         return np.concatenate(vectors)
-
-    async def _yield_to_requests(self) -> None:
-        """Wait (at most `YIELD_MAX_S`) while requests wait for the model; remember that there were."""
-        deadline = time.monotonic() + YIELD_MAX_S
-        while self._worker.queue_depth > 0 and time.monotonic() < deadline:
-            self._traffic_until = time.monotonic() + TRAFFIC_HOLD_S
-            await asyncio.sleep(YIELD_POLL_S)
-
-
-def _timed(embedder: Embedder, batch: torch.Tensor) -> tuple[float, np.ndarray]:
-    """In the model thread: (when the pass began, the (B,d) vectors of batch (B,3,S,S))."""
-    return time.monotonic(), embedder.embed_tensors(batch)

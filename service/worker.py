@@ -12,6 +12,10 @@ How a request flows (`await worker.embed(images)`):
    client left), and runs the model in a single dedicated thread, in forward passes of at most
    `max_batch_size` images, so the event loop stays free.
 
+Background work (re-embedding the gallery for a new model) runs in the same model thread through
+`run_between_rounds`: it starts only while no round is collecting or embedding and no job is queued
+(waiting at most `max_wait_s`), so requests go first and background work fills the gaps.
+
 Model versions: each round of jobs reads the current embedder once and uses it for all of its
 forward passes, and a job never spans two rounds. So all vectors of one request come from one
 model, whatever its size, and `swap` takes effect at the next round. Tensors preprocessed by a
@@ -22,9 +26,11 @@ or normalisation may differ between versions). `EmbedResult.version` names the m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -137,6 +143,9 @@ class InferenceWorker:
         self._queued = 0  # of those, images preprocessed and waiting in the queue
         self._preparing = 0  # requests being preprocessed
         self._none_preparing: asyncio.Event | None = None
+        self._in_round = False  # a round is collecting jobs or embedding them
+        self._model_free: asyncio.Event | None = None  # no round in progress and no job queued
+        self._last_request = -float("inf")  # time.monotonic() of the last admitted request
         self._queue: asyncio.Queue[_Job | object] | None = None
         self._task: asyncio.Task[None] | None = None
         self._shared_pool = executor  # preprocessing runs there when given (the service's one executor)
@@ -163,6 +172,11 @@ class InferenceWorker:
         """Images preprocessed and waiting for the model."""
         return self._queued
 
+    @property
+    def seconds_since_request(self) -> float:
+        """Seconds since the last request was admitted (infinite before the first)."""
+        return time.monotonic() - self._last_request
+
     async def start(self) -> None:
         """Start the thread pools and the batching task (in the running event loop)."""
         if self._state is not _State.NEW:
@@ -174,6 +188,8 @@ class InferenceWorker:
                                                 initargs=(self._inference_threads,))
         self._none_preparing = asyncio.Event()
         self._none_preparing.set()
+        self._model_free = asyncio.Event()
+        self._model_free.set()
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._run(), name="cgd-inference-worker")
         self._state = _State.RUNNING
@@ -199,6 +215,7 @@ class InferenceWorker:
             raise Overloaded(f"the inference queue is full ({self._admitted} of {self._max_queue} images "
                              f"waiting); retry shortly")
         future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
+        self._last_request = time.monotonic()
         self._admitted += count
         self._preparing += 1
         self._none_preparing.clear()
@@ -239,6 +256,19 @@ class InferenceWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._model_thread, functools.partial(fn, *args, **kwargs))
 
+    async def run_between_rounds(self, fn: Callable[P, T], *args: P.args, max_wait_s: float,
+                                 **kwargs: P.kwargs) -> T:
+        """`run_in_model_thread(fn, ...)` once no round is collecting or embedding and no job is queued,
+        waiting at most `max_wait_s` for that (so that steady traffic cannot starve it): requests go first.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait_s
+        while self._state is _State.RUNNING and not self._model_free.is_set() and loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(deadline - loop.time()):
+                    await self._model_free.wait()
+        return await self.run_in_model_thread(fn, *args, **kwargs)
+
     async def stop(self, *, drain: bool = True) -> None:
         """Stop accepting requests; with `drain`, embed everything admitted first.
 
@@ -271,9 +301,12 @@ class InferenceWorker:
     async def _run(self) -> None:
         stopping = False
         while not stopping:
-            jobs, stopping = await self._collect()
-            if jobs:
-                await self._process(jobs)
+            try:
+                jobs, stopping = await self._collect()
+                if jobs:
+                    await self._process(jobs)
+            finally:
+                self._set_in_round(False)
             del jobs  # while waiting for the next round, hold neither images nor a swapped-out model
 
     async def _collect(self) -> tuple[list[_Job], bool]:
@@ -282,6 +315,7 @@ class InferenceWorker:
         jobs: list[_Job] = []
         size = 0
         item = await self._queue.get()
+        self._set_in_round(True)
         deadline = loop.time() + self._max_wait_s
         while True:
             if item is _STOP:
@@ -367,6 +401,17 @@ class InferenceWorker:
         self._queued = depth
         if self._metrics is not None:
             self._metrics.set_queue_depth(depth)
+        self._update_model_free()
+
+    def _set_in_round(self, in_round: bool) -> None:
+        self._in_round = in_round
+        self._update_model_free()
+
+    def _update_model_free(self) -> None:
+        if self._in_round or self._queued:
+            self._model_free.clear()
+        else:
+            self._model_free.set()
 
     def _shutdown_pools(self) -> None:
         self._model_thread.shutdown(wait=True)

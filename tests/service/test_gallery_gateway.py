@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,7 +14,7 @@ import numpy as np
 import pytest
 
 from index import GalleryError, ItemNotFound, NewItem
-from service.gallery_gateway import GalleryGateway
+from service.gallery_gateway import BACKGROUND_NICE, GalleryGateway
 
 DIM = 8
 
@@ -89,6 +92,50 @@ def test_read_images_leaves_out_deleted_items_and_erased_images(tmp_path: Path):
     kept, data, missing = asyncio.run(scenario())
     assert kept == [1, 3, 5] and data == [b"img-0", b"img-2", b"img-4"]
     assert missing == [1, 3, 4, 5]
+
+
+class ThreadNiceness(logging.Handler):
+    """Notes, for each record, the emitting thread's name and niceness (read in that thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen: list[tuple[str, str, int]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        self.seen.append((record.getMessage(), record.threadName, niceness))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread niceness is per thread on Linux only")
+def test_prepare_builds_a_versions_index_in_a_nicer_thread_of_its_own(tmp_path: Path):
+    """The new version's index is built by a `cgd-build` thread `BACKGROUND_NICE` nicer than the process;
+    the executor's threads keep the process's niceness."""
+    async def scenario() -> tuple[int, int]:
+        gateway = await GalleryGateway.open(tmp_path / "g", threads=2)
+        items = await gateway.add([NewItem(image=f"img-{i}".encode()) for i in range(6)], {"v1": unit(6)})
+        await gateway.put_vectors("v2", np.asarray([item.id for item in items]), unit(6))
+        await gateway.prepare("v2")
+        await gateway.prepare("v3")  # no vectors yet: nothing to build, no error
+        stats = await gateway.index_stats("v2")
+        executor = await gateway.run(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        await gateway.close()
+        return stats.vectors, executor
+
+    handler = ThreadNiceness()
+    logger = logging.getLogger("index.version_index")
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        size, executor = asyncio.run(scenario())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    process = os.getpriority(os.PRIO_PROCESS, 0)
+    builds = [(thread, niceness) for message, thread, niceness in handler.seen if "for version v2" in message]
+    assert size == 6 and executor == process
+    assert builds and all(thread.startswith("cgd-build") for thread, _ in builds)
+    assert all(niceness == min(19, process + BACKGROUND_NICE) for _, niceness in builds)
 
 
 def test_errors_reach_the_caller_and_close_ends_the_gallery(tmp_path: Path):

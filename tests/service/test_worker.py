@@ -372,6 +372,80 @@ def test_run_in_model_thread_uses_the_model_thread_and_its_torch_threads() -> No
     assert empty.vectors.shape == (0, 16) and empty.version == "v1"
 
 
+class RecordingEmbedder(TinyEmbedder):
+    """A tiny real model that notes each forward pass (its batch size) in `passes`."""
+
+    def __init__(self, version: str, *, seed: int, passes: list[str]) -> None:
+        super().__init__(version, seed=seed)
+        self.passes = passes
+
+    def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        self.passes.append(f"round of {len(batch)}")
+        return super().embed_tensors(batch)
+
+
+def test_background_work_waits_for_a_round_that_is_still_collecting() -> None:
+    """A round collecting requests (here until it holds 4 images) goes before background work submitted
+    meanwhile: the background pass starts only once the round has embedded."""
+    passes: list[str] = []
+    log = BatchLog()
+    embedder = RecordingEmbedder("v1", seed=1, passes=passes)
+
+    async def scenario() -> tuple[float, float]:
+        worker = InferenceWorker(embedder, settings(max_batch_size=4, max_wait_ms=10_000), metrics=log)
+        await worker.start()
+        before = worker.seconds_since_request
+        first = asyncio.ensure_future(worker.embed(images(1)))
+        await taken_by_a_round(worker, log)  # the round holds 1 image and waits for 3 more
+        background = asyncio.ensure_future(
+            worker.run_between_rounds(lambda: passes.append("background"), max_wait_s=30))
+        await asyncio.sleep(0.05)  # the background work had its chance to jump ahead of the round
+        rest = await worker.embed(images(3, seed=1))
+        await first
+        await asyncio.wait_for(background, 10)  # woken when the round ended, not after max_wait_s
+        after = worker.seconds_since_request
+        await worker.stop()
+        assert rest.vectors.shape == (3, 16)
+        return before, after
+
+    before, after = asyncio.run(scenario())
+    assert passes == ["round of 4", "background"]
+    assert before == float("inf") and after < 30
+
+
+def test_background_work_is_not_starved_by_a_round_that_takes_long() -> None:
+    """`max_wait_s` bounds the wait: background work runs while a round still collects."""
+    passes: list[str] = []
+    log = BatchLog()
+    embedder = RecordingEmbedder("v1", seed=1, passes=passes)
+
+    async def scenario() -> None:
+        worker = InferenceWorker(embedder, settings(max_batch_size=4, max_wait_ms=10_000), metrics=log)
+        await worker.start()
+        first = asyncio.ensure_future(worker.embed(images(1)))
+        await taken_by_a_round(worker, log)
+        await worker.run_between_rounds(lambda: passes.append("background"), max_wait_s=0.05)
+        assert not first.done()
+        await worker.embed(images(3, seed=1))
+        await first
+        await worker.stop()
+
+    asyncio.run(scenario())
+    assert passes == ["background", "round of 4"]
+
+
+def test_background_work_runs_at_once_without_requests() -> None:
+    async def scenario() -> str:
+        worker = InferenceWorker(V1, settings(max_wait_ms=10_000))
+        await worker.start()
+        name = await asyncio.wait_for(  # without waiting for max_wait_s
+            worker.run_between_rounds(lambda: threading.current_thread().name, max_wait_s=30), 10)
+        await worker.stop()
+        return name
+
+    assert asyncio.run(scenario()).startswith("cgd-model")
+
+
 def test_embed_before_start_is_not_ready() -> None:
     worker = InferenceWorker(V1, settings())
     with pytest.raises(NotReady):

@@ -64,6 +64,7 @@ from service.model_registry import ModelRegistry
 from service.settings import Settings
 
 SEARCH_CONCURRENCY = 4
+SWAP_LOG = ("loaded on", "is live (", "chosen for model", "built index")  # server log lines kept
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
@@ -109,6 +110,22 @@ def percentile(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1) if values else float("nan")
 
 
+class Marks:
+    """When a swap's stages began (perf_counter), as its job's status showed them: the first vector
+    re-embedded, the last one."""
+
+    def __init__(self) -> None:
+        self.reembedding: float | None = None
+        self.reembedded: float | None = None
+
+    def see(self, done: int | None, total: int | None) -> None:
+        now = time.perf_counter()
+        if done and self.reembedding is None:
+            self.reembedding = now
+        if done and total and done >= total and self.reembedded is None:
+            self.reembedded = now
+
+
 class Load:
     """Search clients at concurrency 4 and a sequential /health prober, until `stop` is set."""
 
@@ -116,12 +133,14 @@ class Load:
         self.client, self.probe_s = client, probe_ms / 1000
         self.bodies = [encode("/search", image) for image in queries]
         self.search_ms: list[float] = []
+        self.search_sent: list[float] = []  # perf_counter when each of search_ms was sent
         self.health_ms: list[float] = []
         self.errors: Counter[str] = Counter()
         self.stop = asyncio.Event()
+        self.marks = Marks()
 
     async def _timed(self, kind: str, call: Callable[[], Awaitable[httpx.Response]],
-                     into: list[float]) -> None:
+                     into: list[float], sent: list[float] | None = None) -> None:
         began = time.perf_counter()
         try:
             response = await call()
@@ -130,8 +149,27 @@ class Load:
             failure = type(exc).__name__
         if failure is None:
             into.append(1000 * (time.perf_counter() - began))
+            if sent is not None:
+                sent.append(began)
         else:
             self.errors[f"{kind} {failure}"] += 1
+
+    def stages(self, started: float) -> dict:
+        """/search p50 / p99 in the window's stages, split by the swap's `marks`: loading the model
+        (until the first vector is re-embedded), re-embedding, and indexing plus the switch."""
+        bounds = [("load", started, self.marks.reembedding), ("reembed", self.marks.reembedding,
+                  self.marks.reembedded), ("index_switch", self.marks.reembedded, None)]
+        stages = {}
+        for name, begin, end in bounds:
+            if begin is None:
+                continue
+            picked = [ms for ms, at in zip(self.search_ms, self.search_sent, strict=True)
+                      if at >= begin and (end is None or at < end)]
+            stages[name] = {"seconds": round((end or time.perf_counter()) - begin, 1),
+                            "searches": len(picked), "search_p50_ms": percentile(picked, 50),
+                            "search_p99_ms": percentile(picked, 99),
+                            "search_max_ms": round(max(picked, default=float("nan")), 1)}
+        return stages
 
     async def _search(self, worker: int) -> None:
         sent = worker
@@ -141,7 +179,7 @@ class Load:
             def post(b: bytes = body, h: dict = headers) -> Awaitable[httpx.Response]:
                 return self.client.post("/search", content=b, headers=h)
 
-            await self._timed("search", post, self.search_ms)
+            await self._timed("search", post, self.search_ms, self.search_sent)
 
     async def _health(self) -> None:
         while not self.stop.is_set():
@@ -159,12 +197,14 @@ class Load:
         finally:
             self.stop.set()
             await asyncio.gather(*tasks)
+        stages = self.stages(started) if self.marks.reembedding is not None and search else {}
         return {**result, "seconds": round(time.perf_counter() - started, 1), "load1": load_average(),
                 "health_probes": len(self.health_ms), "health_p50_ms": percentile(self.health_ms, 50),
                 "health_p99_ms": percentile(self.health_ms, 99),
                 "health_max_ms": round(max(self.health_ms, default=float("nan")), 1),
                 "searches": len(self.search_ms), "search_p50_ms": percentile(self.search_ms, 50),
-                "search_p99_ms": percentile(self.search_ms, 99), "errors": dict(self.errors)}
+                "search_p99_ms": percentile(self.search_ms, 99), "errors": dict(self.errors),
+                **({"stages": stages} if stages else {})}
 
 
 async def wait_for(client: httpx.AsyncClient, url: str, done: Callable[[dict], bool],
@@ -176,13 +216,25 @@ async def wait_for(client: httpx.AsyncClient, url: str, done: Callable[[dict], b
         await asyncio.sleep(poll_s)
 
 
-async def activation(client: httpx.AsyncClient, version: str) -> dict:
+def followed(marks: Marks, done: Callable[[dict], bool],
+             progress: Callable[[dict], dict]) -> Callable[[dict], bool]:
+    """`done`, noting in `marks` the re-embedding progress (`reembedded`, `to_reembed`) of each status."""
+    def check(job: dict) -> bool:
+        seen = progress(job)
+        marks.see(seen.get("reembedded"), seen.get("to_reembed"))
+        return done(job)
+
+    return check
+
+
+async def activation(client: httpx.AsyncClient, version: str, marks: Marks) -> dict:
     """Activate `version` and wait for its job: its final state and re-embedding images/s."""
     accepted = await client.post(f"/models/{version}/activate")
     if accepted.status_code != 202:
         raise SystemExit(f"activate {version}: {accepted.status_code} {accepted.text}")
     job_id = accepted.json()["job_id"]
-    job = await wait_for(client, f"/models/activations/{job_id}", lambda j: j["status"] != "running")
+    job = await wait_for(client, f"/models/activations/{job_id}",
+                         followed(marks, lambda j: j["status"] != "running", lambda j: j))
     if job["status"] != "succeeded":
         raise SystemExit(f"activation of {version} ended {job['status']}: {job['error']}")
     return {"version": version, "reembedded": job["reembedded"], "swap_seconds": job["seconds"],
@@ -190,8 +242,9 @@ async def activation(client: httpx.AsyncClient, version: str) -> dict:
 
 
 async def promotion(client: httpx.AsyncClient, max_minutes: float,
-                    image_size: int) -> tuple[str, Awaitable[dict]]:
-    """Start a promote=always job; wait until it re-embeds; (job id, awaitable of its end)."""
+                    image_size: int) -> tuple[str, Callable[[Marks], Awaitable[dict]]]:
+    """Start a promote=always job; wait until it re-embeds; (job id, a coroutine function awaiting its end
+    that notes its progress in the `Marks` given)."""
     body = {"promote": "always", "max_minutes": max_minutes, "epochs": 1, "image_size": image_size}
     started = await client.post("/train", json=body)
     if started.status_code != 202:
@@ -201,13 +254,15 @@ async def promotion(client: httpx.AsyncClient, max_minutes: float,
     await wait_for(client, f"/train/{job_id}", lambda j: j["status"] in ended
                    or (j["progress"] or {}).get("phase") == "re-embedding")
 
-    async def finished() -> dict:
-        job = await wait_for(client, f"/train/{job_id}", lambda j: j["status"] in ended)
+    async def finished(marks: Marks) -> dict:
+        job = await wait_for(client, f"/train/{job_id}", followed(marks, lambda j: j["status"] in ended,
+                                                                  lambda j: j["progress"] or {}))
         progress = job["progress"] or {}
         return {"status": job["status"], "reembedded": progress.get("reembedded"),
-                "reembedding_seconds": job["reembedding_seconds"], "error": job["error"]}
+                "reembedding_seconds": job["reembedding_seconds"], "error": job["error"],
+                "search_defaults": (job.get("recipe") or {}).get("search_defaults")}
 
-    return job_id, finished()
+    return job_id, finished
 
 
 async def idle(client: httpx.AsyncClient, queries: list[ImageBytes], args: argparse.Namespace) -> dict:
@@ -223,15 +278,16 @@ async def run_http(url: str, gallery: list[ImageBytes], queries: list[ImageBytes
         await Load(client, queries, args.probe_ms).run(asyncio.sleep(3))  # warm-up
         results["idle"] = await idle(client, queries, args)
         print(f"idle: {results['idle']}", file=sys.stderr, flush=True)
-        results["activate_under_load"] = await Load(client, queries, args.probe_ms).run(
-            activation(client, variants[0]))
+        load = Load(client, queries, args.probe_ms)
+        results["activate_under_load"] = await load.run(activation(client, variants[0], load.marks))
         print(f"activation under load: {results['activate_under_load']}", file=sys.stderr, flush=True)
-        results["activate_alone"] = await Load(client, queries, args.probe_ms).run(
-            activation(client, variants[1]), search=False)
+        load = Load(client, queries, args.probe_ms)
+        results["activate_alone"] = await load.run(activation(client, variants[1], load.marks), search=False)
         print(f"activation alone: {results['activate_alone']}", file=sys.stderr, flush=True)
         if not args.no_train:
             _, finished = await promotion(client, args.train_minutes, args.image_size)
-            results["promotion_under_load"] = await Load(client, queries, args.probe_ms).run(finished)
+            load = Load(client, queries, args.probe_ms)
+            results["promotion_under_load"] = await load.run(finished(load.marks))
             print(f"promotion under load: {results['promotion_under_load']}", file=sys.stderr, flush=True)
     return results
 
@@ -294,6 +350,8 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=120)
+        results["server_log"] = [line for line in log.read_text(errors="replace").splitlines()
+                                 if any(part in line for part in SWAP_LOG)]
         raws.append(raw.measure(args.raw_seconds))
     machine["load1_end"] = load_average()
     raw_images_per_s = round(statistics.mean(r["images_per_s"] for r in raws), 1)

@@ -166,8 +166,11 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.step = 0
         self.epoch = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_state: dict[str, dict[str, torch.Tensor]] | None = None  # model and criterion
         self.best: dict[str, float] = {}
+        self.best_at = -1  # history index of the best weights; -1: the weights training started from
+        self.best_ap: np.ndarray | None = None  # the best weights' AP@R of each validation query
+        self.last_ap: np.ndarray | None = None  # the last epoch's
         self.baseline: dict[str, float] = {}
         self.baseline_ap: np.ndarray | None = None
         self.val_s = 0.0
@@ -279,45 +282,65 @@ class _Run:
         self.optimiser.zero_grad(set_to_none=True)
         return float(np.median(timings[1:]))
 
+    def keep_best(self, metrics: dict[str, float], per_query: np.ndarray, at: int) -> None:
+        """The current weights (model and loss parameters) become the best, validated at history `at`."""
+        self.best, self.best_ap, self.best_at = metrics, per_query, at
+        self.best_state = {name: {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                           for name, module in (("model", self.model), ("criterion", self.criterion))}
+
+    def validate_reference(self) -> None:
+        """Validate the weights training starts from; unless resumed, they are the first best, so that
+        a run that only makes them worse goes back to them (also times one validation pass)."""
+        metrics, per_query = self.ranks.decide(self.validate() if self.ranks.is_main else None)
+        if self.best_state is None:
+            self.keep_best(metrics, per_query, at=-1)
+
     def end_epoch(self, losses: list[float], images_per_s: float) -> bool:
         """Validate, record, keep the best weights; True when patience has run out. Rank 0 alone
         validates: every rank records its metrics (the ranks' weights are the same)."""
-        metrics = self.ranks.decide(self.validate()[0] if self.ranks.is_main else None)
+        metrics, self.last_ap = self.ranks.decide(self.validate() if self.ranks.is_main else None)
         row = {"epoch": self.epoch + 1, "step": self.step, "loss": float(np.mean(losses)) if losses else None,
                "val": metrics, "seconds": round(self.train_s, 1), "images_per_s": round(images_per_s, 1)}
         self.history.append(row)
-        if not self.best or better(metrics, self.best):
-            self.best = metrics
-            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        if better(metrics, self.best):
+            self.keep_best(metrics, self.last_ap, at=len(self.history) - 1)
         LOG.info("epoch %d: loss %.4f, val R@1 %.4f MAP@R %.4f (start model %.4f / %.4f)", row["epoch"],
                  row["loss"] or float("nan"), metrics["recall@1"], metrics["map@r"],
                  self.baseline["recall@1"], self.baseline["map@r"])
         patience = self.config.patience
-        return patience is not None and len(self.history) - 1 - self.best_epoch() >= patience
+        return patience is not None and len(self.history) - 1 - self.best_at >= patience
 
-    def best_epoch(self) -> int:
-        """The history index of the best validation (MAP@R, then R@1; the earliest of equals)."""
-        return max(range(len(self.history)), key=lambda i: (
-            self.history[i]["val"]["map@r"], self.history[i]["val"]["recall@1"], -i))
+    def fell_below_best(self) -> bool:
+        """Whether the last epoch's validation is below the best weights' beyond noise (`map_gain`)."""
+        last = len(self.history) - 1
+        if self.best_at == last or self.best_ap is None or self.last_ap is None:
+            return False
+        return map_gain(self.best_ap, self.last_ap, seed=self.config.seed).significant
 
     def decay_on_plateau(self) -> bool:
-        """After `plateau_epochs` epochs without a validation gain (counted from the best epoch or
-        the last decay), go back to the best weights and divide the learning rate by 10, so the budget
-        is spent refining the best model instead of drifting away from it (data close to the start
-        model's peaks within a few epochs; data far from it keeps improving and never plateaus).
-        True when it was already divided `PLATEAU_DECAYS` times: nothing is left to gain, stop."""
+        """Go back to the best weights (the start's when no epoch beat them) and divide the learning
+        rate by 10 after `plateau_epochs` epochs without a validation gain (counted from the best epoch
+        or the last decay), or at once when an epoch fell below the best beyond noise: the rate is too
+        high for this data. So the budget refines the best model instead of drifting away from it:
+        data close to the start model's peaks within a few epochs, or falls at the first rate; data far
+        from it keeps improving and never plateaus. True when the rate was already divided
+        `PLATEAU_DECAYS` times: nothing is left to gain, stop."""
         plateau = self.config.plateau_epochs
         if plateau is None or self.best_state is None:
             return False
-        if len(self.history) - 1 - max(self.best_epoch(), self.decayed_at) < plateau:
+        last = len(self.history) - 1
+        fell = self.fell_below_best()
+        if not fell and last - max(self.best_at, self.decayed_at) < plateau:
             return False
         if self.decays >= PLATEAU_DECAYS:
             return True
-        self.model.load_state_dict(self.best_state)
+        self.model.load_state_dict(self.best_state["model"])
+        self.criterion.load_state_dict(self.best_state["criterion"])
         self.decays += 1
-        self.decayed_at = len(self.history) - 1
-        LOG.info("no validation gain for %d epochs: back to epoch %d's weights, learning rate x%g", plateau,
-                 self.best_epoch() + 1, 0.1 ** self.decays)
+        self.decayed_at = last
+        LOG.info("%s: back to the weights of %s, learning rate x%g",
+                 "validation fell beyond noise" if fell else f"no validation gain for {plateau} epochs",
+                 f"epoch {self.best_at + 1}" if self.best_at >= 0 else "the start", 0.1 ** self.decays)
         return False
 
     def init_criterion(self) -> None:
@@ -339,7 +362,9 @@ def _save_state(run: _Run) -> None:
     torch.save({"config": asdict(run.config), "model": run.model.state_dict(),
                 "criterion": run.criterion.state_dict(), "optimiser": run.optimiser.state_dict(),
                 "epoch": run.epoch, "step": run.step, "history": run.history, "best": run.best,
-                "best_state": run.best_state, "baseline": run.baseline, "train_s": run.train_s,
+                "best_state": run.best_state, "best_at": run.best_at,
+                "best_ap": None if run.best_ap is None else torch.from_numpy(run.best_ap),
+                "baseline": run.baseline, "train_s": run.train_s,
                 "planned_steps": run.plan.planned_steps, "budget_limited": run.plan.budget_limited,
                 "decays": run.decays, "decayed_at": run.decayed_at},
                _state_path(run.out))
@@ -358,6 +383,8 @@ def _restore_state(run: _Run) -> bool:
     run.optimiser.load_state_dict(state["optimiser"])
     run.epoch, run.step, run.history = state["epoch"], state["step"], state["history"]
     run.best, run.best_state, run.baseline = state["best"], state["best_state"], state["baseline"]
+    run.best_at = state["best_at"]
+    run.best_ap = None if state["best_ap"] is None else state["best_ap"].numpy()
     run.train_s = state["train_s"]
     run.decays, run.decayed_at = state.get("decays", 0), state.get("decayed_at", -1)
     run.plan = StepPlan(state["planned_steps"], len(run.sampler), state["budget_limited"])
@@ -425,8 +452,7 @@ def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[
                 cancelled: Callable[[], bool], cache_dir: Path) -> TrainResult:
     config = run.config
     step_s = run.probe_speed()
-    if run.ranks.is_main:
-        run.validate()  # measures the cost of one validation pass
+    run.validate_reference()
     began = t0 - run.train_s
 
     def replan(steps_per_s: float) -> None:
@@ -509,8 +535,11 @@ def _finish(run: _Run, stopped: Stopped, cache_dir: Path) -> TrainResult:
                               "val_images": len(run.val_images),
                               "whitening": None, "train_seconds": round(run.train_s, 1)}
     improved = False
-    if run.best_state is not None:
-        run.model.load_state_dict(run.best_state)
+    # The best weights are the start's when no epoch beat them: whitening may still improve them, but a
+    # run cancelled before any epoch beat them keeps the start model at once.
+    selecting = run.best_state is not None and (run.best_at >= 0 or stopped != "cancelled")
+    if selecting:
+        run.model.load_state_dict(run.best_state["model"])
         plain = run.engine.val_embeddings()
         val_labels = run.val_labels.numpy()
         fitted = None
@@ -529,7 +558,7 @@ def _finish(run: _Run, stopped: Stopped, cache_dir: Path) -> TrainResult:
     extra = {"train_config": asdict(run.config), "baseline": run.baseline, "best": run.best,
              "improved": improved, "stopped": stopped, "val_mode": run.val_mode, "history": run.history,
              "recipe": recipe}
-    use_trained = run.best_state is not None and (improved or not run.config.keep_start_if_not_better)
+    use_trained = selecting and (improved or not run.config.keep_start_if_not_better)
     if use_trained:
         search = {"qe_n": 0, "dba_n": 0}
         if run.config.expansion == "auto":

@@ -176,6 +176,24 @@ def test_a_validation_plateau_restores_the_best_weights_and_divides_the_learning
     assert any(row["step"] == first_decay for row in result.history)  # at an epoch's end
 
 
+def test_an_epoch_that_falls_below_the_start_brings_the_start_weights_back_at_once(
+        few_classes, small_start, tmp_path: Path) -> None:
+    """Validation falling beyond noise is not waited out as a plateau: the next epoch starts from the
+    best weights (here the start's: no epoch beats them) at a tenth of the rate; asked to write the
+    trained model anyway, the run writes those start weights."""
+    reports: list[Progress] = []
+    config = _config(epochs=3, lr=0.5, head_lr=0.5, warmup_epochs=0, plateau_epochs=10, whitening="none",
+                     expansion="none", keep_start_if_not_better=False)
+    result = train(few_classes, config, out=tmp_path / "fell.pt", start=small_start[0],
+                   on_progress=reports.append)
+    factors = [round(r.lr / 0.5, 6) for r in reports if r.phase == "training"]
+    assert factors.index(0.1) == result.history[0]["step"]  # from the second epoch on
+    start = load_checkpoint(small_start[0]).model.backbone.state_dict()
+    written = load_checkpoint(tmp_path / "fell.pt").model.backbone.state_dict()
+    assert all(torch.equal(start[name], written[name]) for name in start)
+    assert not result.improved
+
+
 def test_plateau_epochs_must_be_positive() -> None:
     with pytest.raises(ValueError, match="plateau_epochs"):
         _config(plateau_epochs=0)

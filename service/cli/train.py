@@ -47,8 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--val-mode", choices=("auto", "classes", "images"))
     train.add_argument("--patience", type=int, help="epochs without improvement; 0 = never stop")
     train.add_argument("--plateau-epochs", type=int,
-                       help="epochs without improvement before the best weights come back at a tenth of "
-                            "the learning rate (twice at most, then the run stops); 0 = the fixed schedule")
+                       help="epochs without improvement (or one below the best beyond noise) before the "
+                            "best weights come back at a tenth of the learning rate (twice at most, then the "
+                            "run stops); 0 = the fixed schedule")
     train.add_argument("--engine", choices=("auto", "cached", "full"),
                        help="cached: train the backbone's last stages from a trunk feature cache (default)")
     train.add_argument("--cache-views", type=int, help="augmented views cached per image (default: budget)")

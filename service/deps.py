@@ -1,4 +1,8 @@
-"""FastAPI dependencies: each handler's signature says what it needs."""
+"""FastAPI dependencies: each handler's signature says what it needs.
+
+They are `async` (they never block): FastAPI runs a plain `def` dependency in its thread pool, a thread
+hop per dependency and request.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from service.training_queue import TrainingQueue
 from service.worker import InferenceWorker
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None:
         unreachable = getattr(request.app.state, "start_error", None)
@@ -26,11 +30,11 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_thumbnails(request: Request) -> Thumbnails:
+async def get_thumbnails(request: Request) -> Thumbnails:
     return request.app.state.thumbnails
 
 
@@ -39,15 +43,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ThumbnailsDep = Annotated[Thumbnails, Depends(get_thumbnails)]
 
 
-def get_gateway(runtime: RuntimeDep) -> GalleryGateway:
+async def get_gateway(runtime: RuntimeDep) -> GalleryGateway:
     return runtime.gateway
 
 
-def get_worker(runtime: RuntimeDep) -> InferenceWorker:
+async def get_worker(runtime: RuntimeDep) -> InferenceWorker:
     return runtime.worker
 
 
-def get_training(runtime: RuntimeDep) -> TrainingQueue:
+async def get_training(runtime: RuntimeDep) -> TrainingQueue:
     return runtime.training
 
 

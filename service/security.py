@@ -28,7 +28,7 @@ _api_key_header = APIKeyHeader(name=API_KEY_HEADER, scheme_name="APIKey", auto_e
 ApiKeyHeader = Annotated[str | None, Depends(_api_key_header)]
 
 
-def require_write_key(request: Request, api_key: ApiKeyHeader) -> None:
+async def require_write_key(request: Request, api_key: ApiKeyHeader) -> None:
     """Passes when no write key is configured, or when the request carries it."""
     settings: Settings = request.app.state.settings
     if settings.api_key is None:
@@ -37,7 +37,7 @@ def require_write_key(request: Request, api_key: ApiKeyHeader) -> None:
         raise Forbidden(f"the {API_KEY_HEADER} sent does not grant this operation")
 
 
-def require_read_key(request: Request, api_key: ApiKeyHeader) -> None:
+async def require_read_key(request: Request, api_key: ApiKeyHeader) -> None:
     """Passes when no read key is configured, or when the request carries the read or write key."""
     settings: Settings = request.app.state.settings
     if settings.read_api_key is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -13,7 +14,7 @@ from PIL import Image
 from index import InvalidItem
 from index.validation import check_metadata
 from service.deps import get_runtime
-from service.errors import InvalidParameter, PayloadTooLarge
+from service.errors import InvalidParameter, NotReady, PayloadTooLarge
 from service.gallery_gateway import GalleryGateway
 from service.images import decode_image, image_pixels
 from service.pixel_budget import PixelBudget
@@ -42,6 +43,8 @@ class UploadReader:
         self._budget = budget
         self._gateway = gateway  # header reads and decoding run on its executor
         self._held = 0
+        self._released = False  # the request ended: a decode still running takes nothing
+        self._lock = threading.Lock()  # `_held` and `_released`, between the executor and the event loop
 
     async def read(self, files: list[UploadFile]) -> list[Upload]:
         """Every file decoded, in order, or an error naming the first bad one (nothing is kept then)."""
@@ -59,30 +62,36 @@ class UploadReader:
             if len(data) > settings.max_upload_bytes:
                 raise PayloadTooLarge(f"{name}: larger than the limit of {settings.max_upload_bytes} bytes")
             named.append((name, data))
+        return await self._gateway.run(self._decode, named)
+
+    def _decode(self, named: list[tuple[str, bytes]]) -> list[Upload]:
+        """On the executor, in one job (one thread hop a request): the pixels of every header, the
+        request's limit and the service's budget checked, then every image decoded."""
+        settings = self._settings
         limits = {"max_bytes": settings.max_upload_bytes, "max_pixels": settings.max_image_pixels}
-        pixels = await self._gateway.run(
-            lambda: sum(image_pixels(data, filename=name, **limits) for name, data in named))
+        pixels = sum(image_pixels(data, filename=name, **limits) for name, data in named)
         if pixels > settings.max_request_pixels:
             raise PayloadTooLarge(f"the images of this request have {pixels} pixels in all; the limit is "
                                   f"{settings.max_request_pixels}", code="too_many_pixels")
-        self._budget.take(pixels)
-        self._held += pixels
-        uploads = []
-        for name, data in named:
-            image = await self._gateway.run(decode_image, data, filename=name, **limits)
-            uploads.append(Upload(name, data, image))
-        return uploads
+        with self._lock:
+            if self._released:  # the client left while this job waited: nothing to keep
+                raise NotReady("the request ended before its images were decoded")
+            self._budget.take(pixels)
+            self._held += pixels
+        return [Upload(name, data, decode_image(data, filename=name, **limits)) for name, data in named]
 
     def release(self) -> None:
         """Give the request's pixels back to the budget (its images are no longer used)."""
-        self._budget.give_back(self._held)
-        self._held = 0
+        with self._lock:
+            self._released = True
+            self._budget.give_back(self._held)
+            self._held = 0
 
 
 async def upload_reader(request: Request) -> AsyncIterator[UploadReader]:
     """Dependency: an `UploadReader` whose pixels are given back when the request is done."""
     reader = UploadReader(request.app.state.settings, request.app.state.pixel_budget,
-                          get_runtime(request).gateway)
+                          (await get_runtime(request)).gateway)
     try:
         yield reader
     finally:

@@ -3,6 +3,7 @@ stored (real `cgd serve`)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
@@ -150,3 +151,36 @@ def test_bad_filters_are_422(server: Server, make_image, route: str, metadata: s
                                   data={"metadata": metadata})
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "invalid_parameter"
+
+
+def test_a_request_that_ended_before_its_decode_takes_no_pixels(tmp_path: Path, make_image) -> None:
+    """The decode job runs on the executor; when the request has ended meanwhile (its client left), the
+    job takes nothing from the budget, so nothing stays held."""
+    from fastapi import UploadFile
+
+    from service.errors import NotReady
+    from service.gallery_gateway import GalleryGateway
+    from service.pixel_budget import PixelBudget
+    from service.settings import Settings
+    from service.uploads import UploadReader
+
+    async def scenario() -> tuple[int, int]:
+        gateway = await GalleryGateway.open(tmp_path / "g", threads=1)
+        budget = PixelBudget(PIXEL_BUDGET)
+        try:
+            def upload() -> UploadFile:
+                return UploadFile(io.BytesIO(make_image(1)), filename="a.png")
+
+            reader = UploadReader(Settings(data_dir=tmp_path), budget, gateway)
+            (decoded,) = await reader.read([upload()])
+            held = budget.held
+            reader.release()
+            with pytest.raises(NotReady, match="request ended"):
+                await reader.read([upload()])
+            assert decoded.image.width * decoded.image.height == held
+            return held, budget.held
+        finally:
+            await gateway.close()
+
+    held, after = asyncio.run(scenario())
+    assert held > 0 and after == 0

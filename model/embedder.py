@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +17,25 @@ from model.default import default_model
 from model.device import resolve_device
 from model.onnx_export import ensure_onnx
 from model.quantize import ensure_int8_onnx
-from model.runtime_select import Measurement, sample_batch, select_engine
+from model.runtime_select import MAX_SAMPLES, SHIPPED, RuntimeChoice, select_engine
 from model.runtimes import check_runtime, create_engine
+from model.sample_images import sample_images
 from model.transforms import Normalizer, inference_pixels
 
 LOG = logging.getLogger(__name__)
-
-CALIBRATION_IMAGES = 32  # int8 calibration images when none are given (synthetic, see `sample_batch`)
 
 
 class Embedder:
     """Inference wrapper: preprocessing and one engine (`model.runtimes`) for a `CGD` model.
 
     `runtime`: `torch` (the default), `onnxruntime`, `openvino`, `tensorrt` (CUDA), or `auto` (the
-    fastest that agrees with torch fp32, measured by `model.runtime_select`). `precision` `int8` (only
-    when asked for; `auto` then means onnxruntime) quantizes the model on `calibration` images
-    ((N, 3, S, S) of `preprocess`; default: synthetic ones, see `model.quantize`). ONNX files and the auto
-    choice are cached in `cache_dir` (default: a `cgd-engines` folder in the temporary directory).
-    Embeddings are always float32 unit rows, whatever the runtime and compute dtype.
+    fastest that agrees with torch fp32, measured by `model.runtime_select`; `choice` says what it chose
+    and why). `precision` `int8` (only when asked for; `auto` then means onnxruntime) quantizes the model
+    on `calibration` images ((N, 3, S, S) of `preprocess`). Both default to real images: `samples()`
+    (e.g. up to 32 gallery images, read only when needed), else the photos shipped with the package
+    (`model.sample_images`). ONNX files and the auto choice are cached in `cache_dir` (default: a
+    `cgd-engines` folder in the temporary directory). Embeddings are always float32 unit rows, whatever
+    the runtime and compute dtype.
     """
 
     def __init__(
@@ -49,27 +50,30 @@ class Embedder:
         cache_dir: Path | None = None,
         threads: int | None = None,
         calibration: torch.Tensor | None = None,
+        samples: Callable[[], Sequence[Image.Image]] | None = None,
     ) -> None:
         device = device if isinstance(device, torch.device) else resolve_device(device)
         cache_dir = cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "cgd-engines"
         self.model = model.eval()
         self.version = version
         self.classes = list(classes)
-        self.measurements: list[Measurement] = []
+        self.choice: RuntimeChoice | None = None
         self._pixels = inference_pixels(model.config.preprocessing)
         self._normalize = Normalizer(model.config.preprocessing)
+        self._samples = samples
         if runtime == "auto" and precision == "int8":
             runtime = "onnxruntime"  # the one runtime with int8 here; asked for, so not measured against fp32
         if runtime == "auto":
-            self.engine, self.measurements = select_engine(model, version, device, precision=precision,
-                                                           cache_dir=cache_dir, threads=threads)
+            self.engine, self.choice = select_engine(model, version, device, precision=precision,
+                                                     cache_dir=cache_dir, threads=threads,
+                                                     samples=self._sample_batch)
         else:
             check_runtime(runtime, device, precision)  # before any export: a clear error at once
             onnx_file = None if runtime == "torch" else ensure_onnx(model, version, cache_dir)
             if precision == "int8":
-                samples = (self._normalize(calibration) if calibration is not None
-                           else sample_batch(model.config.image_size, CALIBRATION_IMAGES))
-                onnx_file = ensure_int8_onnx(version, cache_dir, samples)
+                batch = (self._normalize(calibration) if calibration is not None
+                         else self._sample_batch()[0])
+                onnx_file = ensure_int8_onnx(version, cache_dir, batch)
             self.engine = create_engine(runtime, model, device, precision=precision, onnx_file=onnx_file,
                                         threads=threads)
 
@@ -77,10 +81,12 @@ class Embedder:
     def load(cls, checkpoint: str | Path | None = None, *, device: str = "auto",
              precision: str = "auto", runtime: str = "torch", cache_dir: Path | None = None,
              threads: int | None = None, scales: Sequence[float] | None = None,
-             calibration: torch.Tensor | None = None) -> Embedder:
+             calibration: torch.Tensor | None = None,
+             samples: Callable[[], Sequence[Image.Image]] | None = None) -> Embedder:
         """From a checkpoint file, or the embedded default model when `checkpoint` is None; `scales`
         replaces the model's inference scales (multi-scale descriptors) and so its version."""
-        engine = {"runtime": runtime, "cache_dir": cache_dir, "threads": threads, "calibration": calibration}
+        engine = {"runtime": runtime, "cache_dir": cache_dir, "threads": threads, "calibration": calibration,
+                  "samples": samples}
         if checkpoint is None:
             model, classes, version = default_model(), [], None
         else:
@@ -90,9 +96,16 @@ class Embedder:
             model.config = model.config.with_changes(scales=tuple(scales))
             version = None
         if version is None:
-            prefix = "default-" if checkpoint is None else ""
-            version = prefix + model_version(model.config, model.state_dict())
+            version = version_of(model, default=checkpoint is None)
         return cls(model, version, device=device, precision=precision, classes=classes, **engine)
+
+    def _sample_batch(self) -> tuple[torch.Tensor, str]:
+        """Up to `MAX_SAMPLES` real images as the model's input, and where they come from."""
+        images = list(self._samples()[:MAX_SAMPLES]) if self._samples is not None else []
+        source = "gallery"
+        if not images:
+            images, source = sample_images(), SHIPPED
+        return self.model_input(torch.stack([self.preprocess(image) for image in images])), source
 
     @property
     def runtime(self) -> str:
@@ -149,3 +162,8 @@ class Embedder:
             for i in range(0, len(images), batch_size)
         ]
         return np.concatenate(chunks)
+
+
+def version_of(model: CGD, *, default: bool) -> str:
+    """A model's version: the hash of its config and weights, `default-` first for the embedded default."""
+    return ("default-" if default else "") + model_version(model.config, model.state_dict())

@@ -1,10 +1,11 @@
 """`select_engine`: measure the available runtimes on the actual model and keep the fastest that agrees.
 
 Candidates are (runtime, precision) pairs (`candidates`). A candidate agrees when the minimum cosine
-of its vectors to torch fp32 over the sample batch is at least `MIN_COSINE`. Candidates are timed in
-alternating rounds, so a load change on a shared machine hits all of them. The choice and its figures
-are cached per model version, CPU, thread count and asked precision in the cache directory (beside the
-ONNX file), and logged.
+of its vectors to torch fp32 over real images (up to `MAX_SAMPLES` gallery images, or the photos shipped
+with the package, `model.sample_images`) is at least `MIN_COSINE`. Candidates are timed on a batch of
+those images in alternating rounds, so a load change on a shared machine hits all of them. The
+`RuntimeChoice` is cached per model version, CPU, thread count and asked precision in the cache
+directory (beside the ONNX file), and logged; `read_choice` reads it back (`cgd info`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from model.cgd import CGD
 from model.device import cpu_supports_bf16
@@ -41,8 +42,12 @@ LOG = logging.getLogger(__name__)
 MIN_COSINE = 0.999
 Candidate = tuple[str, str]  # (runtime, precision)
 MEASURE_BATCH = 8
+MAX_SAMPLES = 32  # real images of the agreement check
 ROUNDS = 3
-CHOICE_FORMAT = 2
+CHOICE_FORMAT = 3
+SHIPPED = "shipped sample"  # the source of the photos shipped with the package (`model.sample_images`)
+# -> (normalised (N, 3, S, S) real images, where they come from): called only when measuring
+Samples = Callable[[], tuple[torch.Tensor, str]]
 
 
 @dataclass(frozen=True)
@@ -64,16 +69,47 @@ class Measurement:
         return self.min_cosine >= MIN_COSINE
 
 
-def sample_batch(image_size: int, count: int = MEASURE_BATCH, seed: int = 0) -> torch.Tensor:
-    """(count, 3, S, S) deterministic smooth colour images, normalised to [-1, 1]."""
-    generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(count, 3, 7, 7, generator=generator)
-    images = F.interpolate(coarse, size=(image_size, image_size), mode="bicubic", align_corners=False)
-    return (images.clamp(0, 1) - 0.5) / 0.5
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What auto serves (`runtime`, `precision`), every candidate's figures, and what it measured on:
+    `images` real images from `source` (`gallery` or `SHIPPED`). A choice made on the shipped photos is
+    measured again on gallery images once there are some."""
+
+    runtime: str
+    precision: str
+    measurements: tuple[Measurement, ...]
+    images: int
+    source: str
+
+    def why(self) -> str:
+        """One sentence: why this candidate and not the others."""
+        chosen = next(m for m in self.measurements
+                      if (m.runtime, m.precision) == (self.runtime, self.precision))
+        others = []
+        for m in self.measurements:
+            if m is chosen:
+                continue
+            verdict = "slower" if m.agrees else f"disagrees with torch fp32 (min cosine < {MIN_COSINE})"
+            others.append(f"{m.name} {m.images_per_s:.1f} img/s, {verdict}")
+        verb = "the fastest candidate that agrees" if chosen.agrees else "the fastest at the precision asked"
+        return (f"{chosen.name}: {verb} ({chosen.images_per_s:.1f} img/s at batch {MEASURE_BATCH}, "
+                f"min cosine {chosen.min_cosine:.5f} over {self.images} {self.source} images)"
+                + (f"; {'; '.join(others)}" if others else ""))
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the choice, `why`, and each candidate's figures."""
+        return {"runtime": self.runtime, "precision": self.precision, "images": self.images,
+                "source": self.source, "why": self.why(),
+                "measurements": [{**asdict(m), "agrees": m.agrees} for m in self.measurements]}
 
 
-def cpu_key(device: torch.device, threads: int) -> str:
-    """A short hash naming this processor (model and flags), device and thread count."""
+def timing_batch(samples: torch.Tensor, size: int = MEASURE_BATCH) -> torch.Tensor:
+    """`size` images of `samples`, repeated in turn when there are fewer."""
+    return samples[torch.arange(size) % len(samples)]
+
+
+def cpu_fields() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (`model name`, `flags`, ...); empty where absent."""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -81,17 +117,26 @@ def cpu_key(device: torch.device, threads: int) -> str:
             fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def cpu_key(device: torch.device, threads: int) -> str:
+    """A short hash naming this processor (model and flags), device and thread count."""
+    fields = cpu_fields()
     text = f"{fields.get('model name', platform.processor())}|{fields.get('flags', '')}|{device}|{threads}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def measure(engines: dict[Candidate, Engine], batch: torch.Tensor, reference: np.ndarray,
+def measure(engines: dict[Candidate, Engine], images: torch.Tensor, reference: np.ndarray,
             rounds: int = ROUNDS) -> list[Measurement]:
-    """Time every engine on `batch` in alternating rounds (after one warm-up run each)."""
+    """Each engine's min cosine to `reference` (torch fp32's vectors of `images`), then its speed on a
+    `timing_batch` of them, timed in alternating rounds (the agreement run warms it up)."""
+    batch = timing_batch(images)
     best = {candidate: float("inf") for candidate in engines}
     cosine = {}
     for candidate, engine in engines.items():
-        cosine[candidate] = float((engine.run(batch) * reference).sum(axis=1).min())
+        cosine[candidate] = float((engine.run(images) * reference).sum(axis=1).min())
+        engine.run(batch)  # warm-up at the timed batch size
     for _ in range(rounds):
         for candidate, engine in engines.items():
             started = time.perf_counter()
@@ -123,18 +168,22 @@ def choose(measurements: list[Measurement]) -> Measurement:
 
 
 def select_engine(model: CGD, version: str, device: torch.device, *, precision: str = "auto",
-                  cache_dir: Path, threads: int | None = None,
-                  samples: torch.Tensor | None = None) -> tuple[Engine, list[Measurement]]:
-    """The fastest agreeing engine among the `candidates` here, and the figures it was chosen on."""
-    threads = threads or torch.get_num_threads()
-    choice_file = cache_dir / f"{version}.{cpu_key(device, threads)}.{precision}.runtime.json"
+                  cache_dir: Path, threads: int | None, samples: Samples) -> tuple[Engine, RuntimeChoice]:
+    """The fastest agreeing engine among the `candidates` here, and the choice with its figures."""
+    choice_file = choice_path(cache_dir, version, device, threads, precision)
     cached = _read_choice(choice_file)
+    sampled = None
+    if cached is not None and cached.source == SHIPPED:  # the gallery may have images now: measure on those
+        sampled = samples()
+        if sampled[1] != SHIPPED:
+            cached = None
     if cached is not None:
-        candidate, measurements = cached
         try:
-            return _build(candidate, model, version, device, cache_dir, threads), measurements
+            engine = _build((cached.runtime, cached.precision), model, version, device, cache_dir, threads)
+            return engine, cached
         except (RuntimeUnavailable, ExportError, OSError) as exc:
-            LOG.warning("cached runtime choice %s cannot be used (%s): measuring again", candidate, exc)
+            LOG.warning("cached runtime choice %s cannot be used (%s): measuring again", cached.runtime, exc)
+    threads = threads or torch.get_num_threads()
     reference_engine = TorchEngine(model, device, "fp32")
     engines: dict[Candidate, Engine] = {}
     for candidate in candidates(device, precision):
@@ -145,15 +194,29 @@ def select_engine(model: CGD, version: str, device: torch.device, *, precision: 
             LOG.info("runtime %s at %s is not a candidate: %s", *candidate, exc)
     if not engines:
         raise RuntimeUnavailable(f"no runtime installed here runs precision {precision!r} on {device.type}")
-    batch = samples if samples is not None else sample_batch(model.config.image_size)
-    measurements = measure(engines, batch, reference_engine.run(batch))
+    images, source = sampled or samples()
+    images = images[:MAX_SAMPLES]
+    measurements = measure(engines, images, reference_engine.run(images))
     # A reduced precision asked for by name is served even if it does not reach MIN_COSINE (it is logged).
     chosen = (choose(measurements) if precision in ("auto", "fp32")
               else max(measurements, key=lambda m: m.images_per_s))
-    LOG.info("runtime %s chosen for model %s: %s", chosen.name, version, ", ".join(
-        f"{m.name} {m.images_per_s:.1f} img/s (min cosine {m.min_cosine:.5f})" for m in measurements))
-    _write_choice(choice_file, chosen, measurements)
-    return engines[(chosen.runtime, chosen.precision)], measurements
+    choice = RuntimeChoice(chosen.runtime, chosen.precision, tuple(measurements), len(images), source)
+    LOG.info("runtime %s chosen for model %s: %s", chosen.name, version, choice.why())
+    _write_choice(choice_file, choice)
+    return engines[(chosen.runtime, chosen.precision)], choice
+
+
+def choice_path(cache_dir: Path, version: str, device: torch.device, threads: int | None,
+                precision: str) -> Path:
+    """Where the choice for this model version, machine, thread count and asked precision is cached."""
+    threads = threads or torch.get_num_threads()
+    return cache_dir / f"{version}.{cpu_key(device, threads)}.{precision}.runtime.json"
+
+
+def read_choice(cache_dir: Path, version: str, device: torch.device, threads: int | None,
+                precision: str) -> RuntimeChoice | None:
+    """The cached choice of `select_engine` for these arguments on this machine, or None."""
+    return _read_choice(choice_path(cache_dir, version, device, threads, precision))
 
 
 def _build(candidate: Candidate, model: CGD, version: str, device: torch.device, cache_dir: Path,
@@ -164,20 +227,23 @@ def _build(candidate: Candidate, model: CGD, version: str, device: torch.device,
     return create_engine(name, model, device, precision=precision, onnx_file=onnx_file, threads=threads)
 
 
-def _read_choice(path: Path) -> tuple[Candidate, list[Measurement]] | None:
+def _read_choice(path: Path) -> RuntimeChoice | None:
     try:
         data = json.loads(path.read_text())
         if data.get("format") != CHOICE_FORMAT:
             return None
-        return (data["runtime"], data["precision"]), [Measurement(**m) for m in data["measurements"]]
+        return RuntimeChoice(data["runtime"], data["precision"],
+                             tuple(Measurement(**m) for m in data["measurements"]), data["images"],
+                             data["source"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _write_choice(path: Path, chosen: Measurement, measurements: list[Measurement]) -> None:
+def _write_choice(path: Path, choice: RuntimeChoice) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
-    partial.write_text(json.dumps({"format": CHOICE_FORMAT, "runtime": chosen.runtime,
-                                   "precision": chosen.precision,
-                                   "measurements": [asdict(m) for m in measurements]}, indent=1))
+    partial.write_text(json.dumps({"format": CHOICE_FORMAT, "runtime": choice.runtime,
+                                   "precision": choice.precision, "images": choice.images,
+                                   "source": choice.source,
+                                   "measurements": [asdict(m) for m in choice.measurements]}, indent=1))
     os.replace(partial, path)

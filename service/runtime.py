@@ -10,11 +10,17 @@ gallery, its share of the training queue, and a `ReplicaSync` that keeps it in s
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
+from index import Gallery, ItemNotFound
+from model.data import open_rgb
 from model.embedder import Embedder
+from model.runtime_select import MAX_SAMPLES
 from service.activations import Activations
 from service.gallery_gateway import GalleryGateway
 from service.job_store import JobStore
@@ -84,7 +90,8 @@ class Runtime:
         registry = ModelRegistry(data, database)
         checkpoint = await gateway.run(_serving_checkpoint, settings, registry, gateway.live_version)
         engines = {"runtime": settings.runtime, "cache_dir": data / ENGINE_DIR,
-                   "threads": settings.inference_threads}
+                   "threads": settings.inference_threads,
+                   "samples": functools.partial(gallery_samples, gateway.gallery)}
         embedder = await gateway.run(Embedder.load, checkpoint, device=settings.device,
                                      precision=settings.precision, **engines)
         if checkpoint is None:
@@ -146,3 +153,16 @@ def _serving_checkpoint(settings: Settings, registry: ModelRegistry, live: str |
     chosen = records.get(live) if live is not None else None
     chosen = chosen or registry.active
     return Path(chosen.checkpoint) if chosen is not None and chosen.checkpoint else None
+
+
+def gallery_samples(gallery: Gallery, count: int = MAX_SAMPLES) -> list[Image.Image]:
+    """The first `count` gallery images as upright RGB: what auto measures the runtimes on (called on
+    the executor, only when it measures)."""
+    items, _ = gallery.list_items(0, count)
+    images = []
+    for item in items:
+        try:
+            images.append(open_rgb(gallery.image_path(item.id)))
+        except (ItemNotFound, OSError):  # deleted meanwhile, or its file is gone
+            continue
+    return images

@@ -27,8 +27,9 @@ from model.embedder import Embedder
 from model.malloc import keep_freed_memory
 from model.onnx_export import ensure_onnx, onnx_path
 from model.quantize import int8_path
-from model.runtime_select import Measurement, candidates, choose, select_engine
+from model.runtime_select import Measurement, candidates, choose, read_choice, select_engine
 from model.runtimes import RuntimeUnavailable, TorchEngine, check_runtime, create_engine
+from model.sample_images import SAMPLE_DIR, sample_images
 from tests.without_packages import run_without
 
 CPU = torch.device("cpu")
@@ -111,17 +112,53 @@ def test_the_export_carries_learned_whitening(batch, onnx_file):
 
 
 def test_auto_picks_the_fastest_agreeing_runtime_and_caches_the_choice(batch, onnx_file):
-    engine, measurements = select_engine(_whitened_model(), VERSION, CPU, precision="auto",
-                                         cache_dir=onnx_file.parent, threads=2, samples=batch)
-    by_name = {m.name: m for m in measurements}
+    calls = []
+
+    def samples() -> tuple[torch.Tensor, str]:
+        calls.append(1)
+        return batch, "gallery"
+
+    engine, choice = select_engine(_whitened_model(), VERSION, CPU, precision="auto",
+                                   cache_dir=onnx_file.parent, threads=2, samples=samples)
+    by_name = {m.name: m for m in choice.measurements}
     assert set(by_name) == {runtime if precision == "fp32" else f"{runtime}-{precision}"
                             for runtime, precision in candidates(CPU, "auto")}
-    chosen = next(m for m in measurements if (m.runtime, m.precision) == (engine.runtime, engine.precision))
-    assert chosen.agrees and chosen.images_per_s == max(m.images_per_s for m in measurements if m.agrees)
+    chosen = by_name[engine.runtime if engine.precision == "fp32" else f"{engine.runtime}-{engine.precision}"]
+    assert (choice.runtime, choice.precision) == (engine.runtime, engine.precision)
+    fastest = max(m.images_per_s for m in choice.measurements if m.agrees)
+    assert chosen.agrees and chosen.images_per_s == fastest
     assert chosen.images_per_s >= by_name["torch"].images_per_s
+    assert (choice.images, choice.source) == (len(batch), "gallery") and chosen.name in choice.why()
+    assert read_choice(onnx_file.parent, VERSION, CPU, 2, "auto") == choice
     again, cached = select_engine(_whitened_model(), VERSION, CPU, precision="auto",
-                                  cache_dir=onnx_file.parent, threads=2, samples=batch)
-    assert (again.runtime, again.precision) == (engine.runtime, engine.precision) and cached == measurements
+                                  cache_dir=onnx_file.parent, threads=2, samples=samples)
+    assert (again.runtime, again.precision) == (engine.runtime, engine.precision) and cached == choice
+    assert len(calls) == 1  # the cached choice reads no images
+
+
+def test_auto_measures_on_the_shipped_photos_until_the_gallery_has_images(onnx_file, tmp_path, photos):
+    """No gallery images (`samples` gives none): the package's own photos, real images, are used; the
+    next start that has gallery images measures again on those."""
+    cache = tmp_path / "engines"
+    cache.mkdir()
+    shutil.copy(onnx_file, cache / onnx_file.name)
+    options = {"device": "cpu", "precision": "fp32", "runtime": "auto", "cache_dir": cache, "threads": 2}
+    embedder = Embedder(_whitened_model(), VERSION, samples=lambda: [], **options)
+    assert embedder.choice is not None and embedder.choice.source == "shipped sample"
+    assert embedder.choice.images == len(sample_images()) >= 8
+    assert all(m.min_cosine >= MIN_COSINE for m in embedder.choice.measurements if m.agrees)
+    again = Embedder(_whitened_model(), VERSION, samples=lambda: photos, **options)
+    assert (again.choice.source, again.choice.images) == ("gallery", len(photos))
+    assert read_choice(cache, VERSION, CPU, 2, "fp32") == again.choice
+
+
+def test_the_shipped_photos_are_real_distinct_images_with_a_licence():
+    images = sample_images()
+    assert all(image.mode == "RGB" and min(image.size) >= 224 for image in images)
+    pixels = [np.asarray(image.resize((32, 32)), dtype=np.float32) for image in images]
+    assert min(np.abs(a - b).mean() for i, a in enumerate(pixels) for b in pixels[i + 1:]) > 5
+    licence = (SAMPLE_DIR / "LICENSE.txt").read_text()
+    assert all(path.name in licence for path in SAMPLE_DIR.glob("*.jpg"))
 
 
 def test_choose_never_takes_a_disagreeing_or_slower_candidate():
@@ -214,7 +251,7 @@ except RuntimeUnavailable as exc:
 auto = Embedder(_whitened_model(), {VERSION!r}, device="cpu", runtime="auto", precision="fp32",
                 cache_dir=Path({str(cache)!r}), threads=2)
 print(json.dumps({{"imported": imported, "named": named, "chosen": auto.runtime,
-                  "measured": [m.name for m in auto.measurements]}}))
+                  "measured": [m.name for m in auto.choice.measurements]}}))
 """
     done = run_without(["openvino"], ["-c", code], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

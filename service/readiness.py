@@ -15,8 +15,9 @@ import asyncio
 from fastapi import FastAPI
 
 import index
+from model.embedder import Embedder
 from service.runtime import Runtime
-from service.schemas import IndexStatus, Readiness, StoreStatus
+from service.schemas import IndexStatus, Readiness, RuntimeChoice, StoreStatus
 from service.storage_health import StorageFault, StorageHealth, storage_error
 
 PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # as in the settings
@@ -51,9 +52,11 @@ async def readiness(app: FastAPI) -> Readiness:
             reasons.append(f"storage: {error.detail}")
         items, index_status, training = None, None, None
     embedder = runtime.worker.embedder
+    choice = embedder.choice if isinstance(embedder, Embedder) else None  # None unless CGD_RUNTIME=auto
     return Readiness(
         ready=not reasons, reasons=reasons, model_version=embedder.version, device=str(embedder.device),
-        precision=_precision(embedder.dtype), runtime=embedder.runtime, index=index_status,
+        precision=_precision(embedder.dtype), runtime=embedder.runtime,
+        runtime_choice=RuntimeChoice(**choice.to_dict()) if choice is not None else None, index=index_status,
         store=_store(store_engine, items, fault), queue_depth=runtime.worker.queue_depth, training=training,
     )
 

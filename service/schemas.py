@@ -280,6 +280,26 @@ class StoreStatus(BaseModel):
     error: str | None = Field(description="the storage fault that makes the service not ready")
 
 
+class RuntimeMeasurement(BaseModel):
+    runtime: str
+    precision: str
+    images_per_s: float = Field(description="images/s at batch 8, the best of alternating rounds")
+    min_cosine: float = Field(description="lowest cosine to torch fp32's vectors over the images measured on")
+    agrees: bool = Field(description="min_cosine >= 0.999: a candidate auto may serve")
+
+
+class RuntimeChoice(BaseModel):
+    """What `CGD_RUNTIME=auto` measured and chose (once per model version and CPU, then cached)."""
+
+    runtime: str
+    precision: str
+    images: int = Field(description="real images the candidates were measured on")
+    source: str = Field(description='"gallery", or "shipped sample" (the package\'s photos) when the gallery '
+                        'was empty')
+    why: str = Field(description="why this candidate and not the others, in one sentence")
+    measurements: list[RuntimeMeasurement]
+
+
 class Readiness(BaseModel):
     """`/ready`: the same body with 200 when ready and 503 when not, `reasons` saying why not."""
 
@@ -289,6 +309,8 @@ class Readiness(BaseModel):
     device: str | None
     precision: str | None
     runtime: str | None = Field(description="what runs the model")
+    runtime_choice: RuntimeChoice | None = Field(
+        None, description="with CGD_RUNTIME=auto, how that runtime was chosen (None for a named runtime)")
     index: IndexStatus | None
     store: StoreStatus
     queue_depth: int = Field(description="images waiting for the model")

@@ -1,4 +1,5 @@
-"""The service serves through the inference runtime it chose (CGD_RUNTIME), named in /ready and /metrics.
+"""The service serves through the inference runtime it chose (CGD_RUNTIME), named in /ready, /metrics and
+`cgd info`.
 
 One data directory for the whole module: the first app (auto) exports the default model to ONNX and
 measures the runtimes; the next ones reuse the export and the choice from `<data_dir>/engines`.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,8 @@ import torch
 from PIL import Image
 
 from model.embedder import Embedder
-from service.runtime import ENGINE_DIR
+from model.sample_images import sample_images
+from service.runtime import ENGINE_DIR, gallery_samples
 from tests.without_packages import run_without
 
 MIN_COSINE = 0.999
@@ -56,9 +60,37 @@ def test_auto_serves_through_the_runtime_it_measured_fastest(open_app, data_dir,
     fastest = max((m for m in choice["measurements"] if m["min_cosine"] >= MIN_COSINE),
                   key=lambda m: m["images_per_s"])
     assert fastest["runtime"] == choice["runtime"]
+    shown = ready["runtime_choice"]  # an empty gallery: measured on the photos shipped with the package
+    assert (shown["runtime"], shown["precision"]) == (choice["runtime"], choice["precision"])
+    assert (shown["source"], shown["images"]) == ("shipped sample", len(sample_images()))
+    assert [m["images_per_s"] for m in shown["measurements"]] == [m["images_per_s"]
+                                                                  for m in choice["measurements"]]
+    assert shown["why"].startswith(fastest["runtime"]) and "the fastest candidate that agrees" in shown["why"]
     reference = Embedder.load(None, device="cpu", precision="fp32")
     images = [Image.open(io.BytesIO(photo.data)).convert("RGB") for photo in caltech_photos[:4]]
     assert (vectors * reference.embed_images(images)).sum(axis=1).min() >= MIN_COSINE
+
+
+def test_cgd_info_shows_the_choice_the_service_cached(open_app, data_dir):
+    with open_app(data_dir, runtime="auto") as client:
+        shown = client.get("/ready").json()["runtime_choice"]
+    cgd = Path(sys.executable).with_name("cgd")
+    done = subprocess.run([str(cgd), "info", "--data-dir", str(data_dir)], capture_output=True, text=True,
+                          timeout=300, check=False, env={"PATH": "/usr/bin:/bin", "CGD_DEVICE": "cpu"})
+    assert done.returncode == 0, done.stderr
+    runtime = json.loads(done.stdout)["runtime"]
+    assert runtime["setting"] == "auto" and runtime["choice"] == shown
+    assert set(runtime["cpu_flags"]) >= {"avx2", "avx512_bf16", "amx_bf16"}
+
+
+def test_auto_measures_on_the_gallery_images_when_there_are_some(open_app, tmp_path, caltech_photos):
+    with open_app(tmp_path / "data") as client:
+        files = [("files", (photo.name, photo.data)) for photo in caltech_photos[:3]]
+        assert client.post("/gallery", files=files).status_code == 201
+        images = gallery_samples(client.app.state.runtime.gateway.gallery)
+    expected = [Image.open(io.BytesIO(photo.data)).convert("RGB") for photo in caltech_photos[:3]]
+    assert [np.asarray(image).tolist() == np.asarray(photo).tolist()
+            for image, photo in zip(images, expected, strict=True)] == [True] * 3
 
 
 @pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
@@ -66,7 +98,8 @@ def test_a_runtime_named_in_the_settings_serves(open_app, data_dir, caltech_phot
     if importlib.util.find_spec(name) is None:
         pytest.skip(f"the {name!r} package is not installed")
     with open_app(data_dir, runtime=name) as client:
-        assert client.get("/ready").json()["runtime"] == name
+        ready = client.get("/ready").json()
+        assert ready["runtime"] == name and ready["runtime_choice"] is None  # named: nothing measured
         vectors = _embed(client, caltech_photos[:2])
         assert _runtime_gauge(client)[name] == 1.0
     with open_app(data_dir, runtime="torch") as client:

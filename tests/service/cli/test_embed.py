@@ -76,3 +76,13 @@ def test_info_prints_the_checkpoint(tmp_path):
     assert info["classes"] == ["cat", "dog"]
     assert info["config"]["embedding_dim"] == 64
     assert info["metrics"] == {"recall@1": 0.9}
+
+
+def test_info_without_a_checkpoint_describes_the_default_model_and_its_runtime(tmp_path):
+    result = _cgd("info", "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["version"] == Embedder.load(None, device="cpu", precision="fp32").version
+    runtime = info["runtime"]
+    assert runtime["choice"] is None and "not measured yet" in runtime["note"]  # no service ran there
+    assert runtime["cpu_flags"]["avx2"] == ("avx2" in Path("/proc/cpuinfo").read_text())

@@ -3,12 +3,14 @@
 Starts `cgd serve` (the embedded default model) on 127.0.0.1 with a temporary data directory,
 ingests a gallery of real images (read from `--image-root` at run time, round-robin over its class
 folders), then for each client concurrency sends single-image POST /search and POST /gallery requests
-from asyncio httpx clients (8 connections each, request bodies encoded once; at most `--requests` per
-level and `--max-seconds`). It reports images/s, p50/p99 latency, errors, the worker's mean batch and
-the CPU time per image of the server and of this load generator, and "raw": in-process decode
+from asyncio workers, one keep-alive HTTP/1.1 connection each (`Connection`: whole requests built once,
+answers read with asyncio streams, so that the load generator takes little of the shared CPU; at most
+`--requests` per level and `--max-seconds`). It reports images/s, p50/p99 latency, errors, the worker's
+mean batch and the CPU time per image of the server and of this load generator, and "raw": in-process decode
 (`service.images.decode_image`) + preprocess + model pass over the same image bytes, at the worker's
-batch size and dtype (`Settings()`: CGD_MAX_BATCH_SIZE, CGD_DEVICE, CGD_PRECISION,
-CGD_INFERENCE_THREADS), timed before, between and after the HTTP levels; a level's service/raw ratio
+batch size (`Settings()`: CGD_MAX_BATCH_SIZE, CGD_DEVICE, CGD_INFERENCE_THREADS) on the runtime and
+precision the server's `/ready` says it serves (with CGD_RUNTIME=auto, what it measured fastest at its
+start), timed before, between and after the HTTP levels; a level's service/raw ratio
 uses the raw figures on either side of it. CGD_* variables of the environment reach the server too.
 At the end (`--reembed`), the server restarts on the same data directory with a new model version
 (the default weights saved as a checkpoint) and re-embeds the whole gallery before it serves: its
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -43,13 +44,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.embedder import Embedder
+from model.runtime_select import cpu_fields
 from service.images import decode_image
 from service.settings import Settings
 
 HOST = "127.0.0.1"
 DEFAULT_IMAGES = Path("/work/shared/data/caltech101/images")
 INGEST_FILES = 32  # images per request of the initial ingest
-CONNECTIONS_PER_CLIENT = 8  # httpx's pool costs more CPU per request the more connections it holds
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
@@ -137,6 +138,7 @@ def reembed(data_dir: Path, workdir: Path, port: int) -> dict:
     server = start_server(data_dir, port, log, checkpoint)
     try:
         wait_ready(f"http://{HOST}:{port}", server, log, timeout_s=900.0)
+        served = httpx.get(f"http://{HOST}:{port}/ready", timeout=10.0).json()
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -144,7 +146,7 @@ def reembed(data_dir: Path, workdir: Path, port: int) -> dict:
     seconds = float(re.search(r"re-embedding and swap took ([0-9.]+) s", text).group(1))
     items = int(re.search(r"over (\d+) gallery items", text).group(1))
     return {"images": items, "seconds": seconds, "images_per_s": round(items / seconds, 1),
-            "load1": load_average()}
+            "load1": load_average(), "runtime": served["runtime"], "precision": served["precision"]}
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -181,17 +183,19 @@ def wait_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float =
 
 class RawPipeline:
     """In-process decode + preprocess + model pass in batches of `settings.max_batch_size`, with the
-    worker's device, dtype and runtime (ONNX files and the runtime choice cached in `engine_dir`), for
-    `checkpoint` (None: the embedded default): what the service would do with no HTTP, queue or gallery
-    around it."""
+    worker's device, dtype and runtime (`runtime` and `precision` when given: what a server's `/ready`
+    says it serves; ONNX files and the runtime choice cached in `engine_dir`), for `checkpoint` (None:
+    the embedded default): what the service would do with no HTTP, queue or gallery around it."""
 
     def __init__(self, images: list[ImageBytes], settings: Settings, checkpoint: Path | None = None,
-                 engine_dir: Path | None = None) -> None:
+                 engine_dir: Path | None = None, runtime: str | None = None,
+                 precision: str | None = None) -> None:
         self.images, self.settings = images, settings
         if settings.inference_threads is not None:  # what the worker's model thread does
             torch.set_num_threads(settings.inference_threads)
-        self.embedder = Embedder.load(checkpoint, device=settings.device, precision=settings.precision,
-                                      runtime=settings.runtime, cache_dir=engine_dir,
+        self.embedder = Embedder.load(checkpoint, device=settings.device,
+                                      precision=precision or settings.precision,
+                                      runtime=runtime or settings.runtime, cache_dir=engine_dir,
                                       threads=settings.inference_threads)
         self.batch = settings.max_batch_size
         for _ in range(3):  # warm-up: first-pass allocations, oneDNN kernel selection
@@ -261,39 +265,82 @@ def encode(endpoint: str, image: ImageBytes) -> tuple[bytes, dict[str, str]]:
     return request.read(), {"content-type": request.headers["content-type"]}
 
 
-async def run_level(clients: list[httpx.AsyncClient], server_pid: int, endpoint: str,
+class Connection:
+    """One keep-alive HTTP/1.1 connection sending prebuilt requests and reading each answer: a load
+    generator that takes little of the CPU it shares with the server (httpx's client took 1.4 to 1.9 ms
+    of CPU a request here, 0.2 to 0.3 of a core at the rates measured)."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def send(self, request: bytes) -> int:
+        """The answer's status code (its body read and dropped); the connection is kept."""
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(HOST, self._port)
+        reader, writer = self._streams
+        writer.write(request)
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
+def raw_request(endpoint: str, image: ImageBytes) -> bytes:
+    """The whole HTTP/1.1 request of a single-image POST to `endpoint`, built once."""
+    body, headers = encode(endpoint, image)
+    head = (f"POST {endpoint} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: {headers['content-type']}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def run_level(client: httpx.AsyncClient, port: int, server_pid: int, endpoint: str,
                     images: list[ImageBytes], concurrency: int, requests: int, max_seconds: float) -> Level:
-    """`concurrency` workers send single-image requests until `requests` are sent or time is up;
-    worker w uses client w % len(clients)."""
-    bodies = [encode(endpoint, image) for image in images]
+    """`concurrency` workers, each on its own `Connection`, send single-image requests until `requests`
+    are sent or time is up; `client` reads /metrics before and after."""
+    prebuilt = [raw_request(endpoint, image) for image in images]
     latencies: list[float] = []
     errors = 0
     sent = 0
-    images_before, passes_before = await batch_totals(clients[0])
+    images_before, passes_before = await batch_totals(client)
     server_cpu, client_cpu = process_cpu_seconds(server_pid), time.process_time()
     started = time.perf_counter()
     deadline = started + max_seconds
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(connection: Connection) -> None:
         nonlocal sent, errors
         while sent < requests and time.perf_counter() < deadline:
-            body, headers = bodies[sent % len(bodies)]
+            request = prebuilt[sent % len(prebuilt)]
             sent += 1
             began = time.perf_counter()
             try:
-                response = await client.post(endpoint, content=body, headers=headers)
-                ok = response.status_code in (200, 201)
-            except httpx.HTTPError:
+                ok = await connection.send(request) in (200, 201)
+            except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+                connection.close()  # a new connection for the next request
                 ok = False
             if ok:
                 latencies.append(1000 * (time.perf_counter() - began))
             else:
                 errors += 1
 
-    await asyncio.gather(*(worker(clients[w % len(clients)]) for w in range(concurrency)))
+    connections = [Connection(port) for _ in range(concurrency)]
+    try:
+        await asyncio.gather(*(worker(connection) for connection in connections))
+    finally:
+        for connection in connections:
+            connection.close()
     elapsed = time.perf_counter() - started
     server_cpu, client_cpu = process_cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
-    images_after, passes_after = await batch_totals(clients[0])
+    images_after, passes_after = await batch_totals(client)
     ordered = sorted(latencies) or [float("nan")]
     done = max(len(latencies), 1)
     mean_batch = (images_after - images_before) / max(passes_after - passes_before, 1)
@@ -309,19 +356,16 @@ async def run_http(url: str, server_pid: int, gallery: list[ImageBytes], queries
     """Ingest, one raw measurement, then per concurrency: /search, /gallery, raw again. Each level's
     ratio is to the mean of the raw measurements just before and just after it, so that a change of
     the machine's load during the run moves both sides of the ratio."""
-    limits = httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT,
-                          max_keepalive_connections=CONNECTIONS_PER_CLIENT)
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=url, limits=limits,
-                                                                     timeout=120.0))
-                   for _ in range(-(-max(levels) // CONNECTIONS_PER_CLIENT))]
-        ingested = await ingest(clients[0], gallery)
-        await run_level(clients, server_pid, "/search", queries, 4, 32, args.max_seconds)  # warm-up
+    port = httpx.URL(url).port
+    async with httpx.AsyncClient(base_url=url, timeout=120.0) as client:
+        ingested = await ingest(client, gallery)
+        await run_level(client, port, server_pid, "/search", queries, 4, 32, args.max_seconds)  # warm-up
         raws = [{"when": "before", **raw.measure(args.raw_seconds)}]
         results = []
         for concurrency in levels:
-            measured = [await run_level(clients, server_pid, endpoint, queries, concurrency, args.requests,
-                                        args.max_seconds) for endpoint in args.endpoints.split(",")]
+            measured = [await run_level(client, port, server_pid, endpoint, queries, concurrency,
+                                        args.requests, args.max_seconds)
+                        for endpoint in args.endpoints.split(",")]
             raws.append({"when": f"after concurrency {concurrency}", **raw.measure(args.raw_seconds)})
             reference = (raws[-2]["images_per_s"] + raws[-1]["images_per_s"]) / 2
             for level in measured:
@@ -364,19 +408,24 @@ def main() -> None:
     settings = Settings()
     images = read_images(args.image_root, args.images + args.queries)
     gallery, queries = images[:args.images], images[args.images:]
+    flags = set(cpu_fields().get("flags", "").split())
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                "torch": torch.__version__, "load1_start": load_average(),
+               "cpu_flags": [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+                             if flag in flags],
                "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("CGD_")}}
     print(f"machine {machine}", file=sys.stderr, flush=True)
-    raw = RawPipeline(queries, settings)
-    machine["raw"] = raw.describe()
     with tempfile.TemporaryDirectory(prefix="cgd-service-bench-") as tmp:
         port = free_port()
         url = f"http://{HOST}:{port}"
         log = Path(tmp) / "server.log"
         server = start_server(Path(tmp) / "data", port, log)
         try:
-            wait_ready(url, server, log)
+            wait_ready(url, server, log, timeout_s=600.0)  # an auto runtime exports and measures first
+            served = httpx.get(f"{url}/ready", timeout=10.0).json()
+            machine["served"] = {key: served[key] for key in ("runtime", "precision", "runtime_choice")}
+            raw = RawPipeline(queries, settings, runtime=served["runtime"], precision=served["precision"])
+            machine["raw"] = raw.describe()
             ingested, raws, results = asyncio.run(run_http(url, server.pid, gallery, queries, raw, args,
                                                            levels))
             machine["server_memory"] = process_memory(server.pid)
@@ -384,9 +433,16 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=60)
         reembedded = reembed(Path(tmp) / "data", Path(tmp), port) if args.reembed else None
-        if reembedded is not None:
+        if reembedded is not None:  # against raw on the runtime the new version chose, and on the first one
             raws.append({"when": "after re-embedding", **raw.measure(args.raw_seconds)})
             reembedded["ratio_to_raw"] = round(reembedded["images_per_s"] / raws[-1]["images_per_s"], 2)
+            if (reembedded["runtime"], reembedded["precision"]) != (served["runtime"], served["precision"]):
+                own = RawPipeline(queries, settings, runtime=reembedded["runtime"],
+                                  precision=reembedded["precision"])
+                raws.append({"when": f"after re-embedding, on {reembedded['runtime']} "
+                                     f"{reembedded['precision']}", **own.measure(args.raw_seconds)})
+                own_raw = raws[-1]["images_per_s"]
+                reembedded["ratio_to_own_raw"] = round(reembedded["images_per_s"] / own_raw, 2)
     machine["load1_end"] = load_average()
     print(f"initial ingest: {ingested}; server memory at the end: {machine['server_memory']}")
     print(f"re-embedding by a new model version at start-up: {reembedded}")

@@ -42,7 +42,6 @@ class ReplicaSync:
         self._load = load
         self._task: asyncio.Task[None] | None = None
         self._failing: str | None = None  # the last error logged, so that a long outage logs once
-        self.last_sync: float | None = None  # time.time() of the last completed catch-up
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="cgd-replica-sync")
@@ -68,7 +67,6 @@ class ReplicaSync:
         live = await self._gateway.run(self._gateway.gallery.sync)
         if live is not None and live != self._gateway.live_version:  # not mid-way through a local swap
             await self._follow(live)
-        self.last_sync = time.time()
         if self._failing is not None:
             LOG.info("caught up with the other replicas again")
             self._failing = None

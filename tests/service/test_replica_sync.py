@@ -1,4 +1,5 @@
-"""Two `cgd serve` replicas on one PostgreSQL (pgserver) and one data directory, on 127.0.0.1.
+"""Two `cgd serve` replicas on one PostgreSQL (pgserver) and one data directory, on 127.0.0.1: what
+`service.replica_sync` (with the shared job queue and the per-replica gallery folders) makes possible.
 
 Real processes, real HTTP, the real default model and real caltech101 photos: what one replica is told
 is visible on the other; a training job runs on one replica of the two and is cancelled from the other;

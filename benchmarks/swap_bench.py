@@ -6,15 +6,20 @@ are registered, ingests `--images` real images (cycling over `--image-root`'s cl
 has fewer), then measures, in this order:
 
 1. idle: `/search` at concurrency 4 and `/health` probes (one at a time, every `--probe-ms`);
-2. activation under traffic: `POST /models/{variant A}/activate`, with the same search and health
-   load until its job (`GET /models/activations/{id}`) ends;
+2. activation under traffic (unless `--no-activation-load`): `POST /models/{variant A}/activate`, with
+   the same search and health load until its job (`GET /models/activations/{id}`) ends;
 3. activation without traffic: `POST /models/{variant B}/activate` alone: re-embedding images/s;
-4. promotion (unless `--no-train`): `POST /train` with `promote=always` and a tiny budget; the search
-   and health load runs while the job's phase is `re-embedding`.
+4. promotion (unless `--no-train`): `POST /train` with `promote=always` and a tiny budget, from variant
+   B, whose projection heads are moved (`--start-head-noise`) so that the job beats it and writes a new
+   version; the search and health load runs while the job's phase is `re-embedding`.
+
+Each loaded window is split into stages (loading the model, re-embedding, index build and switch) at the
+job's first and last re-embedded image.
 
 "raw" is the in-process decode + preprocess + batched model of `service_bench.RawPipeline` on all
-cores, measured before and after the HTTP phases. Pass: /health p99 < 50 ms over >= 1,000 probes and
-/search p99 < 3x idle in phases 2 and 4; re-embedding >= 0.8x raw in phase 3.
+cores (`--raw-runtime`: the runtime the server chose for variant B), measured before and after the HTTP
+phases. Pass: /health p99 < 50 ms over >= 1,000 probes and /search p99 < 3x idle in phases 2 and 4, each
+having re-embedded the whole gallery; re-embedding >= 0.8x raw on the same runtime in phase 3.
 
     nice -n 10 .venv/bin/python benchmarks/swap_bench.py --images 10000 --out /tmp/swap_bench.json
 """

@@ -8,6 +8,15 @@ does when the gallery saves it: pgvector creates its HNSW graph then), the laten
 exact search (`--queries` queries); each row names the index actually built (`factory`). The CPU model,
 its AVX flags and the load average before and after every row are recorded.
 
+Filtered search (the Milvus rows, whose collections hold a copy of each item's label and metadata): item
+i has the label `label-<i % 100>` and the metadata {"half": i % 2}. For a label filter (1 % of the items)
+and a metadata filter (50 %), the single-query latency and recall@10 against the exact filtered top-10
+(over `--filtered-singles` queries), twice: as a Milvus expression over that copy (`ItemFilter`, what the
+gallery sends now) and as the matching ids, `id in [...]` (what it sent before, and still sends when a
+filter has no exact expression; the store's query for those ids is not counted). Also the time of the
+full check of that copy against the items (`sync_attributes()`, which the gallery runs when an index
+starts serving).
+
     nice -n 19 .venv/bin/python benchmarks/backend_bench.py --n 100000 --out /tmp/backend_bench.json
 """
 
@@ -33,8 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from index_bench import ClusteredVectors, cpu_model, exact_top10, load_average
 
 from index.faiss_index import FaissBackend
+from index.filters import ItemFilter, MetadataFilter
 from index.kinds import IndexSpec
 from index.postgres import PostgresSettings
+from index.records import Item
 
 ROWS = {  # name -> (backend, kind)
     "faiss-flat": ("faiss", "Flat"),
@@ -44,6 +55,55 @@ ROWS = {  # name -> (backend, kind)
     "milvus-lite-flat": ("milvus", "Flat"),
 }
 BATCH = 10_000
+FILTERS = {  # name -> (the filter, which ids (N,) it keeps)
+    "label 1%": (ItemFilter("label-7"), lambda ids: ids % 100 == 7),
+    "metadata 50%": (ItemFilter(None, MetadataFilter.of({"half": 1})), lambda ids: ids % 2 == 1),
+}
+
+
+def synthetic_items(ids: Any) -> dict[int, Item]:
+    """The items the Milvus collections copy labels and metadata from (the store's part in the gallery)."""
+    return {int(i): Item(int(i), None, f"label-{int(i) % 100}", {"half": int(i) % 2}, "", 0.0) for i in ids}
+
+
+def exact_filtered_top10(data: ClusteredVectors, queries: np.ndarray, keeps: Any) -> np.ndarray:
+    """Ids (Q,10) of the exact inner-product top-10 among the ids `keeps` keeps."""
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    for ids, vectors in data.chunks():
+        kept = keeps(ids)
+        scores = np.hstack([best_scores, queries @ vectors[kept].T])
+        all_ids = np.hstack([best_ids, np.broadcast_to(ids[kept], (len(queries), int(kept.sum())))])
+        keep = np.argsort(-scores, axis=1)[:, :10]
+        best_scores, best_ids = np.take_along_axis(scores, keep, 1), np.take_along_axis(all_ids, keep, 1)
+    return best_ids
+
+
+def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
+    return round(float(np.mean([len(set(f) & set(t)) / 10
+                                for f, t in zip(found.tolist(), truth.tolist(), strict=True)])), 4)
+
+
+def filtered_rows(index: Any, data: ClusteredVectors, queries: np.ndarray, singles: int) -> dict[str, Any]:
+    """Per filter: latency and recall@10 (over the same `singles` queries) as a Milvus expression and as
+    an id list."""
+    every_id = index.ids()
+    queries = queries[:singles]
+    results: dict[str, Any] = {}
+    for name, (where, keeps) in FILTERS.items():
+        truth = exact_filtered_top10(data, queries, keeps)
+        row: dict[str, Any] = {"expression": index.can_filter(where)}
+        for way, allowed in (("expression", where), ("ids", every_id[keeps(every_id)])):
+            latencies = []
+            for query in queries:
+                started = time.perf_counter()
+                index.search(query[None, :], 10, allowed)
+                latencies.append(1000 * (time.perf_counter() - started))
+            row[f"{way}_ms_median"] = round(statistics.median(latencies), 2)
+            row[f"{way}_ms_p95"] = round(float(np.percentile(latencies, 95)), 2)
+            row[f"{way}_recall_at_10"] = recall_at_10(index.search(queries, 10, allowed)[1], truth)
+        results[name] = row
+    return results
 
 
 def cpu_flags() -> list[str]:
@@ -63,11 +123,11 @@ def make_backend(backend: str, kind: str, workdir: Path, postgres_url: str | Non
                                     workdir / "pointers")
     from index.milvus_index import MilvusBackend
 
-    return MilvusBackend.open(str(workdir / f"bench-{kind}.db"), kind, workdir / "pointers")
+    return MilvusBackend.open(str(workdir / f"bench-{kind}.db"), kind, workdir / "pointers", synthetic_items)
 
 
 def bench_row(name: str, data: ClusteredVectors, queries: np.ndarray, truth: np.ndarray, singles: int,
-              workdir: Path, postgres_url: str | None) -> dict[str, Any]:
+              filtered_singles: int, workdir: Path, postgres_url: str | None) -> dict[str, Any]:
     backend_name, kind = ROWS[name]
     row: dict[str, Any] = {"row": name, "backend": backend_name, "kind": kind, "n": data.n, "dim": data.dim,
                            "load_before": load_average()}
@@ -99,9 +159,12 @@ def bench_row(name: str, data: ClusteredVectors, queries: np.ndarray, truth: np.
         row["search_ms_median"] = round(statistics.median(latencies), 2)
         row["search_ms_p95"] = round(float(np.percentile(latencies, 95)), 2)
         _, found = index.search(queries, 10)
-        row["recall_at_10"] = round(float(np.mean([len(set(f) & set(t)) / 10
-                                                   for f, t in zip(found.tolist(), truth.tolist(),
-                                                                   strict=True)])), 4)
+        row["recall_at_10"] = recall_at_10(found, truth)
+        if backend_name == "milvus":
+            started = time.perf_counter()
+            row["attributes_rewritten"] = index.sync_attributes()
+            row["attribute_check_s"] = round(time.perf_counter() - started, 1)
+            row["filtered"] = filtered_rows(index, data, queries, filtered_singles)
         index.release()
     finally:
         backend.close()
@@ -116,6 +179,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1536)
     parser.add_argument("--queries", type=int, default=100, help="queries for recall@10")
     parser.add_argument("--singles", type=int, default=100, help="single-query searches timed")
+    parser.add_argument("--filtered-singles", type=int, default=30,
+                        help="single-query filtered searches timed per filter and way (Milvus rows)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--faiss-threads", type=int, default=1,
                         help="FAISS OpenMP threads (1: on a shared, loaded machine spinning threads make "
@@ -141,7 +206,7 @@ def main() -> None:
             server = pgserver.get_server(workdir / "postgres", cleanup_mode="stop")
         try:
             for name in args.rows:
-                row = bench_row(name, data, queries, truth, args.singles, workdir,
+                row = bench_row(name, data, queries, truth, args.singles, args.filtered_singles, workdir,
                                 server.get_uri() if server is not None else None)
                 print(json.dumps(row), flush=True)
                 results.append(row)

@@ -69,7 +69,7 @@ def time_search(index: Any, queries: np.ndarray, k: int, allowed: np.ndarray | N
 
 def probe(kind: str, data: ClusteredVectors, queries: np.ndarray, workdir: Path) -> dict[str, Any]:
     uri = str(workdir / f"probe-{kind}.db")
-    backend = MilvusBackend.open(uri, kind, workdir / "pointers")
+    backend = MilvusBackend.open(uri, kind, workdir / "pointers", lambda ids: {})  # no labels, no metadata
     row: dict[str, Any] = {"kind": kind, "load_before": load_average()}
     try:
         index = backend.create(data.dim, data.n, None)

@@ -11,12 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from index.errors import GalleryError
 from index.postgres import PostgresSettings, is_postgres_url, redact
 from index.protocols import ItemStore, VectorBackend
 from index.remote_index import name_prefix
 from index.store import SQLiteItemStore
+
+if TYPE_CHECKING:
+    from index.milvus_index import ItemSource
 
 VECTOR_BACKENDS = ("faiss", "pgvector", "milvus")
 
@@ -86,9 +90,11 @@ def open_store(root: Path, engines: Engines) -> ItemStore:
 
 
 def open_server_backend(engines: Engines, kind: str, directory: Path, *, ef_search: int | None = None,
-                        nprobe: int | None = None, replica: str | None = None) -> VectorBackend:
+                        nprobe: int | None = None, items: ItemSource,
+                        replica: str | None = None) -> VectorBackend:
     """The pgvector or Milvus backend (`kind` checked against that engine's kinds); pointer files under
-    `directory` name the tables or collections that serve, named with `replica`'s prefix."""
+    `directory` name the tables or collections that serve, named with `replica`'s prefix; `items` reads
+    items from the store (Milvus holds a copy of their labels and metadata to filter on)."""
     prefix = name_prefix(replica)
     if engines.vector_backend == "pgvector":
         from index.pgvector_index import PgvectorBackend
@@ -97,6 +103,6 @@ def open_server_backend(engines: Engines, kind: str, directory: Path, *, ef_sear
     if engines.vector_backend == "milvus":
         from index.milvus_index import MilvusBackend
 
-        return MilvusBackend.open(str(engines.milvus_uri), kind, directory, ef_search=ef_search,
+        return MilvusBackend.open(str(engines.milvus_uri), kind, directory, items, ef_search=ef_search,
                                   nprobe=nprobe, timeout_s=engines.connect_timeout_s, prefix=prefix)
     raise InvalidEngines(f"{engines.vector_backend} runs in the process: it has no server backend")

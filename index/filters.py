@@ -1,4 +1,5 @@
-"""`MetadataFilter`: a metadata equality filter, checked once when it is made, frozen and hashable."""
+"""Search filters: `MetadataFilter` (metadata equality, checked once when it is made, frozen and hashable)
+and `ItemFilter` (a label and / or a metadata filter: what a search may return)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,21 @@ class MetadataFilter:
 
     def __iter__(self) -> Iterator[tuple[str, Scalar]]:
         return iter(self.terms)
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    """Items whose label equals `label` (when it is not None) and whose metadata matches `metadata`.
+
+    A server-side index that evaluates it itself (`FilteringIndex`) gets it in place of the matching ids.
+    """
+
+    label: str | None = None
+    metadata: MetadataFilter | None = None
+
+    @classmethod
+    def of(cls, label: str | None,
+           metadata: Mapping[str, Any] | MetadataFilter | None) -> ItemFilter | None:
+        """The filter of a search's arguments; None when neither filters."""
+        terms = MetadataFilter.of(metadata)
+        return cls(label, terms) if label is not None or terms is not None else None

@@ -33,7 +33,7 @@ from index.errors import (
     VersionInUse,
 )
 from index.faiss_index import configure_faiss, resolve_gpu
-from index.filters import MetadataFilter
+from index.filters import ItemFilter, MetadataFilter
 from index.kinds import IndexSpec
 from index.locking import ProcessLock
 from index.postprocess import WHITENING_KINDS, fit_learned_whitening, fit_pca_whitening
@@ -100,7 +100,7 @@ class Gallery:
             store = open_store(root, engines)
             backend = (make_backend(spec, gpu, local / "faiss") if engines.vector_backend == "faiss" else
                        open_server_backend(engines, index_kind, local / "faiss", ef_search=ef_search,
-                                           nprobe=nprobe, replica=replica))
+                                           nprobe=nprobe, items=store.get_many, replica=replica))
             gallery = cls(root, store, backend, process_lock=lock, local=local)
             if gallery._live is not None and gallery._live in store.versions():
                 gallery._registry.ensure(gallery._live)
@@ -204,8 +204,10 @@ class Gallery:
 
     def update(self, item_id: int, *, label: str | None = UNSET, metadata: Mapping[str, Any] = UNSET) -> Item:
         """Set the label (None clears it) and/or replace the metadata."""
-        with self._writer, self._registry.writing():
-            return self._store.update(item_id, label=label, metadata=metadata)
+        with self._writer, self._registry.writing() as indexes:
+            item = self._store.update(item_id, label=label, metadata=metadata)
+            indexes.sync_attributes(np.asarray([item_id], dtype=np.int64))
+            return item
 
     def delete(self, item_id: int) -> Item:
         """Delete an item: out of every index at once, its image erased unless another item shares it."""
@@ -238,7 +240,7 @@ class Gallery:
         applies alpha-QE with the top `qe_n` hits and weight exponent `qe_alpha`.
         """
         check_search(k, qe_n, qe_alpha)
-        terms = MetadataFilter.of(metadata)
+        where = ItemFilter.of(label, metadata)
         k, qe_n, qe_alpha = int(k), int(qe_n), float(qe_alpha)
         queries = check_vectors(queries)
         name = self._resolve(version)
@@ -246,9 +248,9 @@ class Gallery:
             with self._registry.reading() as indexes:  # one acquisition when the index is loaded
                 index = indexes.get(name)
                 if index is not None:
-                    allowed = None
-                    if label is not None or terms is not None:
-                        allowed = self._store.matching_ids(name, label, terms)
+                    allowed: np.ndarray | ItemFilter | None = where
+                    if where is not None and not index.filters(where):  # the engine cannot: the ids
+                        allowed = self._store.matching_ids(name, where.label, where.metadata)
                     scores, ids = index.search(queries, k, allowed, qe_n, qe_alpha)
                     items = self._store.get_many(ids[ids >= 0].tolist())
                     return name, [[Hit(items[i], float(s)) for s, i in zip(row_s, row_i, strict=True)

@@ -2,8 +2,9 @@
 
 `CGD_MILVUS_URI` is a server URI (http://host:19530) or a local file path ending in .db (Milvus Lite,
 one process per file). A collection `cgd_vectors_<hex>` per build: an INT64 primary key `id` (the item
-id) and a FLOAT_VECTOR `vector`, inner-product metric, Strong consistency (an acknowledged insert or
-delete is seen by the next search). Kinds (`CGD_INDEX_KIND`):
+id), a FLOAT_VECTOR `vector`, and a copy of each item's label (VARCHAR `label`) and filterable metadata
+(JSON `meta`, with a BOOL `partial`; `index.milvus_expressions`); inner-product metric, Strong
+consistency (an acknowledged insert or delete is seen by the next search). Kinds (`CGD_INDEX_KIND`):
 
 | kind     | Milvus index type | build parameters        | search parameters        |
 | -------- | ----------------- | ----------------------- | ------------------------ |
@@ -12,9 +13,15 @@ delete is seen by the next search). Kinds (`CGD_INDEX_KIND`):
 | IVF-Flat | IVF_FLAT          | nlist 1024              | nprobe = nprobe or 32    |
 | IVF-SQ8  | IVF_SQ8           | nlist 1024              | nprobe = nprobe or 32    |
 
-Filters are the allowed ids as an expression `id in [...]` of int64 literals (the only values put in an
-expression, formatted from integers: nothing to escape); a filtered or approximate search that returns
-fewer than min(k, candidates) hits is answered again exactly over the candidates' stored vectors.
+Filters: a label / metadata filter becomes a Milvus expression over `label` and `meta`. The copy
+follows the store: an add inserts each item's label and metadata (read from the store by the backend's
+`items`), an update upserts the row, and when an index starts serving (loaded or built) every row's copy
+is compared with the store and the differing ones are rewritten (an update made while the version was
+not loaded, or lost to a crash). A filter with no exact expression, or any filter while the copy may be
+wrong (a change that failed half-way, a `partial` row, a collection made before the copy existed), goes
+as the matching ids from the store, `id in [...]` of int64 literals, with the reason logged. A filtered or
+approximate search that returns fewer than min(k, candidates) hits is answered again exactly over the
+candidates' stored vectors.
 Rows stay in a growing segment, which Milvus searches by brute force (1.5 s per query at 10k x 1536 in
 Milvus Lite), until a flush seals them: `save` flushes, and so does an add once `FLUSH_ROWS` rows are
 unflushed. A sealed segment is searched without its new index until that index is built, so `save`
@@ -28,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +43,10 @@ from typing import Any
 import numpy as np
 
 from index.errors import EngineUnavailable, SnapshotCorrupt
+from index.filters import ItemFilter
 from index.kinds import DEFAULT_EF_SEARCH
+from index.milvus_expressions import LABEL_BYTES, Attributes, UnsupportedFilter, expression, held_attributes
+from index.records import Item
 from index.remote_index import (
     NAME_PREFIX,
     ServerIndex,
@@ -62,6 +73,10 @@ EXACT_FALLBACK_LIMIT = 1 << 16
 _BATCH = 2000
 FLUSH_ROWS = 10_000  # rows inserted since the last flush after which an add seals them (see the docstring)
 _ID_FILTER_CHUNK = 16384
+_QUERY_BATCH = 10_000
+ATTRIBUTE_FIELDS = ("label", "meta", "partial")
+
+ItemSource = Callable[[Iterable[int]], Mapping[int, Item]]  # ids -> the store's items (ItemStore.get_many)
 
 
 class MilvusUnavailable(EngineUnavailable):
@@ -74,13 +89,18 @@ def id_filter(ids: np.ndarray) -> str:
 
 
 class MilvusIndex(ServerIndex):
-    """A Milvus collection holding one version's vectors."""
+    """A Milvus collection holding one version's vectors, with a copy of its items' labels and metadata
+    (`holds_attributes` False: a collection made before that copy existed, filtered by id lists only)."""
 
-    def __init__(self, backend: MilvusBackend, collection: str, dim: int, ids: SortedIds) -> None:
+    def __init__(self, backend: MilvusBackend, collection: str, dim: int, ids: SortedIds, *,
+                 holds_attributes: bool = True, partial: SortedIds | None = None) -> None:
         super().__init__(dim, ids)
         self._backend = backend
         self.collection = collection
+        self.holds_attributes = holds_attributes
+        self._partial = partial or SortedIds.of([])  # rows whose label or metadata are not held in full
         self._unflushed = 0  # rows inserted since the last flush (still in a growing segment)
+        self._reported: set[str] = set()  # reasons for id-list filters logged already
 
     @property
     def kind(self) -> str:
@@ -92,16 +112,33 @@ class MilvusIndex(ServerIndex):
         shown = ", ".join(f"{key}={value}" for key, value in params.items())
         return f"milvus {index_type}({shown})" if shown else f"milvus {index_type}"
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        vectors = self.checked(vectors, ids)
+    def _rows(self, ids: np.ndarray, vectors: np.ndarray) -> list[dict[str, Any]]:
+        """Rows to insert: each id's vector and, if this collection holds them, its attributes."""
+        if not self.holds_attributes:
+            return [{"id": i, "vector": v} for i, v in zip(ids.tolist(), vectors, strict=True)]
+        items = self._backend.items(ids.tolist())
+        rows = []
+        for item_id, vector in zip(ids.tolist(), vectors, strict=True):
+            label, meta, partial = held_attributes(items.get(item_id))
+            rows.append({"id": item_id, "vector": vector, "label": label, "meta": meta, "partial": partial})
+        partial_ids = [row["id"] for row in rows if row.get("partial")]
+        self._partial.remove(ids)
+        self._partial.add(np.asarray(partial_ids, dtype=np.int64))
+        return rows
+
+    def _write(self, method: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Insert or upsert rows in batches; flush once enough are unflushed."""
         with self.changing():
             for start in range(0, len(ids), _BATCH):
-                rows = [{"id": int(i), "vector": v} for i, v in
-                        zip(ids[start:start + _BATCH].tolist(), vectors[start:start + _BATCH], strict=True)]
-                self._backend.call("insert", self.collection, rows)
+                self._backend.call(method, self.collection,
+                                   self._rows(ids[start:start + _BATCH], vectors[start:start + _BATCH]))
             self._unflushed += len(ids)
             if self._unflushed >= FLUSH_ROWS:
                 self._flush()
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        vectors = self.checked(vectors, ids)
+        self._write("insert", np.asarray(ids, dtype=np.int64), vectors)
         self._ids.add(ids)
 
     def _flush(self) -> None:
@@ -116,6 +153,7 @@ class MilvusIndex(ServerIndex):
                 chunk = present[start:start + _ID_FILTER_CHUNK]
                 self._backend.call("delete", self.collection, ids=chunk.tolist())
         self._ids.remove(present)
+        self._partial.remove(present)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         wanted = np.asarray(ids, dtype=np.int64)
@@ -129,6 +167,66 @@ class MilvusIndex(ServerIndex):
                 found[int(row["id"])] = np.asarray(row["vector"], dtype=np.float32)
         return np.ascontiguousarray(np.stack([found[int(i)] for i in wanted.tolist()]))
 
+    def maintenance(self) -> str | None:
+        """"resync" after a change the server did not complete; "compact" for a collection made before
+        Milvus held labels and metadata (rebuilt with them in the background, serving meanwhile)."""
+        return super().maintenance() or (None if self.holds_attributes else "compact")
+
+    # filters
+
+    def _expression(self, where: ItemFilter) -> str:
+        """The filter's expression over this collection's copy; UnsupportedFilter when the copy or the
+        expression language cannot answer it exactly."""
+        if not self.holds_attributes:
+            raise UnsupportedFilter(f"collection {self.collection} was made before Milvus held labels and "
+                                    "metadata; a compaction rebuilds it with them")
+        if self._out_of_step:
+            raise UnsupportedFilter("a change did not complete on Milvus; it is rebuilt from the store")
+        if len(self._partial):
+            raise UnsupportedFilter(f"{len(self._partial)} items' labels or metadata are too large to hold "
+                                    f"in Milvus (labels up to {LABEL_BYTES} bytes)")
+        return expression(where)
+
+    def can_filter(self, where: ItemFilter) -> bool:
+        """True if `search(..., where)` filters in Milvus; False (the reason logged once): pass the ids."""
+        try:
+            self._expression(where)
+        except UnsupportedFilter as exc:
+            if str(exc) not in self._reported:
+                self._reported.add(str(exc))
+                LOG.info("filters on %s go to Milvus as id lists: %s", self.collection, exc)
+            return False
+        return True
+
+    def sync_attributes(self, ids: np.ndarray | None = None) -> int:
+        """Rewrite the label and metadata held for `ids` (after an update), or (None) for every row whose
+        copy differs from the store's; returns how many rows were rewritten."""
+        if not self.holds_attributes:
+            return 0
+        if ids is None:
+            stale = [item_id for rows in self._backend.query(self.collection, "", ["id", *ATTRIBUTE_FIELDS])
+                     for item_id in self._differing(rows)]
+            present = np.asarray(stale, dtype=np.int64)
+        else:
+            present = self._ids.present(ids)
+        if len(present):
+            for start in range(0, len(present), _BATCH):
+                chunk = present[start:start + _BATCH]
+                self._write("upsert", chunk, self.reconstruct(chunk))
+        return len(present)
+
+    def _differing(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Ids of `rows` whose held label / metadata differ from what the store has now."""
+        items = self._backend.items(int(row["id"]) for row in rows)
+        differing = []
+        for row in rows:
+            held: Attributes = (row.get("label"), row.get("meta") or {}, bool(row.get("partial")))
+            if held != held_attributes(items.get(int(row["id"]))):
+                differing.append(int(row["id"]))
+        return differing
+
+    # search
+
     def _search_params(self, k: int) -> dict[str, Any]:
         index_type, _ = KINDS[self._backend.kind]
         if index_type == "HNSW":
@@ -138,26 +236,39 @@ class MilvusIndex(ServerIndex):
         return {"metric_type": "IP", "params": {}}
 
     def search(self, queries: np.ndarray, k: int,
-               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               allowed: np.ndarray | ItemFilter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product among every row, the `allowed` ids, or the rows an `ItemFilter` keeps
+        (only after `can_filter` said yes)."""
         queries = self.checked(queries)
-        candidates, available = self.candidates(allowed)
+        if isinstance(allowed, ItemFilter):
+            condition = self._expression(allowed)
+            candidates, available = None, len(self._ids)
+        else:
+            candidates, available = self.candidates(allowed)
+            condition = "" if candidates is None else id_filter(candidates)
         k = min(k, available, MAX_TOP_K)
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        expression = "" if candidates is None else id_filter(candidates)
         answers = self._backend.call("search", self.collection, data=list(queries), limit=k,
-                                     filter=expression, search_params=self._search_params(k),
+                                     filter=condition, search_params=self._search_params(k),
                                      anns_field="vector")
         rows = [[(int(hit["id"]), float(hit["distance"])) for hit in answer] for answer in answers]
         scores, ids = pad_hits(rows, k)
         short = (ids >= 0).sum(axis=1) < k
-        if short.any() and available <= EXACT_FALLBACK_LIMIT:
+        if short.any():
+            if isinstance(allowed, ItemFilter):  # how many match: fewer than k, or a graph walk fell short
+                candidates = np.sort(np.fromiter((row["id"] for rows in self._backend.query(
+                    self.collection, condition, ["id"]) for row in rows), dtype=np.int64))
+                available = len(candidates)
             pool = self._ids.array if candidates is None else candidates
-            exact_scores = queries[short] @ self.reconstruct(pool).T
-            order = np.argsort(-exact_scores, axis=1, kind="stable")[:, :k]
-            scores[short] = np.take_along_axis(exact_scores, order, 1)
-            ids[short] = pool[order]
-        return scores, ids
+            if len(pool) <= EXACT_FALLBACK_LIMIT:
+                exact_scores = queries[short] @ self.reconstruct(pool).T
+                order = np.argsort(-exact_scores, axis=1, kind="stable")[:, :k]
+                width = order.shape[1]
+                scores[short, :width] = np.take_along_axis(exact_scores, order, 1)
+                ids[short, :width] = pool[order]
+            k = min(k, available)
+        return scores[:, :k], ids[:, :k]
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
         """Seal what is still growing (its index gets built) and reload the collection so that searches
@@ -180,6 +291,7 @@ class MilvusBackend:
 
     client: Any  # pymilvus.MilvusClient
     uri: str
+    items: ItemSource
     kind: str
     ef_search: int
     nprobe: int
@@ -190,11 +302,12 @@ class MilvusBackend:
         self._lock = threading.Lock()  # Milvus Lite's client is not safe for concurrent calls
 
     @classmethod
-    def open(cls, uri: str, kind: str, directory: Path, *, ef_search: int | None = None,
+    def open(cls, uri: str, kind: str, directory: Path, items: ItemSource, *, ef_search: int | None = None,
              nprobe: int | None = None, timeout_s: float = 10.0,
              prefix: str = NAME_PREFIX) -> MilvusBackend:
         """Check the kind, connect (a local path opens Milvus Lite) and drop the collections named with
-        `prefix` that no pointer under `directory` names (left by a crash mid-build)."""
+        `prefix` that no pointer under `directory` names (left by a crash mid-build). `items` reads the
+        store's items (`ItemStore.get_many`), whose labels and metadata the collections copy."""
         name, _ = choose_kind(kind, KINDS, "milvus")
         from pymilvus import MilvusClient  # imported here: it takes 2 s and only this backend needs it
 
@@ -202,7 +315,8 @@ class MilvusBackend:
             client = MilvusClient(uri=uri, timeout=timeout_s)
         except Exception as exc:  # pymilvus raises MilvusException or grpc errors
             raise MilvusUnavailable(f"cannot connect to Milvus at {uri}: {exc}") from None
-        backend = cls(client, uri, name, ef_search or DEFAULT_EF_SEARCH, nprobe or DEFAULT_NPROBE, prefix)
+        backend = cls(client, uri, items, name, ef_search or DEFAULT_EF_SEARCH, nprobe or DEFAULT_NPROBE,
+                      prefix)
         named = named_by_pointers(directory)
         for collection in backend.call("list_collections"):
             if collection.startswith(prefix) and collection not in named:
@@ -231,6 +345,9 @@ class MilvusBackend:
         schema = self.client.create_schema(auto_id=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("label", DataType.VARCHAR, max_length=LABEL_BYTES, nullable=True)
+        schema.add_field("meta", DataType.JSON)
+        schema.add_field("partial", DataType.BOOL)
         index_type, params = KINDS[self.kind]
         index_params = self.client.prepare_index_params()
         index_params.add_index("vector", index_type=index_type, metric_type="IP", params=params)
@@ -245,16 +362,29 @@ class MilvusBackend:
         if not self.call("has_collection", collection):
             raise SnapshotCorrupt(f"{path} names collection {collection}, which does not exist")
         self.call("load_collection", collection)  # a reopened collection must be loaded before a search
-        ids: list[int] = []
-        iterator = self.call("query_iterator", collection, batch_size=10000, filter="", output_fields=["id"])
-        try:
-            while batch := self.call_on(iterator, "next"):
-                ids.extend(int(row["id"]) for row in batch)
-        finally:
-            self.call_on(iterator, "close")
-        index = MilvusIndex(self, collection, int(meta["dim"]), SortedIds.of(ids))
+        fields = {field["name"] for field in self.call("describe_collection", collection)["fields"]}
+        holds_attributes = set(ATTRIBUTE_FIELDS) <= fields
+        if not holds_attributes:
+            LOG.warning("collection %s was made before Milvus held labels and metadata: its filters go as "
+                        "id lists until it is made anew with them, by a compaction (the next add or delete "
+                        "starts one) or any rebuild", collection)
+        ids = [row["id"] for rows in self.query(collection, "", ["id"]) for row in rows]
+        partial = ([row["id"] for rows in self.query(collection, "partial == true", ["id"]) for row in rows]
+                   if holds_attributes else [])
+        index = MilvusIndex(self, collection, int(meta["dim"]), SortedIds.of(ids),
+                            holds_attributes=holds_attributes, partial=SortedIds.of(partial))
         index.dirty = False
         return index, meta
+
+    def query(self, collection: str, condition: str, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
+        """The rows `condition` keeps ("": all), `fields` of them, in batches."""
+        iterator = self.call("query_iterator", collection, batch_size=_QUERY_BATCH, filter=condition,
+                             output_fields=fields)
+        try:
+            while batch := self.call_on(iterator, "next"):
+                yield batch
+        finally:
+            self.call_on(iterator, "close")
 
     def reload(self, collection: str) -> None:
         """Release and load `collection` in one step (no search in between): Milvus Lite searches a

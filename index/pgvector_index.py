@@ -10,9 +10,11 @@ Inner product (`<#>`, which pgvector returns negated). Kinds (`CGD_INDEX_KIND`):
 
 A build loads the rows first and creates the HNSW index when the pointer is saved (pgvector builds a
 graph over loaded rows several times faster than by inserts); until then that table is searched exactly.
-Filters (the allowed ids) are a `WHERE id = ANY(...)`; a filtered or approximate search that returns
-fewer than min(k, candidates) hits is answered again exactly over them (HNSW filters after the graph
-walk). Removal is physical (DELETE). Not thread-safe: the registry serialises writers and searches.
+Label and metadata filters join the store's `items` table (same database) in SQL, with the item store's
+own WHERE clause (`index.postgres_store.filter_sql`, values as parameters); allowed ids are a
+`WHERE id = ANY(...)`. A filtered or approximate search that returns fewer than min(k, candidates) hits
+is answered again exactly over the candidates (HNSW filters after the graph walk). Removal is physical
+(DELETE). Not thread-safe: the registry serialises writers and searches.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from index.errors import DimensionMismatch, SnapshotCorrupt
+from index.filters import ItemFilter
 from index.kinds import DEFAULT_EF_SEARCH
 from index.postgres import DatabaseUnavailable, PostgresSettings, open_pool, pooled, redact, scrub
+from index.postgres_store import filter_sql
 from index.remote_index import (
     NAME_PREFIX,
     ServerIndex,
@@ -114,31 +118,50 @@ class PgvectorIndex(ServerIndex):
         found = {int(item_id): vector.to_numpy() for item_id, vector in rows}
         return np.ascontiguousarray(np.stack([found[int(i)] for i in wanted.tolist()]), dtype=np.float32)
 
+    def can_filter(self, where: ItemFilter) -> bool:
+        """Always: every filter is a WHERE over the items table."""
+        return True
+
+    def sync_attributes(self, ids: np.ndarray | None = None) -> int:
+        """Nothing: the table holds no copy of labels or metadata (searches join the items table)."""
+        return 0
+
+    def _rows_of(self, allowed: np.ndarray | ItemFilter | None) -> tuple[sql.Composable, list[Any]]:
+        """The FROM / WHERE part of a search (v: this table) and its parameters."""
+        table = sql.Identifier(self.table)
+        if allowed is None:
+            return sql.SQL("FROM {} v").format(table), []
+        if isinstance(allowed, ItemFilter):
+            where, params = filter_sql(allowed.label, allowed.metadata)
+            return sql.SQL("FROM {} v JOIN items i ON i.id = v.id WHERE " + where).format(table), params
+        return sql.SQL("FROM {} v WHERE v.id = ANY(%s)").format(table), [allowed.tolist()]
+
     def search(self, queries: np.ndarray, k: int,
-               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               allowed: np.ndarray | ItemFilter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product among every row, the `allowed` ids, or the items an `ItemFilter` keeps."""
         queries = self.checked(queries)
-        candidates, available = self.candidates(allowed)
+        filtered = isinstance(allowed, ItemFilter)
+        candidates, available = (None, len(self._ids)) if filtered else self.candidates(allowed)
         k = min(k, available)
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        where = sql.SQL("") if candidates is None else sql.SQL("WHERE id = ANY(%(allowed)s)")
-        params: dict[str, Any] = {"k": k}
-        if candidates is not None:
-            params["allowed"] = candidates.tolist()
-        approximate = sql.SQL("SELECT id, embedding <#> %(q)s FROM {} {} ORDER BY embedding <#> %(q)s "
-                              "LIMIT %(k)s").format(sql.Identifier(self.table), where)
-        exact = sql.SQL("SELECT id, embedding <#> %(q)s AS d FROM {} {} ORDER BY (embedding <#> %(q)s) + 0 "
-                        "LIMIT %(k)s").format(sql.Identifier(self.table), where)
+        rows_of, params = self._rows_of(allowed if filtered else candidates)
+        select = "SELECT v.id, v.embedding <#> %s {} ORDER BY "
+        approximate = sql.SQL(select + "v.embedding <#> %s LIMIT %s").format(rows_of)
+        exact = sql.SQL(select + "(v.embedding <#> %s) + 0 LIMIT %s").format(rows_of)  # no index: a scan
         results: list[list[tuple[int, float]]] = []
         with self._backend.connection() as conn, conn.transaction(), conn.cursor(binary=True) as cur:
             if self._backend.hnsw is not None:
                 ef = max(self._backend.ef_search, k)
                 cur.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(min(ef, 1000))))
             for query in queries:
-                rows = cur.execute(approximate, {**params, "q": query}).fetchall()
-                if len(rows) < k and available <= EXACT_FALLBACK_LIMIT:
-                    rows = cur.execute(exact, {**params, "q": query}).fetchall()
+                arguments = [query, *params, query, k]
+                rows = cur.execute(approximate, arguments).fetchall()
+                if len(rows) < k and (filtered or available <= EXACT_FALLBACK_LIMIT):
+                    rows = cur.execute(exact, arguments).fetchall()
                 results.append([(int(item_id), -float(distance)) for item_id, distance in rows])
+        if filtered:  # as many columns as items match, when fewer than k do
+            k = max(len(row) for row in results)
         return pad_hits(results, k)
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:

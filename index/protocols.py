@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from index.filters import MetadataFilter
+from index.filters import ItemFilter, MetadataFilter
 from index.postprocess import Whitening
 from index.records import Item, NewItem, VersionInfo
 
@@ -155,8 +155,9 @@ class VectorIndex(Protocol):
         """Out of search at once; unknown ids ignored."""
 
     def search(self, queries: np.ndarray, k: int,
-               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Queries (Q, dim) -> (scores (Q,k'), ids (Q,k')), k' = min(k, candidates), -1 for missing hits."""
+               allowed: np.ndarray | ItemFilter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Queries (Q, dim) -> (scores (Q,k'), ids (Q,k')), k' = min(k, candidates), -1 for missing hits.
+        `allowed`: the ids a hit may have, or a filter, for a `FilteringIndex` that said it can apply it."""
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """Indexed vectors (N, dim) of present ids (N,)."""
@@ -171,6 +172,20 @@ class VectorIndex(Protocol):
     def release(self) -> None:
         """Free what it holds outside the process (its table or collection) once it no longer serves;
         nothing for an in-process index. Called under the registry's exclusive lock."""
+
+
+@runtime_checkable
+class FilteringIndex(Protocol):
+    """A `VectorIndex` that applies label and metadata filters itself, in its engine (pgvector joins the
+    items table in SQL; Milvus holds a copy of them and evaluates an expression); with any other index
+    the gallery passes the store's matching ids."""
+
+    def can_filter(self, where: ItemFilter) -> bool:
+        """True if `search(queries, k, where)` applies the filter; False (the reason logged): pass ids."""
+
+    def sync_attributes(self, ids: np.ndarray | None = None) -> int:
+        """Bring a copy of labels and metadata held in the engine in line with the store: of ids (N,)
+        after an update, or (None) of every item whose copy differs; returns how many were rewritten."""
 
 
 class VectorBackend(Protocol):

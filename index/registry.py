@@ -64,6 +64,12 @@ class WritableIndexView(IndexView):
         for index in self._indexes.values():
             index.remove(ids)
 
+    def sync_attributes(self, ids: np.ndarray) -> None:
+        """The labels or metadata of ids (N,) changed in the store: every loaded index that holds a copy
+        of them rewrites it."""
+        for index in self._indexes.values():
+            index.sync_attributes(ids)
+
     def put(self, index: VersionIndex) -> None:
         """Serve `index`; the one it replaces frees what it holds on a server."""
         replaced = self._indexes.get(index.name)
@@ -217,6 +223,7 @@ class IndexRegistry:
             if candidate.settings.fingerprint() != self.settings(candidate.name).fingerprint():
                 candidate = self.build(candidate.name)  # settings changed during the build
             self._reconcile(candidate)
+            candidate.sync_attributes()  # labels / metadata updated since its snapshot or during its build
             with self.writing() as view:
                 view.put(candidate)
         self.save(candidate)

@@ -56,7 +56,7 @@ def filter_sql(label: str | None,
         clauses.append("i.label = ?")
         params.append(label)
     for key, value in MetadataFilter.of(metadata) or ():
-        path = f'$."{key}"'
+        path = f'$.{json.dumps(key)}'  # the key as the stored JSON spells it (SQLite matches that text)
         if isinstance(value, bool) or value is None:
             clauses.append("json_type(i.metadata, ?) = ?")
             params += [path, {True: "true", False: "false", None: "null"}[value]]

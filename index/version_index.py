@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from index.errors import DimensionMismatch, SnapshotCorrupt
+from index.filters import ItemFilter
 from index.postprocess import Whitening, apply_whitening, database_side_augmentation, query_expansion
-from index.protocols import ItemStore, VectorBackend, VectorIndex
+from index.protocols import FilteringIndex, ItemStore, VectorBackend, VectorIndex
 
 LOG = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class VersionSettings:
 
 
 def _neighbours(index: VectorIndex, vectors: np.ndarray, n: int, own_ids: np.ndarray | None = None,
-                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                allowed: np.ndarray | ItemFilter | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-n neighbours of vectors (Q,d), skipping each row's own id: (vectors (Q,n,d), scores (Q,n)).
     Missing neighbours are zero vectors with score 0."""
     scores, ids = index.search(vectors, n + (own_ids is not None), allowed)
@@ -97,9 +98,23 @@ class VersionIndex:
     def remove(self, ids: np.ndarray) -> None:
         self.vectors.remove(ids)
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, qe_n: int = 0,
-               qe_alpha: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
-        """Raw queries (Q, model_dim) -> (scores (Q,k'), ids (Q,k')), -1 ids for missing hits."""
+    def filters(self, where: ItemFilter) -> bool:
+        """True if the index applies `where` itself (pass it to `search`), False if it needs the ids."""
+        return isinstance(self.vectors, FilteringIndex) and self.vectors.can_filter(where)
+
+    def sync_attributes(self, ids: np.ndarray | None = None) -> None:
+        """Rewrite a copy of labels and metadata the index holds: of ids (N,) after an update, or (None)
+        wherever it differs from the store's."""
+        if isinstance(self.vectors, FilteringIndex):
+            changed = self.vectors.sync_attributes(ids)
+            if ids is None and changed:
+                LOG.info("index of %s: the labels or metadata of %d items rewritten (changed in the store "
+                         "while it was not loaded, or built)", self.name, changed)
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | ItemFilter | None = None,
+               qe_n: int = 0, qe_alpha: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+        """Raw queries (Q, model_dim) -> (scores (Q,k'), ids (Q,k')), -1 ids for missing hits. `allowed`:
+        the ids a hit may have, or a filter the index said it applies (`filters`)."""
         queries = self.settings.transform(queries)
         if qe_n:
             neighbours, scores = _neighbours(self.vectors, queries, qe_n, allowed=allowed)

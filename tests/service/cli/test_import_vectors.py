@@ -133,3 +133,19 @@ def test_a_gallery_open_in_the_service_is_not_imported_into(photos, embedder, tm
         assert _import(tmp_path / "vectors.npy", folder / "labels.csv", tmp_path / "data",
                        embedder.version) == 1
     assert "stop the service first" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_service_serves_the_imported_gallery_with_the_model_that_made_it(
+        photos, embedder, tmp_path, serve) -> None:
+    """A real `cgd serve` on the imported data directory keeps the imported version live (no
+    re-embedding) and finds an imported item from its image."""
+    folder, vectors = photos
+    np.save(tmp_path / "vectors.npy", vectors)
+    assert _import(tmp_path / "vectors.npy", folder / "labels.csv", tmp_path / "data", embedder.version) == 0
+    server = serve(tmp_path / "data", tmp_path / "server.log")
+    assert server.client.get("/ready").json()["model_version"] == embedder.version
+    image = (folder / "images" / "3.png").read_bytes()
+    found = server.client.post("/search", files={"file": ("3.png", image)}, data={"k": "1"}).json()
+    assert found["model_version"] == embedder.version
+    assert found["results"][0]["external_id"] == "images/3.png" and found["results"][0]["score"] > 0.99

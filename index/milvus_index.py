@@ -54,6 +54,7 @@ from index.remote_index import (
     choose_kind,
     named_by_pointers,
     new_name,
+    owned,
     pad_hits,
     read_pointer,
     write_pointer,
@@ -319,7 +320,7 @@ class MilvusBackend:
                       prefix)
         named = named_by_pointers(directory)
         for collection in backend.call("list_collections"):
-            if collection.startswith(prefix) and collection not in named:
+            if owned(collection, prefix) and collection not in named:
                 LOG.info("dropping collection %s: no index pointer names it (left by an interrupted build)",
                          collection)
                 backend.call("drop_collection", collection)

@@ -43,6 +43,7 @@ from index.remote_index import (
     choose_kind,
     named_by_pointers,
     new_name,
+    owned,
     pad_hits,
     read_pointer,
     write_pointer,
@@ -218,7 +219,7 @@ class PgvectorBackend:
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE %s",
                 (self.prefix.replace("_", r"\_") + "%",))]
         for table in tables:
-            if table not in named:
+            if owned(table, self.prefix) and table not in named:
                 LOG.info("dropping %s: no index pointer names it (left by an interrupted build)", table)
                 self.drop_table(table)
 

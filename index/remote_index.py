@@ -39,6 +39,12 @@ def name_prefix(replica: str | None) -> str:
     return f"{NAME_PREFIX}r{hashlib.sha256(replica.encode()).hexdigest()[:8]}_"
 
 
+def owned(name: str, prefix: str) -> bool:
+    """Whether a table / collection name was made with `prefix`: a name is its prefix and 16 hex digits,
+    so names of the one-process prefix and of replicas' never match each other's."""
+    return name.startswith(prefix) and len(name) == len(prefix) + 16
+
+
 def new_name(prefix: str = NAME_PREFIX) -> str:
     """A fresh table / collection name (letters, digits and underscores only)."""
     return prefix + uuid.uuid4().hex[:16]

@@ -30,6 +30,7 @@ def test_replicas_open_one_gallery_and_see_each_others_writes(tmp_path, engines,
         with pytest.raises(GalleryLocked):
             Gallery.open(root, engines=engines, replica="a")
         b = Gallery.open(root, engines=engines, replica="b")  # leaves a's index (table) alone
+        Gallery.open(tmp_path / "tool", engines=engines).close()  # as a one-process tool: the same
         assert _top(a, vectors[1:2])[0] == first[1].id
         assert (root / "replicas" / "b" / ".lock").exists() and not (root / ".lock").exists()
         assert _top(b, vectors[2:3])[0] == first[2].id

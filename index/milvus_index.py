@@ -257,19 +257,34 @@ class MilvusIndex(ServerIndex):
         scores, ids = pad_hits(rows, k)
         short = (ids >= 0).sum(axis=1) < k
         if short.any():
+            pool_vectors = None
             if isinstance(allowed, ItemFilter):  # how many match: fewer than k, or a graph walk fell short
-                candidates = np.sort(np.fromiter((row["id"] for rows in self._backend.query(
-                    self.collection, condition, ["id"]) for row in rows), dtype=np.int64))
+                candidates, pool_vectors = self._matching(condition)
                 available = len(candidates)
             pool = self._ids.array if candidates is None else candidates
             if len(pool) <= EXACT_FALLBACK_LIMIT:
-                exact_scores = queries[short] @ self.reconstruct(pool).T
+                if pool_vectors is None:
+                    pool_vectors = self.reconstruct(pool)
+                exact_scores = queries[short] @ pool_vectors.T
                 order = np.argsort(-exact_scores, axis=1, kind="stable")[:, :k]
                 width = order.shape[1]
                 scores[short, :width] = np.take_along_axis(exact_scores, order, 1)
                 ids[short, :width] = pool[order]
             k = min(k, available)
         return scores[:, :k], ids[:, :k]
+
+    def _matching(self, condition: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(sorted ids (N,) the expression keeps, their vectors (N, dim) when one query returned them all,
+        else None)."""
+        rows = self._backend.call("query", self.collection, filter=condition, output_fields=["id", "vector"],
+                                  limit=MAX_TOP_K)
+        if len(rows) < MAX_TOP_K:
+            rows = sorted(rows, key=lambda row: int(row["id"]))
+            vectors = np.asarray([row["vector"] for row in rows], dtype=np.float32).reshape(-1, self._dim)
+            return np.asarray([int(row["id"]) for row in rows], dtype=np.int64), vectors
+        ids = np.fromiter((row["id"] for rows in self._backend.query(self.collection, condition, ["id"])
+                           for row in rows), dtype=np.int64)
+        return np.sort(ids), None
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
         """Seal what is still growing (its index gets built) and reload the collection so that searches

@@ -292,6 +292,7 @@ class IndexRegistry:
                     index.remove(extra)
                     if len(ids):
                         index.add(ids, raw)
+            index.sync_attributes()  # labels / metadata other processes changed, in a copy the index holds
         return False
 
     def save(self, index: VersionIndex) -> None:

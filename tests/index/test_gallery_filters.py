@@ -1,7 +1,8 @@
 """Label and metadata filters on every engine: a filtered search returns exactly the exact top-k among
 the items the filter keeps (values that need escaping, 1 vs 1.0 vs true vs "1", null vs a missing key),
 and label / metadata changes reach the filter at once, after a restart, and when made while a version's
-index was not loaded or behind the gallery's back (as a crash between the store and Milvus leaves it).
+index was not loaded, behind the gallery's back (as a crash between the store and Milvus leaves it) or
+through another replica.
 Every test runs on SQLite + FAISS, PostgreSQL + pgvector and PostgreSQL + Milvus Lite."""
 
 from __future__ import annotations
@@ -137,3 +138,22 @@ def _embedded() -> Any:
     from index.engines import Engines
 
     return Engines()
+
+
+def test_a_change_made_through_another_replica_reaches_this_ones_filter(tmp_path, gallery_engines,
+                                                                        unit_vectors) -> None:
+    if gallery_engines.server_url is None:
+        pytest.skip("replicas share a gallery through PostgreSQL")
+    root = tmp_path / "shared"
+    engines = gallery_engines.for_root(root)
+    vectors = unit_vectors(10, seed=16)
+    with Gallery.open(root, engines=engines, replica="a") as a, \
+            Gallery.open(root, engines=engines, replica="b") as b:
+        items = a.add([NewItem(b"same", label="old") for _ in range(10)], {"v1": vectors})
+        b.follow(b.sync())
+        assert len(found_ids(b, vectors[:1], 20, label="old")[0]) == 10
+        a.update(items[0].id, label="new", metadata={"k": 1})
+        b.sync()
+        assert found_ids(b, vectors[:1], 5, label="new") == [[items[0].id]]
+        assert found_ids(b, vectors[:1], 5, metadata={"k": 1}) == [[items[0].id]]
+        assert items[0].id not in found_ids(b, vectors[:1], 20, label="old")[0]

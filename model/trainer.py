@@ -310,26 +310,27 @@ class _Run:
         patience = self.config.patience
         return patience is not None and len(self.history) - 1 - self.best_at >= patience
 
-    def fell_below_best(self) -> bool:
-        """Whether the last epoch's validation is below the best weights' beyond noise (`map_gain`)."""
-        last = len(self.history) - 1
-        if self.best_at == last or self.best_ap is None or self.last_ap is None:
+    def fell_below_start(self) -> bool:
+        """Whether no epoch has beaten the start's weights and the last one is below them beyond noise
+        (`map_gain`): the learning rate is too high for this data. A dip after a trained best is left
+        to the plateau rule (a high rate on data far from the start model dips and recovers)."""
+        if self.best_at >= 0 or self.best_ap is None or self.last_ap is None:
             return False
         return map_gain(self.best_ap, self.last_ap, seed=self.config.seed).significant
 
     def decay_on_plateau(self) -> bool:
         """Go back to the best weights (the start's when no epoch beat them) and divide the learning
         rate by 10 after `plateau_epochs` epochs without a validation gain (counted from the best epoch
-        or the last decay), or at once when an epoch fell below the best beyond noise: the rate is too
-        high for this data. So the budget refines the best model instead of drifting away from it:
-        data close to the start model's peaks within a few epochs, or falls at the first rate; data far
-        from it keeps improving and never plateaus. True when the rate was already divided
-        `PLATEAU_DECAYS` times: nothing is left to gain, stop."""
+        or the last decay), or at once when an epoch fell below the start's weights beyond noise. So
+        the budget refines the best model instead of drifting away from it: data close to the start
+        model's peaks within a few epochs, or falls at the first rate; data far from it keeps improving
+        and never plateaus. True when the rate was already divided `PLATEAU_DECAYS` times: nothing is
+        left to gain, stop."""
         plateau = self.config.plateau_epochs
         if plateau is None or self.best_state is None:
             return False
         last = len(self.history) - 1
-        fell = self.fell_below_best()
+        fell = self.fell_below_start()
         if not fell and last - max(self.best_at, self.decayed_at) < plateau:
             return False
         if self.decays >= PLATEAU_DECAYS:
@@ -339,7 +340,7 @@ class _Run:
         self.decays += 1
         self.decayed_at = last
         LOG.info("%s: back to the weights of %s, learning rate x%g",
-                 "validation fell beyond noise" if fell else f"no validation gain for {plateau} epochs",
+                 "validation fell below the start's" if fell else f"no validation gain for {plateau} epochs",
                  f"epoch {self.best_at + 1}" if self.best_at >= 0 else "the start", 0.1 ** self.decays)
         return False
 

@@ -178,9 +178,9 @@ def test_a_validation_plateau_restores_the_best_weights_and_divides_the_learning
 
 def test_an_epoch_that_falls_below_the_start_brings_the_start_weights_back_at_once(
         few_classes, small_start, tmp_path: Path) -> None:
-    """Validation falling beyond noise is not waited out as a plateau: the next epoch starts from the
-    best weights (here the start's: no epoch beats them) at a tenth of the rate; asked to write the
-    trained model anyway, the run writes those start weights."""
+    """Validation falling below the start's beyond noise is not waited out as a plateau: the next epoch
+    starts from the start's weights at a tenth of the rate; asked to write the trained model anyway,
+    the run writes those start weights (no epoch beat them)."""
     reports: list[Progress] = []
     config = _config(epochs=3, lr=0.5, head_lr=0.5, warmup_epochs=0, plateau_epochs=10, whitening="none",
                      expansion="none", keep_start_if_not_better=False)

@@ -8,7 +8,8 @@ same data directory and database and sends the same load spread over both (the c
 balancer would do the same). Last, the visibility delay: `--trials` times, one new image is ingested on
 `a`, and `b` is searched with it until the new item comes first; the delay runs from the 201 on `a` to
 the first search on `b` that returns it (each search costs a forward pass: the figure is accurate to one
-search's latency). Both replicas and this client share the machine's cores.
+search's latency); a random pause between trials spreads them over `b`'s sync interval. Both replicas
+and this client share the machine's cores.
 
     .venv/bin/python benchmarks/replica_bench.py --images 256 --concurrency 16 --seconds 40 \\
         --trials 20 --out /tmp/replica_bench.json
@@ -22,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -114,6 +116,7 @@ async def search_load(bases: list[str], queries: list[ImageBytes], concurrency: 
 def visibility(a: str, b: str, images: list[ImageBytes], trials: int) -> dict:
     """Seconds from the 201 of an ingest on `a` to the first search on `b` that ranks the item first."""
     delays, searches = [], []
+    pause = random.Random(0)
     with httpx.Client(base_url=a, timeout=60.0, trust_env=False) as on_a, \
             httpx.Client(base_url=b, timeout=60.0, trust_env=False) as on_b:
         for image in images[:trials]:
@@ -130,7 +133,8 @@ def visibility(a: str, b: str, images: list[ImageBytes], trials: int) -> dict:
                     raise RuntimeError(f"item {item_id} not visible on b after 30 s")
             delays.append(time.perf_counter() - acknowledged)
             searches.append(tries)
-            time.sleep(0.25)  # the next ingest lands at another point of b's sync interval
+            time.sleep(pause.uniform(0.0, 1.0))  # the next ingest lands at a random point of b's sync
+            # interval (a fixed pause locks the trials to one phase of it)
     ordered = sorted(delays)
     return {"trials": len(delays), "median_s": round(statistics.median(ordered), 3),
             "p90_s": round(float(np.percentile(ordered, 90)), 3), "max_s": round(ordered[-1], 3),

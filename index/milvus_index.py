@@ -15,13 +15,15 @@ consistency (an acknowledged insert or delete is seen by the next search). Kinds
 
 Filters: a label / metadata filter becomes a Milvus expression over `label` and `meta`. The copy
 follows the store: an add inserts each item's label and metadata (read from the store by the backend's
-`items`), an update upserts the row, and when an index starts serving (loaded or built) every row's copy
-is compared with the store and the differing ones are rewritten (an update made while the version was
-not loaded, or lost to a crash). A filter with no exact expression, or any filter while the copy may be
-wrong (a change that failed half-way, a `partial` row, a collection made before the copy existed), goes
-as the matching ids from the store, `id in [...]` of int64 literals, with the reason logged. A filtered or
-approximate search that returns fewer than min(k, candidates) hits is answered again exactly over the
-candidates' stored vectors.
+`items`), an update upserts the row, and when an index starts serving (loaded or built) or a replica
+catches up, every row's copy is compared with the store and the differing ones are rewritten (an
+update made through another replica, or while the version was not loaded, or lost to a crash). On
+Milvus Lite a metadata filter goes as an id list (`json_filters`: Lite evaluates a JSON path row by row
+in Python; docs/BENCHMARKS.md, "Filtered search on Milvus"). A filter with no exact expression, or any
+filter while the copy may be wrong (a change that failed half-way, a `partial` row, a collection made
+before the copy existed), goes as the matching ids from the store, `id in [...]` of int64 literals,
+with the reason logged. A filtered or approximate search that returns fewer than min(k, candidates)
+hits is answered again exactly over the candidates' stored vectors.
 Rows stay in a growing segment, which Milvus searches by brute force (1.5 s per query at 10k x 1536 in
 Milvus Lite), until a flush seals them: `save` flushes, and so does an add once `FLUSH_ROWS` rows are
 unflushed. A sealed segment is searched without its new index until that index is built, so `save`
@@ -183,6 +185,10 @@ class MilvusIndex(ServerIndex):
                                     "metadata; a compaction rebuilds it with them")
         if self._out_of_step:
             raise UnsupportedFilter("a change did not complete on Milvus; it is rebuilt from the store")
+        if where.metadata is not None and not self._backend.json_filters:
+            raise UnsupportedFilter("Milvus Lite evaluates a JSON path row by row in Python (docs/BENCHMARKS"
+                                    ".md, 'Filtered search on Milvus'): metadata filters go as id lists; "
+                                    "label filters and a Milvus server's metadata filters are expressions")
         if len(self._partial):
             raise UnsupportedFilter(f"{len(self._partial)} items' labels or metadata are too large to hold "
                                     f"in Milvus (labels up to {LABEL_BYTES} bytes)")
@@ -312,6 +318,7 @@ class MilvusBackend:
     ef_search: int
     nprobe: int
     prefix: str = NAME_PREFIX
+    json_filters: bool = True  # metadata filters as expressions (open: not on Milvus Lite)
     engine = "milvus"
 
     def __post_init__(self) -> None:
@@ -332,7 +339,7 @@ class MilvusBackend:
         except Exception as exc:  # pymilvus raises MilvusException or grpc errors
             raise MilvusUnavailable(f"cannot connect to Milvus at {uri}: {exc}") from None
         backend = cls(client, uri, items, name, ef_search or DEFAULT_EF_SEARCH, nprobe or DEFAULT_NPROBE,
-                      prefix)
+                      prefix, json_filters=not uri.endswith(".db"))
         named = named_by_pointers(directory)
         for collection in backend.call("list_collections"):
             if owned(collection, prefix) and collection not in named:

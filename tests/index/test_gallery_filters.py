@@ -7,6 +7,7 @@ Every test runs on SQLite + FAISS, PostgreSQL + pgvector and PostgreSQL + Milvus
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -146,9 +147,12 @@ def test_a_change_made_through_another_replica_reaches_this_ones_filter(tmp_path
         pytest.skip("replicas share a gallery through PostgreSQL")
     root = tmp_path / "shared"
     engines = gallery_engines.for_root(root)
+    other = engines  # Milvus Lite serves one process per file: replica b has a file of its own
+    if engines.milvus_uri is not None:
+        other = dataclasses.replace(engines, milvus_uri=str(tmp_path / "replica-b.milvus.db"))
     vectors = unit_vectors(10, seed=16)
     with Gallery.open(root, engines=engines, replica="a") as a, \
-            Gallery.open(root, engines=engines, replica="b") as b:
+            Gallery.open(root, engines=other, replica="b") as b:
         items = a.add([NewItem(b"same", label="old") for _ in range(10)], {"v1": vectors})
         b.follow(b.sync())
         assert len(found_ids(b, vectors[:1], 20, label="old")[0]) == 10

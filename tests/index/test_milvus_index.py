@@ -1,5 +1,6 @@
 """`MilvusIndex` on a real Milvus Lite file: filters as Milvus expressions over its copy of the items'
-labels and metadata (exactly the filtered exact top-k), the fallback to id lists with its reason logged,
+labels and metadata (exactly the filtered exact top-k; metadata as on a Milvus server, as Milvus Lite
+itself sends metadata filters as id lists), the fallback to id lists with its reason logged,
 the copy rewritten after updates and when it starts serving, and a collection made by the code before
 that copy (no label field) that keeps answering and asks for its rebuild."""
 
@@ -46,6 +47,12 @@ def backend(tmp_path: Path, catalogue: Catalogue) -> Iterator[MilvusBackend]:
     opened.close()
 
 
+def json_filters(backend: MilvusBackend) -> MilvusBackend:
+    """The backend evaluating metadata filters as expressions, as on a Milvus server (Lite sends ids)."""
+    backend.json_filters = True
+    return backend
+
+
 def filled(backend: MilvusBackend, catalogue: Catalogue, unit_vectors, n: int = 200) -> tuple[MilvusIndex,
                                                                                              np.ndarray]:
     ids = np.arange(1, n + 1, dtype=np.int64)
@@ -65,7 +72,7 @@ def exact(index_ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, keep:
 
 def test_filters_are_milvus_expressions_giving_the_exact_filtered_top_k(backend, catalogue,
                                                                         unit_vectors) -> None:
-    index, vectors = filled(backend, catalogue, unit_vectors)
+    index, vectors = filled(json_filters(backend), catalogue, unit_vectors)
     ids = index.ids()
     queries = unit_vectors(4, DIM, seed=2)
     labels = np.array([catalogue.items[i].label for i in ids.tolist()])
@@ -91,6 +98,12 @@ def test_filters_without_an_exact_expression_fall_back_to_ids_with_the_reason_lo
         backend, catalogue, unit_vectors, caplog) -> None:
     index, _ = filled(backend, catalogue, unit_vectors, n=20)
     with caplog.at_level(logging.INFO, logger="index.milvus_index"):
+        assert not index.can_filter(ItemFilter(None, MetadataFilter.of({"size": 2})))
+    assert "Milvus Lite evaluates a JSON path row by row" in caplog.text
+    assert index.can_filter(ItemFilter("red"))
+    json_filters(backend)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="index.milvus_index"):
         assert not index.can_filter(ItemFilter(None, MetadataFilter.of({"size": 2**60})))
     assert "beyond +-2^53" in caplog.text
     catalogue.set(3, "x" * 70_000, {})  # a label longer than the VARCHAR field: not held
@@ -106,7 +119,7 @@ def test_filters_without_an_exact_expression_fall_back_to_ids_with_the_reason_lo
 
 def test_the_copy_follows_updates_and_is_checked_when_the_index_starts_serving(tmp_path, backend, catalogue,
                                                                                unit_vectors) -> None:
-    index, vectors = filled(backend, catalogue, unit_vectors, n=50)
+    index, vectors = filled(json_filters(backend), catalogue, unit_vectors, n=50)
     catalogue.set(7, "violet", {"size": 9})
     assert index.sync_attributes(np.asarray([7, 10_000])) == 1  # an id it does not hold is skipped
     assert index.search(vectors[:1], 5, ItemFilter("violet"))[1].tolist() == [[7]]

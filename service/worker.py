@@ -7,10 +7,14 @@ How a request flows (`await worker.embed(images)`):
 2. Preprocessing: `embedder.preprocess` runs on each image in the given executor (the
    service's one executor) or in a pool of `decode_threads` threads; the request then enters
    an asyncio queue as one job: its (3, S, S) tensors and a Future for its result.
-3. Batching: one background task takes jobs until they hold `max_batch_size` images or
-   `max_wait_ms` has passed since the first one, drops jobs whose Future was cancelled (the
-   client left), and runs the model in a single dedicated thread, in forward passes of at most
-   `max_batch_size` images, so the event loop stays free.
+3. Batching: one background task forms a round when the model thread is free, and runs the model
+   there (a single dedicated thread, so the event loop stays free) in forward passes of at most
+   `max_batch_size` images. A round takes the queued jobs up to `max_batch_size` images and drops
+   those whose Future was cancelled (the client left). Jobs that queued while the model thread
+   was busy have already been collected for as long as it was: their round goes at once. Only a
+   round whose jobs all came to an idle model waits for more, until it holds `max_batch_size`
+   images or `max_wait_ms` has passed since its first one. So while the model runs one round, the
+   next requests are decoded and preprocessed beside it, and the model does not wait between rounds.
 
 Background work (re-embedding the gallery for a new model) runs in the same model thread through
 `run_between_rounds`: it starts only while no round is collecting or embedding and no job is queued
@@ -109,6 +113,7 @@ class _Job:
     tensors: list[torch.Tensor]  # (3, S, S) each, made by `preprocessed_by`
     preprocessed_by: EmbedderLike
     future: asyncio.Future[EmbedResult]
+    waited: bool  # queued while the model thread was busy: its round need not wait for more
 
 
 class _State(enum.Enum):
@@ -144,6 +149,7 @@ class InferenceWorker:
         self._preparing = 0  # requests being preprocessed
         self._none_preparing: asyncio.Event | None = None
         self._in_round = False  # a round is collecting jobs or embedding them
+        self._model_busy = 0  # calls submitted to the model thread and not yet finished
         self._model_free: asyncio.Event | None = None  # no round in progress and no job queued
         self._last_request = -float("inf")  # time.monotonic() of the last admitted request
         self._queue: asyncio.Queue[_Job | object] | None = None
@@ -224,7 +230,7 @@ class InferenceWorker:
             tensors = await self._preprocess(embedder, images)
             if self._state is _State.STOPPED:
                 raise NotReady("the inference worker stopped")
-            self._queue.put_nowait(_Job(images, tensors, embedder, future))
+            self._queue.put_nowait(_Job(images, tensors, embedder, future, waited=self._model_busy > 0))
             queued = True
             self._set_queued(self._queued + count)
         finally:
@@ -253,8 +259,7 @@ class InferenceWorker:
         """
         if self._state not in (_State.RUNNING, _State.DRAINING):
             raise NotReady(f"the inference worker is {self._state.value}")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._model_thread, functools.partial(fn, *args, **kwargs))
+        return await self._in_model_thread(functools.partial(fn, *args, **kwargs))
 
     async def run_between_rounds(self, fn: Callable[P, T], *args: P.args, max_wait_s: float,
                                  **kwargs: P.kwargs) -> T:
@@ -310,10 +315,12 @@ class InferenceWorker:
             del jobs  # while waiting for the next round, hold neither images nor a swapped-out model
 
     async def _collect(self) -> tuple[list[_Job], bool]:
-        """The next round: jobs until `max_batch_size` images or `max_wait_ms`; True at the sentinel."""
+        """The next round: the queued jobs up to `max_batch_size` images, and, unless one of them waited
+        for the model thread, more until then or `max_wait_ms`; True at the sentinel."""
         loop = asyncio.get_running_loop()
         jobs: list[_Job] = []
         size = 0
+        waited = False
         item = await self._queue.get()
         self._set_in_round(True)
         deadline = loop.time() + self._max_wait_s
@@ -321,11 +328,14 @@ class InferenceWorker:
             if item is _STOP:
                 return jobs, True
             size += self._take(item, jobs)
+            waited = waited or item.waited
             if size >= self._max_batch:
                 return jobs, False
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
+                if waited and jobs:
+                    return jobs, False
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return jobs, False
@@ -349,7 +359,6 @@ class InferenceWorker:
     async def _process(self, jobs: list[_Job]) -> None:
         """Embed one round with one model and answer each job's Future."""
         embedder = self._embedder
-        loop = asyncio.get_running_loop()
         try:
             for job in jobs:
                 if job.preprocessed_by is not embedder and not job.future.cancelled():
@@ -359,7 +368,7 @@ class InferenceWorker:
             if not live:
                 return
             tensors = [tensor for job in live for tensor in job.tensors]
-            vectors, sizes = await loop.run_in_executor(self._model_thread, self._forward, embedder, tensors)
+            vectors, sizes = await self._in_model_thread(functools.partial(self._forward, embedder, tensors))
         except asyncio.CancelledError:
             _fail(jobs, NotReady("the inference worker stopped"))
             raise
@@ -376,6 +385,14 @@ class InferenceWorker:
             if not job.future.done():
                 job.future.set_result(EmbedResult(vectors[start:end].copy(), embedder.version, embedder.qe_n))
             start = end
+
+    async def _in_model_thread(self, call: Callable[[], T]) -> T:
+        """`call()` in the model thread; meanwhile, jobs that queue are marked as having waited for it."""
+        self._model_busy += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._model_thread, call)
+        finally:
+            self._model_busy -= 1
 
     def _forward(self, embedder: EmbedderLike, tensors: list[torch.Tensor]) -> tuple[np.ndarray, list[int]]:
         """In the model thread: (N,) tensors (3, S, S) -> (N, d) rows, in passes of `max_batch_size`."""

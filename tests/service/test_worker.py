@@ -446,6 +446,71 @@ def test_background_work_runs_at_once_without_requests() -> None:
     assert asyncio.run(scenario()).startswith("cgd-model")
 
 
+class GatedEmbedder(TinyEmbedder):
+    """A tiny real model whose first forward pass waits until `gate` is set (`entered` tells it began)."""
+
+    def __init__(self, version: str, *, seed: int) -> None:
+        super().__init__(version, seed=seed)
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        self.entered.set()
+        self.gate.wait(timeout=30)
+        return super().embed_tensors(batch)
+
+
+def test_requests_that_queue_while_the_model_runs_go_as_soon_as_it_is_free() -> None:
+    """The next round is collected while the model runs the current one: when it ends, the jobs queued
+    meanwhile go at once, together, without a new `max_wait_ms` (10 s here) for more."""
+    log = BatchLog()
+    embedder = GatedEmbedder("v1", seed=1)
+    first, second, third = images(4, seed=40), images(2, seed=41), images(1, seed=42)
+
+    async def scenario():
+        worker = InferenceWorker(embedder, settings(max_batch_size=4, max_wait_ms=10_000), metrics=log)
+        await worker.start()
+        a = asyncio.ensure_future(worker.embed(first))  # a full round: it goes at once
+        await until(embedder.entered.is_set)
+        b = asyncio.ensure_future(worker.embed(second))
+        c = asyncio.ensure_future(worker.embed(third))
+        await until(lambda: worker.queue_depth == 3)
+        embedder.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(a, b, c), 5)  # not 10 s for a round of 3
+        await worker.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert log.batches == [4, 3]
+    for pictures, result in zip((first, second, third), results, strict=True):
+        np.testing.assert_allclose(result.vectors, direct(embedder, pictures), atol=1e-5)
+
+
+def test_a_request_that_waited_for_background_work_goes_when_it_ends() -> None:
+    """Requests queued behind work in the model thread (a re-embedding pass) go when it ends, without
+    waiting `max_wait_ms` for companions; one that comes to an idle model still waits for them."""
+    log = BatchLog()
+
+    async def scenario():
+        worker = InferenceWorker(V1, settings(max_batch_size=4, max_wait_ms=10_000), metrics=log)
+        await worker.start()
+        gate, blocker = await block_model_thread(worker)
+        waiting = asyncio.ensure_future(worker.embed(images(1, seed=43)))
+        await taken_by_a_round(worker, log)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(waiting, blocker), 5)
+        alone = asyncio.ensure_future(worker.embed(images(1, seed=44)))
+        await until(lambda: worker.queue_depth == 0 and len(log.depths) >= 4)  # in a collecting round
+        await asyncio.sleep(0.05)
+        collecting = not alone.done()
+        await worker.embed(images(3, seed=45))  # fills that round
+        await alone
+        await worker.stop()
+        return collecting
+
+    assert asyncio.run(scenario())
+    assert log.batches == [1, 4]
+
+
 def test_embed_before_start_is_not_ready() -> None:
     worker = InferenceWorker(V1, settings())
     with pytest.raises(NotReady):

@@ -13,6 +13,7 @@ of 0, a checkpoint that does not exist, `default_k > max_k`, ...) fail at start-
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from pathlib import Path
@@ -38,6 +39,29 @@ from service.errors import InvalidParameter
 LOG = logging.getLogger(__name__)
 
 SETTINGS_FILE_VARIABLE = "CGD_SETTINGS_FILE"
+MAX_THREADS = 1024  # more executor or decode threads than this is a typo, not a machine
+STORAGE_WAIT_THREADS = 2  # threads beyond the cores, for work that waits on storage or the database
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may run on: its CPU affinity, within the cgroup v2 CPU quota in `cpu_max`
+    (a container's `--cpus`)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def default_io_threads() -> int:
+    """Threads of the service's executor: one per usable core for decoding and preprocessing (CPU work:
+    more would only take the model's cores), and `STORAGE_WAIT_THREADS` more, so that durable writes
+    and database round trips waiting on I/O do not hold decoding back."""
+    return usable_cores() + STORAGE_WAIT_THREADS
 
 
 class Settings(BaseSettings):
@@ -96,9 +120,14 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="images per forward pass")
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits to fill up")
     max_queue_size: int = Field(256, ge=1, description="images waiting for the model; beyond: 503")
-    decode_threads: int = Field(4, ge=1, description="preprocessing threads of a worker run on its own "
-                                "(in the service, preprocessing runs on the io_threads executor)")
-    io_threads: int = Field(4, ge=1, description="the one executor for gallery, storage and image work")
+    decode_threads: int = Field(default_factory=usable_cores, ge=1, le=MAX_THREADS,
+                                description="preprocessing threads of a worker run on its own (in the "
+                                            "service, preprocessing runs on the io_threads executor); "
+                                            "default: the usable cores")
+    io_threads: int = Field(default_factory=default_io_threads, ge=1, le=MAX_THREADS,
+                            description="the one executor for gallery, storage and image decoding and "
+                                        "preprocessing; default: the usable cores (affinity and cgroup CPU "
+                                        "quota) + 2 for work waiting on I/O")
     search_batch_size: int = Field(256, ge=1, description="most queries answered by one index search")
     search_queue_size: int = Field(1024, ge=1, description="queries waiting for the index; beyond: 503")
     inference_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's")

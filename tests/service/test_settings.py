@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import faiss
@@ -11,7 +13,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from service.errors import InvalidParameter
-from service.settings import Settings
+from service.settings import MAX_THREADS, STORAGE_WAIT_THREADS, Settings, usable_cores
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +33,32 @@ def test_defaults() -> None:
     assert settings.api_key is None and settings.read_api_key is None
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.inference_threads is None and settings.train_threads == 0
+
+
+def test_executor_and_decode_threads_follow_the_usable_cores_unless_set(monkeypatch) -> None:
+    settings = Settings()
+    assert settings.decode_threads == usable_cores()
+    assert settings.io_threads == usable_cores() + STORAGE_WAIT_THREADS
+    monkeypatch.setenv("CGD_IO_THREADS", "3")
+    assert Settings().io_threads == 3
+
+
+def test_a_process_pinned_to_one_core_gets_threads_for_one() -> None:
+    child = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+             "from service.settings import Settings; s = Settings(); print(s.decode_threads, s.io_threads)")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("CGD_")})
+    assert out.stdout.split() == ["1", str(1 + STORAGE_WAIT_THREADS)]
+
+
+@pytest.mark.parametrize(("cpu_max", "limit"),
+                         [("150000 100000", 2), ("50000 100000", 1), ("max 100000", None), ("garbled", None)])
+def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path: Path, cpu_max: str, limit: int | None) -> None:
+    quota = tmp_path / "cpu.max"
+    quota.write_text(cpu_max + "\n")
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(quota) == (min(affinity, limit) if limit else affinity)
+    assert usable_cores(tmp_path / "absent") == affinity
 
 
 def test_environment_variables_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -79,6 +107,9 @@ def test_settings_file_must_exist_and_hold_known_names(
         {"max_wait_ms": -1},
         {"max_queue_size": 0},
         {"decode_threads": 0},
+        {"io_threads": 0},
+        {"io_threads": MAX_THREADS + 1},
+        {"decode_threads": MAX_THREADS + 1},
         {"inference_threads": 0},
         {"train_threads": -1},
         {"max_upload_bytes": 0},

@@ -14,6 +14,8 @@ size; and the growth after all searches, which counts the full-vector pages a pr
 A prefix kind's full-vector file is fsynced after the build (as the gallery's snapshot does), so no
 write-back runs during the timed searches. `--cold` times its one-query searches again after dropping
 the file from the kernel's page cache (POSIX_FADV_DONTNEED), so the re-ranked rows are read from disk.
+`--ef-sweep EF,...` searches each built HNSW kind (a prefix kind: its coarse search) again with each
+efSearch: warm one-query p50 / p99 and recall@10 per value, on the same index and queries.
 `--compaction N` also measures memory once built, after removing half, and after the rebuild that
 compaction does. The vectors are CGD-shaped (`--branches 3`: three L2-normalised 512-d blocks, so
 prefix kinds find a first branch; 1: the plain clustered vectors). Each (size, kind) runs in a fresh
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -207,7 +210,9 @@ def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarr
         peak_build = peak_rss_bytes() - rss_before
         write_back(Path(directory))
         first = time_singles(index, singles_queries, args.singles_budget_s)
-        singles = time_singles(index, data.extra(args.singles, stream=4), args.singles_budget_s)
+        warm_queries = data.extra(args.singles, stream=4)
+        singles = time_singles(index, warm_queries, args.singles_budget_s)
+        sweep = [ef_row(index, ef, warm_queries, queries, truth, args) for ef in args.ef_sweep]
         cold: list[float] = []
         if args.cold and write_back(Path(directory), evict=True):
             cold = time_singles(index, data.extra(args.singles, stream=3), args.singles_budget_s)
@@ -217,8 +222,7 @@ def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarr
             _, found = index.search(queries[:100], 10)
             batch_times.append(1000 * (time.perf_counter() - started))
         rss_searched = rss_bytes() - rss_before
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), truth.tolist(),
-                                                                           strict=True)]))
+        recall = recall10(found, truth)
         more = data.extra(500, stream=1)
         adds = []
         for start in range(0, 500, 100):
@@ -239,8 +243,31 @@ def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarr
                "search100_ms": round(statistics.median(batch_times), 1), "recall10": round(recall, 3),
                "rss_gib": round(rss_index / 2**30, 2), "rss_searched_gib": round(rss_searched / 2**30, 2),
                "peak_gib": round(peak_build / 2**30, 2),
-               "serialised_gib": round(index.serialized_size() / 2**30, 2), "load1": load_average()}
+               "serialised_gib": round(index.serialized_size() / 2**30, 2), "load1": load_average(),
+               **({"ef_sweep": sweep} if sweep else {})}
     return row
+
+
+def recall10(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row of `truth` (Q, 10) found in the same row of `found`."""
+    return float(np.mean([len(set(a) & set(b)) / 10
+                          for a, b in zip(found.tolist(), truth.tolist(), strict=True)]))
+
+
+def ef_row(index: Any, ef: int, singles: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+           args: argparse.Namespace) -> dict:
+    """The built index searched again with efSearch `ef` (its spec's `ef_search` set for the duration):
+    one-query p50 / p99 over the warm queries, and recall@10 of the 100 queries."""
+    spec = index.spec
+    index.spec = dataclasses.replace(spec, ef_search=ef)
+    try:
+        times = time_singles(index, singles, args.singles_budget_s)
+        _, found = index.search(queries[:100], 10)
+    finally:
+        index.spec = spec
+    return {"ef_search": ef, "search1_ms": round(statistics.median(times), 2),
+            "search1_p99_ms": round(percentile(times, 99), 2), "search1_n": len(times),
+            "recall10": round(recall10(found, truth), 3)}
 
 
 def isolated(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarray,
@@ -380,6 +407,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1536)
     parser.add_argument("--nprobe", type=int, default=None, help="override the IVF kinds' nprobe")
     parser.add_argument("--ef-search", type=int, default=None, help="override the HNSW kinds' efSearch")
+    parser.add_argument("--ef-sweep", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                        metavar="EF[,EF...]", help="also time the warm one-query searches and recall@10 of "
+                        "each built HNSW (or prefix HNSW) index again with each efSearch")
     parser.add_argument("--k-factor", type=int, default=None,
                         help="override IVF-PQ's refine factor and the prefix kinds' calibrated factor")
     parser.add_argument("--branches", type=int, default=3,

@@ -238,7 +238,8 @@ class FaissVectorIndex:
             return "compact"
         return None
 
-    def _search_params(self, selector: faiss.IDSelector | None) -> tuple[faiss.SearchParameters | None, list]:
+    def _search_params(self, selector: faiss.IDSelector | None,
+                       ef_search: int | None) -> tuple[faiss.SearchParameters | None, list]:
         """Parameters for one search, and the objects they point to (kept alive by the caller)."""
         inner = faiss.downcast_index(self._index.index)
         # IDMap translates only a top-level selector, and IndexRefine ignores that one: translate it here.
@@ -249,7 +250,7 @@ class FaissVectorIndex:
         ivf = faiss.try_extract_index_ivf(base)
         if isinstance(base, faiss.IndexHNSW):
             params = faiss.SearchParametersHNSW()
-            params.efSearch = self.spec.ef_search or DEFAULT_EF_SEARCH
+            params.efSearch = ef_search or self.spec.ef_search or DEFAULT_EF_SEARCH
         elif ivf is not None:
             params = faiss.SearchParametersIVF()
             params.nprobe = self.spec.nprobe or default_nprobe(ivf.nlist)
@@ -266,9 +267,10 @@ class FaissVectorIndex:
         refine.base_index_params = params
         return refine, [selector, translated, params]
 
-    def search(self, queries: np.ndarray, k: int,
-               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product for queries (Q, dim) among all ids or the `allowed` ones.
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, *,
+               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product for queries (Q, dim) among all ids or the `allowed` ones; `ef_search`
+        overrides the kind's efSearch for this search (HNSW kinds: a prefix kind's coarse search).
 
         Returns (scores (Q,k'), ids (Q,k')) with k' = min(k, candidates); -1 ids where an approximate
         search found fewer and the exact fallback was too large to run.
@@ -284,7 +286,7 @@ class FaissVectorIndex:
         elif self._tombstones:
             batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64))
             selector = faiss.IDSelectorNot(batch)
-        params, _keep_alive = self._search_params(selector)  # SWIG objects must outlive the search
+        params, _keep_alive = self._search_params(selector, ef_search)  # SWIG objects must outlive the search
         searcher = self._gpu_searcher() if selector is None else self._index
         with omp_threads(1 if len(queries) == 1 and self._serial_query else None):
             scores, ids = searcher.search(queries, k, params=params)

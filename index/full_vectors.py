@@ -1,11 +1,12 @@
 """`FullVectors`: float16 rows (N, dim) in a file, looked up by item id.
 
 The re-ranking side of a coarse-to-fine index: rows are appended to the file and a search reads the
-rows it re-ranks with preadv, so the full vectors stay on disk (and in the kernel's page cache while
-memory allows), out of the process's resident memory. Rows are appended and never
-rewritten; a removed id's row is only forgotten (it is reclaimed when the index is rebuilt). Without a
-directory (or when the file cannot be made) the rows live in memory. Not thread-safe: the gallery
-serialises writers and excludes them from searches.
+rows it re-ranks with pread, so the full vectors stay on disk (and in the kernel's page cache while
+memory allows), out of the process's resident memory. The file is opened once and stays open until
+the object is collected (concurrent searches read it with positional reads). Rows are appended and
+never rewritten; a removed id's row is only forgotten (it is reclaimed when the index is rebuilt).
+Without a directory (or when the file cannot be made) the rows live in memory. Not thread-safe for
+writers: the gallery serialises them and excludes them from searches.
 
 A saved state is the file's first `rows` rows plus a row -> id array (`.rowids.npy`, -1 for removed):
 rows below `rows` are fsynced before the snapshot naming them is written, so a crash after a save can
@@ -25,6 +26,7 @@ import faiss
 import numpy as np
 
 from index.errors import SnapshotCorrupt
+from index.faiss_index import omp_threads
 
 LOG = logging.getLogger(__name__)
 
@@ -54,6 +56,21 @@ def to_float32(halves: np.ndarray) -> np.ndarray:
     return _fp16_decoder(halves.shape[1]).sa_decode(codes)
 
 
+def best_rows(query: np.ndarray, halves: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (k',), positions (k',)) of the k' = min(k, N) float16 rows (N, dim) with the largest inner
+    product with `query` (dim,), best first. FAISS's float16 scanner computes them on the float16 values
+    without converting the rows (40 rows of 1536: 16 us, against 100 us to convert, multiply and sort)."""
+    k = min(k, len(halves))
+    if k == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    scanner = faiss.IndexScalarQuantizer(halves.shape[1], faiss.ScalarQuantizer.QT_fp16,
+                                         faiss.METRIC_INNER_PRODUCT)
+    scanner.add_sa_codes(np.ascontiguousarray(halves, dtype=DTYPE).view(np.uint8))
+    with omp_threads(1):  # one query: a second OpenMP thread would only add a barrier
+        scores, positions = scanner.search(np.ascontiguousarray(query, dtype=np.float32)[None, :], k)
+    return scores[0], positions[0]
+
+
 class FullVectors:
     """Append-only float16 rows with an id -> row lookup."""
 
@@ -65,6 +82,10 @@ class FullVectors:
         self._row_ids = np.full(max(capacity, rows, _MIN_CAPACITY), -1, np.int64)
         if row_ids is not None:
             self._row_ids[:rows] = row_ids
+        self._fd: int | None = None
+        if path is not None:
+            self._fd = os.open(path, os.O_RDWR)
+            weakref.finalize(self, os.close, self._fd)
         self._data = self._map(len(self._row_ids))
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
         self._table: np.ndarray | None = None
@@ -108,8 +129,8 @@ class FullVectors:
                 grown[:self._rows] = old[:self._rows]
             return grown
         needed = capacity * self.dim * DTYPE.itemsize
-        if self.path.stat().st_size < needed:
-            os.truncate(self.path, needed)
+        if os.fstat(self._fd).st_size < needed:
+            os.ftruncate(self._fd, needed)
         return None
 
     def __len__(self) -> int:
@@ -160,12 +181,12 @@ class FullVectors:
             grown[:self._rows] = self._row_ids[:self._rows]
             self._row_ids = grown
         start = self._rows
-        if self.path is None:
+        if self._data is not None:
             self._data[start:start + len(ids)] = vectors
-        else:  # written through the file, not the mapping: rows never read stay out of the process's memory
-            with open(self.path, "r+b") as handle:
-                handle.seek(start * self.dim * DTYPE.itemsize)
-                handle.write(np.ascontiguousarray(vectors, dtype=DTYPE).tobytes())
+        else:
+            data = np.ascontiguousarray(vectors, dtype=DTYPE).tobytes()
+            if os.pwrite(self._fd, data, start * self.dim * DTYPE.itemsize) != len(data):
+                raise OSError(f"short write to {self.path}")
         self._row_ids[start:start + len(ids)] = ids
         self._rows += len(ids)
         if self._table is not None:
@@ -206,32 +227,28 @@ class FullVectors:
                 self._table[ids[present]] = -1
         return int(present.sum())
 
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        """float32 vectors (..., dim) of rows (...) (all >= 0). From a file, each row is read with
-        preadv: a memory map would grow the process's resident memory by the neighbouring pages the
-        kernel maps at each fault (fault-around), up to the whole file after a few thousand rows."""
-        flat = rows.reshape(-1)
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """float16 rows (N, dim) of rows (N,) (all >= 0). From the file, each row is one pread: a memory
+        map would grow the process's resident memory by the neighbouring pages the kernel maps at each
+        fault (fault-around), up to the whole file after a few thousand rows."""
         if self._data is not None:
-            return to_float32(self._data[flat]).reshape(*rows.shape, self.dim)
-        out = np.empty((len(flat), self.dim), DTYPE)
-        buffer = memoryview(out).cast("B")
+            return self._data[rows]
         size = self.dim * DTYPE.itemsize
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            for i, row in enumerate(flat.tolist()):
-                if os.preadv(fd, [buffer[i * size:(i + 1) * size]], row * size) != size:
-                    raise OSError(f"{self.path} is shorter than row {row}")
-        finally:
-            os.close(fd)
-        return to_float32(out).reshape(*rows.shape, self.dim)
+        data = b"".join([os.pread(self._fd, size, offset) for offset in (rows * size).tolist()])
+        if len(data) != len(rows) * size:
+            raise OSError(f"{self.path} is shorter than the rows read")
+        return np.frombuffer(data, DTYPE).reshape(len(rows), self.dim)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """float32 vectors (..., dim) of rows (...) (all >= 0)."""
+        return to_float32(self.read(rows.reshape(-1))).reshape(*rows.shape, self.dim)
 
     def save(self, snapshot: Path) -> tuple[str, str]:
         """Flush the rows and write the row ids next to `snapshot`; returns the two file names (the
         vectors file is renamed next to it the first time)."""
         if self.path is None:
             raise OSError("the full vectors are in memory (their directory could not be written)")
-        with open(self.path, "r+b") as handle:
-            os.fsync(handle.fileno())
+        os.fsync(self._fd)
         if self.path.name.startswith(BUILDING_PREFIX):
             named = snapshot.with_name(f"{snapshot.name}.{uuid.uuid4().hex}{VECTORS_SUFFIX}")
             os.replace(self.path, named)

@@ -86,7 +86,9 @@ class Settings(BaseSettings):
                                                 '(coarse-to-fine on the first branch) or a factory string')
     index_nprobe: int | None = Field(None, ge=1,
                                      description="IVF lists visited per query; None: max(16, nlist/16)")
-    index_ef_search: int | None = Field(None, ge=1, description="HNSW candidates per query; None: 128")
+    index_ef_search: int | None = Field(
+        None, ge=1, description="HNSW candidates per query; None: 128 (a prefix kind's coarse search: "
+                                "1.5x the candidates it re-ranks)")
     index_refine_factor: int | None = Field(
         None, ge=1, description="candidates re-ranked per result: IVF-PQ's Refine (None: 10) and prefix "
                                 "kinds' (None: calibrated at build)")

@@ -1,12 +1,17 @@
 """FullVectors on real files: the id -> row lookups (dense table and sorted ids) agree through adds and
-removals, rows come back as written (float16, converted exactly), and a saved state loads again."""
+removals, rows come back as written (float16, converted exactly) through one descriptor kept open,
+a saved state loads again, and `best_rows` ranks float16 rows exactly."""
 
 from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from index.full_vectors import FullVectors, to_float32
+from index.full_vectors import FullVectors, best_rows, to_float32
 
 D = 16
 
@@ -73,3 +78,45 @@ def test_a_saved_state_loads_with_its_removals(tmp_path) -> None:
     np.testing.assert_array_equal(loaded.ids(), kept)
     np.testing.assert_array_equal(loaded.gather(loaded.rows_of(kept)),
                                   data[kept].astype(np.float16).astype(np.float32))
+
+
+def open_descriptors(path: Path) -> int:
+    """How many of this process's file descriptors are open on `path`."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path.resolve()))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd (Linux)")
+def test_the_file_is_opened_once_and_reads_stay_right_through_growth_removals_and_saves(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    vectors = FullVectors.create(D, 4, tmp_path)  # room for 1024 rows: the adds below grow the file
+    data = rows(rng, 3000)
+    vectors.add(np.arange(1000), data[:1000])
+    assert open_descriptors(vectors.path) == 1
+    for start in range(1000, 3000, 500):
+        vectors.add(np.arange(start, start + 500), data[start:start + 500])
+        vectors.gather(vectors.rows_of(np.arange(0, start, 7)))
+    vectors.remove(np.arange(0, 3000, 3))
+    vectors.save(tmp_path / "v.index")  # renames the file under the open descriptor
+    vectors.add(np.arange(3000, 3010), data[:10])
+    assert open_descriptors(vectors.path) == 1
+    kept = np.setdiff1d(np.arange(3010), np.arange(0, 3000, 3))
+    expected = np.vstack([data, data[:10]])[kept].astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(vectors.gather(vectors.rows_of(kept)), expected)
+    path = vectors.path
+    del vectors
+    gc.collect()
+    assert open_descriptors(path) == 0
+
+
+def test_best_rows_are_the_exact_top_k_of_the_float16_rows() -> None:
+    rng = np.random.default_rng(4)
+    halves = rows(rng, 40).astype(np.float16)
+    query = rows(rng, 1)[0]
+    exact = halves.astype(np.float64) @ query.astype(np.float64)
+    scores, positions = best_rows(query, halves, 10)
+    np.testing.assert_array_equal(positions, np.argsort(-exact, kind="stable")[:10])
+    np.testing.assert_allclose(scores, exact[positions], rtol=1e-6, atol=1e-6)
+    scores, positions = best_rows(query, halves[:3], 10)  # fewer rows than k: all of them, in order
+    np.testing.assert_array_equal(positions, np.argsort(-exact[:3], kind="stable"))
+    assert best_rows(query, halves[:0], 10)[1].shape == (0,)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from index import Gallery, IndexSpec, InvalidIndexKind
-from index.prefix_index import PrefixVectorIndex, prefix_dim
+from index.prefix_index import PrefixVectorIndex, coarse_ef_search, prefix_dim
 from index.vectors import quantize
 
 BRANCH, BRANCHES = 24, 3
@@ -91,6 +91,21 @@ def test_the_calibrated_factor_keeps_recall_and_rereads_exact_scores(data, tmp_p
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), truth.tolist(), strict=True)])
     assert recall >= 0.95
     np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", index.reconstruct(found), queries), atol=1e-5)
+
+
+def test_the_coarse_effort_follows_the_candidates_and_keeps_a_wide_search_recall(data, tmp_path) -> None:
+    ids, vectors, queries = data
+    assert coarse_ef_search(40, None) == 60 and coarse_ef_search(400, None) == 600
+    assert coarse_ef_search(40, 500) == 500  # a set ef_search wins
+    truth = exact(queries, ids, vectors, 10)
+
+    def recall(found: np.ndarray) -> float:
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), truth.tolist(),
+                                                                           strict=True)]))
+
+    default = filled("prefix:HNSW", ids, vectors, tmp_path / "default", k_factor=4)
+    wide = filled("prefix:HNSW", ids, vectors, tmp_path / "wide", k_factor=4, ef_search=N)
+    assert recall(default.search(queries, 10)[1]) >= recall(wide.search(queries, 10)[1]) - 0.01
 
 
 def test_deleted_ids_are_never_returned_and_many_deletes_ask_for_a_compaction(data, tmp_path) -> None:

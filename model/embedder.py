@@ -15,7 +15,7 @@ from model.cgd import CGD
 from model.checkpoint import load_checkpoint, model_version
 from model.default import default_model
 from model.device import resolve_device
-from model.onnx_export import ensure_onnx
+from model.onnx_export import adopt_onnx, ensure_onnx, export_path
 from model.quantize import ensure_int8_onnx
 from model.runtime_select import MAX_SAMPLES, SHIPPED, RuntimeChoice, select_engine
 from model.runtimes import check_runtime, create_engine
@@ -34,8 +34,9 @@ class Embedder:
     on `calibration` images ((N, 3, S, S) of `preprocess`). Both default to real images: `samples()`
     (e.g. up to 32 gallery images, read only when needed), else the photos shipped with the package
     (`model.sample_images`). ONNX files and the auto choice are cached in `cache_dir` (default: a
-    `cgd-engines` folder in the temporary directory). Embeddings are always float32 unit rows, whatever
-    the runtime and compute dtype.
+    `cgd-engines` folder in the temporary directory); `load` takes the ONNX file exported beside a
+    checkpoint into it (`model.onnx_export.adopt_onnx`). Embeddings are always float32 unit rows,
+    whatever the runtime and compute dtype.
     """
 
     def __init__(
@@ -53,7 +54,7 @@ class Embedder:
         samples: Callable[[], Sequence[Image.Image]] | None = None,
     ) -> None:
         device = device if isinstance(device, torch.device) else resolve_device(device)
-        cache_dir = cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "cgd-engines"
+        cache_dir = engine_cache(cache_dir)
         self.model = model.eval()
         self.version = version
         self.classes = list(classes)
@@ -84,7 +85,8 @@ class Embedder:
              calibration: torch.Tensor | None = None,
              samples: Callable[[], Sequence[Image.Image]] | None = None) -> Embedder:
         """From a checkpoint file, or the embedded default model when `checkpoint` is None; `scales`
-        replaces the model's inference scales (multi-scale descriptors) and so its version."""
+        replaces the model's inference scales (multi-scale descriptors) and so its version. An ONNX
+        runtime uses the file exported with the checkpoint when it is there and of this version."""
         engine = {"runtime": runtime, "cache_dir": cache_dir, "threads": threads, "calibration": calibration,
                   "samples": samples}
         if checkpoint is None:
@@ -97,6 +99,8 @@ class Embedder:
             version = None
         if version is None:
             version = version_of(model, default=checkpoint is None)
+        if checkpoint is not None and runtime != "torch":
+            adopt_onnx(export_path(Path(checkpoint)), version, engine_cache(cache_dir))
         return cls(model, version, device=device, precision=precision, classes=classes, **engine)
 
     def _sample_batch(self) -> tuple[torch.Tensor, str]:
@@ -162,6 +166,11 @@ class Embedder:
             for i in range(0, len(images), batch_size)
         ]
         return np.concatenate(chunks)
+
+
+def engine_cache(cache_dir: Path | None) -> Path:
+    """`cache_dir`, or by default a `cgd-engines` folder in the temporary directory."""
+    return cache_dir if cache_dir is not None else Path(tempfile.gettempdir()) / "cgd-engines"
 
 
 def version_of(model: CGD, *, default: bool) -> str:

@@ -296,6 +296,9 @@ class RuntimeChoice(BaseModel):
     images: int = Field(description="real images the candidates were measured on")
     source: str = Field(description='"gallery", or "shipped sample" (the package\'s photos) when the gallery '
                         'was empty')
+    reused_from: str | None = Field(None, description="the model version of the same architecture whose "
+                                    "measured speeds this choice reuses (only agreement was checked on this "
+                                    "model); None when measured for this model")
     why: str = Field(description="why this candidate and not the others, in one sentence")
     measurements: list[RuntimeMeasurement]
 

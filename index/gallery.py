@@ -330,7 +330,9 @@ class Gallery:
         Its index is loaded or built first while the old version keeps serving. Then, under the writer
         lock, `fill_missing(items) -> (N,d) unit vectors` embeds the items still lacking a vector for it
         (ingested meanwhile) and the live version is swapped. A version with no stored vectors can go live
-        only while the gallery is empty, or through `fill_missing`.
+        only while the gallery is empty, or through `fill_missing`. The store's flip is a compare-and-set
+        from the version this gallery serves: `VersionMoved` (nothing changed) if another process made
+        another version live meanwhile, which this one has not followed yet.
         """
         if version in self.versions():
             self._registry.ensure(version)
@@ -353,9 +355,9 @@ class Gallery:
             if len(missing):
                 LOG.warning("version %s goes live with %d items lacking a vector", version, len(missing))
             with self._registry.writing() as indexes:
+                self._store.set_live_version(version, expected=self._live)
                 if built is not None:
                     indexes.put(built)
-                self._store.set_live_version(version)
                 self._live = version
         if built is not None:
             self._registry.save(built)

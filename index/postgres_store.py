@@ -77,6 +77,7 @@ MIGRATIONS: tuple[str, ...] = (
     "INSERT INTO settings (key, value) VALUES ('generation', '0') ON CONFLICT (key) DO NOTHING",
 )
 _COLUMNS = "id, external_id, label, metadata, sha256, created_at"
+LIVE_VERSION_QUERY = "SELECT value FROM settings WHERE key = 'live_version'"  # the service's records read it
 
 
 def _item(row: tuple) -> Item:
@@ -161,7 +162,7 @@ class PostgresItemStore:
                  check_metadata(it.metadata)) for it in items]
         now = time.time()
         with self._transaction() as conn:
-            live = conn.execute("SELECT value FROM settings WHERE key = 'live_version'").fetchone()
+            live = conn.execute(LIVE_VERSION_QUERY).fetchone()
             if live is not None and live[0] not in vectors:
                 raise VersionMoved(f"model version {live[0]!r} went live on another replica; this one is "
                                    "switching to it: retry in a moment")
@@ -265,9 +266,17 @@ class PostgresItemStore:
             conn.execute("UPDATE versions SET dba_n = %s, dba_alpha = %s WHERE name = %s",
                          (n, alpha, version))
 
-    def set_live_version(self, version: str) -> None:
-        """Record the live version (it may have no vectors yet while the gallery is empty)."""
+    def set_live_version(self, version: str, expected: str | None) -> None:
+        """Make `version` live if the live version is still `expected` (or `version` already): a
+        compare-and-set, ordered after every other process's write by the generation's row lock.
+        `VersionMoved` if another process made another version live meanwhile. `version` may have no
+        vectors yet while the gallery is empty."""
         with self._transaction() as conn:
+            row = conn.execute(LIVE_VERSION_QUERY).fetchone()
+            live = row[0] if row is not None else None
+            if live not in (expected, version):
+                raise VersionMoved(f"model version {live!r} went live on another replica meanwhile (this one "
+                                   f"expected {expected!r}); {version!r} was not made live")
             conn.execute("INSERT INTO settings (key, value) VALUES ('live_version', %s) "
                          "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (version,))
 
@@ -389,7 +398,7 @@ class PostgresItemStore:
         return np.asarray([row[0] for row in rows], dtype=np.int64)
 
     def live_version(self) -> str | None:
-        rows = self._read("SELECT value FROM settings WHERE key = 'live_version'")
+        rows = self._read(LIVE_VERSION_QUERY)
         return rows[0][0] if rows else None
 
     def generation(self) -> int:

@@ -51,7 +51,9 @@ class ItemStore(Protocol):
     def put_vectors(self, version: str, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """Store vectors (N,d) of existing items that lack one for `version`; returns the ids written."""
 
-    def set_live_version(self, version: str) -> None: ...
+    def set_live_version(self, version: str, expected: str | None) -> None:
+        """Compare-and-set: make `version` live if the live version is still `expected` (or `version`
+        already), else `VersionMoved` (another process made another version live)."""
 
     def drop_version(self, version: str) -> None:
         """Delete a version's vectors and settings."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from index import vectors as vector_rows
 from index.blobs import BlobStore
-from index.errors import InvalidQuery, ItemNotFound
+from index.errors import InvalidQuery, ItemNotFound, VersionMoved
 from index.filters import MetadataFilter
 from index.postprocess import Whitening
 from index.records import UNSET, Item, NewItem, VersionInfo
@@ -212,9 +212,15 @@ class SQLiteItemStore:
         with self._transaction() as conn:
             vector_rows.set_dba(conn, version, n, alpha)
 
-    def set_live_version(self, version: str) -> None:
-        """Record the live version (it may have no vectors yet while the gallery is empty)."""
+    def set_live_version(self, version: str, expected: str | None) -> None:
+        """Make `version` live if the live version is still `expected` (or `version` already), else
+        `VersionMoved`; `version` may have no vectors yet while the gallery is empty."""
         with self._transaction() as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key = 'live_version'").fetchone()
+            live = row[0] if row is not None else None
+            if live not in (expected, version):
+                raise VersionMoved(f"model version {live!r} is live, not {expected!r}; {version!r} was not "
+                                   "made live")
             conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('live_version', ?)",
                          (version,))
 

@@ -2,8 +2,10 @@
 
 Checkpoints are files `models/<version>.pt` under the data directory (a shared volume for several
 replicas). The records and the active version are in `models/registry.json` (written atomically), or,
-with `CGD_DATABASE_URL` set, in the `models` table of the service's PostgreSQL tables
-(`service.service_db`), read at each call so that every process sees the same active model.
+with `CGD_DATABASE_URL` set, the records are in the `models` table of the service's PostgreSQL tables
+(`service.service_db`), read at each call so that every process sees the same ones, and the active
+model is the gallery's live version in the same database: one value, changed only by `Gallery.activate`'s
+compare-and-set, so that replicas can never disagree on it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from index.postgres_store import LIVE_VERSION_QUERY
 from model.checkpoint import read_checkpoint
 from service.errors import NotFound
 from service.service_db import ServiceDatabase
@@ -44,7 +47,8 @@ class RecordStore(Protocol):
         """Keep `record` unless its version is known; returns the kept one."""
 
     def activate(self, version: str) -> bool:
-        """Make a known version active; False for an unknown one."""
+        """Make a known version active (or check it is known, where the gallery holds the active one);
+        False for an unknown one."""
 
 
 class RegistryFile:
@@ -92,14 +96,16 @@ class RegistryFile:
 
 
 class RegistryTable:
-    """The `models` table: one row per version, `active` true on at most one (shared by every process)."""
+    """The `models` table: one row per version (shared by every process); the active one is the gallery's
+    live version, read in the same statement."""
 
     def __init__(self, database: ServiceDatabase) -> None:
         self._database = database
 
     def load(self) -> tuple[dict[str, ModelRecord], str | None]:
         with self._database.connection() as conn:
-            rows = conn.execute("SELECT version, checkpoint, created_at, metrics, config, active FROM models "
+            rows = conn.execute(f"SELECT version, checkpoint, created_at, metrics, config, "
+                                f"version = ({LIVE_VERSION_QUERY}) FROM models "
                                 "ORDER BY created_at").fetchall()
         records = {row[0]: ModelRecord(row[0], row[1], float(row[2]), json.loads(row[3]), json.loads(row[4]))
                    for row in rows}
@@ -114,11 +120,9 @@ class RegistryTable:
         return self.load()[0][record.version]
 
     def activate(self, version: str) -> bool:
-        with self._database.connection() as conn, conn.transaction():
-            if conn.execute("SELECT 1 FROM models WHERE version = %s", (version,)).fetchone() is None:
-                return False
-            conn.execute("UPDATE models SET active = (version = %s)", (version,))
-        return True
+        """Only checks that `version` is known: `Gallery.activate` made it live (a compare-and-set)."""
+        with self._database.connection() as conn:
+            return conn.execute("SELECT 1 FROM models WHERE version = %s", (version,)).fetchone() is not None
 
 
 class ModelRegistry:
@@ -162,16 +166,17 @@ class ModelRegistry:
                                              dict(payload["config"])))
 
     def set_active(self, version: str) -> None:
+        """Record `version` as the active model (registry.json); with PostgreSQL, the gallery's flip did,
+        and this checks that the version is known. NotFound for an unknown version."""
         if not self._records.activate(version):
             raise NotFound(f"unknown model version {version!r}")
 
     def import_records(self, other: ModelRegistry) -> int:
-        """Copy the records of another registry over the same `models/` directory, and its active version
-        when it has one (`cgd migrate`); returns how many records were new here."""
+        """Copy the records of another registry over the same `models/` directory into this one's table
+        (`cgd migrate`: the active model comes along as the gallery's live version, which the gallery's
+        migration copies); returns how many records were new here."""
         known, _ = self._records.load()
-        records, active = other._records.load()
+        records, _ = other._records.load()
         for record in sorted(records.values(), key=lambda r: r.created_at):
             self._records.add(record)
-        if active is not None:
-            self._records.activate(active)
         return len(set(records) - set(known))

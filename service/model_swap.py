@@ -12,9 +12,12 @@ serving. The final catch-up (items ingested meanwhile), the index switch and the
 under the exclusive side of `SwapGate`, which ingestion holds in shared mode: no item is ever stored
 with vectors of one version only, and no response mixes two versions.
 
-Replicas on one PostgreSQL gallery: the store refuses other replicas' adds without the new version from
-the flip on, and the swapper embeds, after the flip, what they stored between its last catch-up and the
-flip; the other replicas then follow (`service.replica_sync`).
+Replicas on one PostgreSQL gallery: the flip is a compare-and-set from the version this replica serves
+(refused with `VersionMoved` when another replica made another version live meanwhile), the store
+refuses other replicas' adds without the new version from the flip on, and the swapper embeds, after
+the flip, what they stored between its last catch-up and the flip; the other replicas then follow
+(`service.replica_sync`). A replica that starts on the live version joins it (`join`) and never writes
+it: a promotion under way elsewhere is followed, not undone.
 """
 
 from __future__ import annotations
@@ -122,6 +125,13 @@ class ModelSwapper:
                                            precision=self._precision, **self._engines)
         LOG.info("model %s loaded on %s in %.1f s", version, embedder.runtime, time.perf_counter() - started)
         return await self.switch_to(embedder, on_progress, cancelled)
+
+    async def join(self, embedder: Embedder) -> None:
+        """Serve `embedder`'s version, live in the shared store when this replica opened it, without writing
+        the live version: embed what the gallery lacks for it (items another replica stored during a
+        flip). If a promotion elsewhere has moved the live version on meanwhile, the catch-up follows it."""
+        async with self._lock:
+            await self._embed_missing(embedder, None, lambda: False)
 
     async def switch_to(self, embedder: Embedder, on_progress: Progress | None = None,
                         cancelled: Cancelled | None = None) -> float:

@@ -110,7 +110,10 @@ class Runtime:
                                prefetch=settings.io_threads, replicas=settings.replica() is not None)
         jobs = JobStore(database if database is not None else data / "jobs.sqlite3")
         try:
-            await swapper.switch_to(embedder)
+            if settings.replica() is not None and embedder.version == gateway.live_version:
+                await swapper.join(embedder)  # never writes the live version: a promotion may be under way
+            else:
+                await swapper.switch_to(embedder)  # a compare-and-set from the live version read at open
             training = TrainingQueue(jobs, gateway.gallery, registry, swapper, asyncio.get_running_loop(),
                                      workdir=data / "training", threads=settings.train_threads,
                                      default_max_minutes=settings.train_max_minutes,

@@ -79,8 +79,9 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 
 def migrate_service_records(data_dir: Path, url: str) -> tuple[int, int]:
-    """Copy the model records (and the active model) and training jobs of `data_dir` into the database's
-    service tables, keeping ids; what is there already is kept. Returns (records, jobs) copied now."""
+    """Copy the model records and training jobs of `data_dir` into the database's service tables, keeping
+    ids (the active model is the gallery's live version, copied with the gallery); what is there already is
+    kept. Returns (records, jobs) copied now."""
     registry_file, jobs_file = data_dir / "models" / "registry.json", data_dir / "jobs.sqlite3"
     if not registry_file.is_file() and not jobs_file.is_file():
         return 0, 0

@@ -68,6 +68,33 @@ def test_a_version_made_live_elsewhere_is_followed_and_stale_adds_are_refused(tm
         assert b.count() == 4
 
 
+def test_the_live_version_flips_only_from_the_version_a_replica_serves(tmp_path, engines, new_items,
+                                                                        unit_vectors) -> None:
+    """A replica that read v1 and has not followed v2 (a replica starting during a promotion, step by step)
+    cannot flip the live version back to v1, nor on to v3: the store's compare-and-set refuses it."""
+    root = tmp_path / "gallery"
+    with Gallery.open(root, engines=engines, replica="a") as a:
+        items = a.add(new_items(3), {"v1": unit_vectors(3, seed=1)})
+        ids = [item.id for item in items]
+        with Gallery.open(root, engines=engines, replica="b") as b:  # b reads v1 as the live version
+            a.put_vectors("v2", ids, unit_vectors(3, seed=2))
+            a.activate("v2")  # a's promotion, while b starts
+            b.put_vectors("v3", ids, unit_vectors(3, seed=3))
+            for version in ("v1", "v3"):
+                with pytest.raises(VersionMoved, match="'v2' went live on another replica"):
+                    b.activate(version)
+                assert a.stored_live_version() == "v2" and b.live_version == "v1"
+            b.follow(b.sync())
+            b.activate("v3")  # from the version it now serves: allowed
+            assert a.sync() == "v3"
+            b.activate("v3")  # already live: nothing moves
+        with pytest.raises(VersionMoved):
+            a.activate("v1")  # a still serves v2
+        a.follow("v3")
+        a.activate("v1")
+        assert a.stored_live_version() == "v1"
+
+
 def test_a_replica_needs_postgresql(tmp_path) -> None:
     with pytest.raises(InvalidEngines, match="CGD_DATABASE_URL"):
         Gallery.open(tmp_path / "gallery", replica="a")

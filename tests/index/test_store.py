@@ -17,6 +17,7 @@ from index import (
     SQLiteItemStore,
     StorageCorrupted,
     UnknownVersion,
+    VersionMoved,
 )
 from index.blobs import BlobStore, sha256_hex
 from index.vectors import quantize
@@ -161,6 +162,16 @@ def test_vectors_are_float16_per_version(store: SQLiteItemStore, new_items, unit
     assert store.versions() == ["v1"]
     with pytest.raises(UnknownVersion):
         store.vectors("v2", ids)
+
+
+def test_the_live_version_is_a_compare_and_set(store: SQLiteItemStore) -> None:
+    store.set_live_version("v1", expected=None)
+    store.set_live_version("v1", expected=None)  # already live: nothing to refuse
+    with pytest.raises(VersionMoved, match="'v1' is live, not 'v0'"):
+        store.set_live_version("v2", expected="v0")
+    assert store.live_version() == "v1"
+    store.set_live_version("v2", expected="v1")
+    assert store.live_version() == "v2"
 
 
 def test_blob_store_writes_atomically_and_detects_damage(tmp_path: Path) -> None:

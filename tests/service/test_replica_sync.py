@@ -4,11 +4,13 @@
 Real processes, real HTTP, the real default model and real caltech101 photos: what one replica is told
 is visible on the other; a training job runs on one replica of the two and is cancelled from the other;
 a model promoted on one serves on both, with every search during the switch answered by one version;
-and a replica killed with SIGKILL during ingestion loses no item it acknowledged.
+and a replica killed with SIGKILL during ingestion loses no item it acknowledged. And, in one process
+step by step, a replica that starts during another's promotion follows it instead of undoing it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -25,7 +27,10 @@ import torch
 from index.postgres import PostgresSettings
 from model.checkpoint import save_checkpoint
 from model.default import default_model
+from service.gallery_gateway import GalleryGateway
+from service.metrics import ServiceMetrics
 from service.model_registry import ModelRegistry
+from service.runtime import GALLERY_DIR, Runtime
 from service.service_db import ServiceDatabase
 from tests.index.engines import create_database
 
@@ -60,6 +65,51 @@ def _within(seconds: float, check: Callable[[], Any], what: str) -> float:
             pytest.fail(f"{what} not within {seconds} s")
         time.sleep(0.05)
     return time.monotonic() - started
+
+
+def test_a_replica_starting_during_a_promotion_follows_it_and_never_flips_it_back(tmp_path, open_app,
+                                                                                   make_settings,
+                                                                                   postgres_server,
+                                                                                   make_image):
+    """The race, step by step: replica b opens the gallery and reads the live version (the default model),
+    replica a's promotion to a new version completes, then b finishes its start on the model it chose.
+    b starts serving the old version without writing the live version, and its first catch-up follows
+    the new one; the store never goes back."""
+    url = create_database(postgres_server)
+    data = tmp_path / "data"
+    with open_app(data, database_url=url, replica_id="a", sync_interval_s=10) as a:
+        files = [("files", (f"{seed}.png", make_image(seed))) for seed in range(3)]
+        assert a.post("/gallery", files=files).status_code == 201
+        old = a.get("/models").json()["active"]
+        new = a.app.state.runtime.registry.add_checkpoint(_variant(tmp_path / "variant.pt")).version
+        settings = make_settings(data, database_url=url, replica_id="b", sync_interval_s=10)
+
+        def promote_on_a() -> None:
+            activation = a.post(f"/models/{new}/activate")
+            assert activation.status_code == 202, activation.text
+            status = f"/models/activations/{activation.json()['job_id']}"
+            _within(120, lambda: a.get(status).json()["status"] == "succeeded", "the promotion on a")
+
+        async def start_b() -> tuple[str, str | None, str]:
+            gateway = await GalleryGateway.open(data / GALLERY_DIR, threads=settings.io_threads,
+                                                **settings.index_options())
+            database = ServiceDatabase.open(settings.gallery_engines().postgres())
+            assert gateway.live_version == old  # b chooses its model by it
+            promote_on_a()
+            runtime = await Runtime._start(settings, ServiceMetrics(), gateway, database)  # b's start, on
+            try:
+                serving = runtime.worker.version
+                stored = await gateway.run(gateway.gallery.stored_live_version)
+                await runtime.sync.step()  # b's first catch-up
+                return serving, stored, runtime.worker.version
+            finally:
+                await runtime.close()
+
+        serving, stored, followed = asyncio.run(start_b())
+        assert (serving, stored, followed) == (old, new, new)
+        assert a.get("/models").json()["active"] == new
+        query = a.post("/search", files={"file": ("q.png", make_image(1))}, data={"k": "1"}).json()
+        assert query["model_version"] == new
 
 
 def test_two_replicas_share_one_gallery_its_jobs_and_its_model(tmp_path, serve, postgres_server,

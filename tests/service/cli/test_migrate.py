@@ -40,9 +40,9 @@ def test_migrate_is_resumable_verified_and_keeps_ids(postgres_server, tmp_path, 
     root = tmp_path / "data" / "gallery"
     ids = _sqlite_gallery(root)
     registry = ModelRegistry(tmp_path / "data")  # the data directory's model records and jobs come along
-    registry.add_default("default-a", {"embedding_dim": 16})
-    registry.add_default("trained-b", {"embedding_dim": 8})
-    registry.set_active("trained-b")
+    registry.add_default("v1", {"embedding_dim": 16})  # the gallery's live version
+    registry.add_default("v2", {"embedding_dim": 8})
+    registry.set_active("v1")
     jobs = JobStore(tmp_path / "data" / "jobs.sqlite3")
     first, second = jobs.create({"epochs": 1}), jobs.create({"epochs": 2})
     jobs.update(first.id, status="succeeded", result={"promoted": True}, progress={"phase": "done"})
@@ -62,7 +62,7 @@ def test_migrate_is_resumable_verified_and_keeps_ids(postgres_server, tmp_path, 
     assert (report["models"], report["jobs"]) == (2, 2)
     with contextlib.closing(ServiceDatabase.open(PostgresSettings(url))) as database:
         copied = ModelRegistry(tmp_path / "data", database)
-        assert copied.active.version == "trained-b" and copied.records() == registry.records()
+        assert copied.active.version == "v1" and copied.records() == registry.records()
         moved = JobStore(database)
         assert [job.id for job in moved.list()] == [second.id, first.id]  # the same order
         assert moved.get(first.id).result == {"promoted": True} and moved.claim("r1").id == second.id

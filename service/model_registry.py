@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from index.postgres_store import LIVE_VERSION_QUERY
 from model.checkpoint import read_checkpoint
+from model.onnx_export import export_path
 from service.errors import NotFound
 from service.service_db import ServiceDatabase
 
@@ -154,14 +155,17 @@ class ModelRegistry:
         return self._records.add(ModelRecord(version, None, time.time(), {}, config))
 
     def add_checkpoint(self, checkpoint: Path) -> ModelRecord:
-        """Copy a trained checkpoint into the registry (verified) and record it."""
+        """Copy a trained checkpoint into the registry (verified), with the ONNX file exported beside it
+        when there is one, and record it."""
         payload = read_checkpoint(checkpoint)
         version = payload["version"]
         target = self.root / f"{version}.pt"
         if checkpoint.resolve() != target.resolve():
-            tmp = target.with_suffix(".pt.tmp")
-            shutil.copyfile(checkpoint, tmp)
-            os.replace(tmp, target)
+            for source, copy in ((export_path(checkpoint), export_path(target)), (checkpoint, target)):
+                if source.is_file():
+                    tmp = copy.with_suffix(f"{copy.suffix}.tmp")
+                    shutil.copyfile(source, tmp)
+                    os.replace(tmp, copy)
         return self._records.add(ModelRecord(version, str(target), time.time(), dict(payload["metrics"]),
                                              dict(payload["config"])))
 

@@ -4,6 +4,9 @@ The parent sends a `TrainingSpec` (with the `TrainConfig` itself); the child tra
 `model.trainer.train` and sends back ("progress", Progress) messages, then one ("result",
 TrainResult) or ("error", str). The child runs at a lower scheduling priority (nice 10) on all the
 threads it is given: it takes every idle core, and the serving process wins whenever it has work.
+With `export_onnx`, the child also exports a new model to ONNX beside its checkpoint
+(`model.onnx_export.export_path`), so that the serving process loads that file instead of exporting
+it while it serves.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ class TrainingSpec:
     out: str
     threads: int  # 0: every core
     nice: int = 10
+    export_onnx: bool = False  # the service runs an ONNX runtime: export a new model beside its checkpoint
 
 
 class TrainingFailed(RuntimeError):
@@ -58,10 +62,30 @@ def _child_main(spec: TrainingSpec, messages: mp.Queue, cancel: Any) -> None:
             on_progress=lambda progress: messages.put(("progress", progress)),
             cancel=cancel,
         )
+        if spec.export_onnx and not result.kept_start_model and result.stopped != "cancelled":
+            _export_beside(result.checkpoint)
+            if cancel.is_set():  # asked during the export: the job ends cancelled, nothing is promoted
+                result = replace(result, stopped="cancelled")
         messages.put(("result", result))
     except Exception as exc:  # reported to the parent, which marks the job failed
         logging.getLogger(__name__).exception("training failed")
         messages.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _export_beside(checkpoint: Path) -> None:
+    """The checkpoint's model exported to ONNX beside it; a failure is logged, and the serving process
+    then exports it itself."""
+    from model.checkpoint import load_checkpoint
+    from model.onnx_export import export_onnx, export_path
+
+    started = time.perf_counter()
+    try:
+        loaded = load_checkpoint(checkpoint)
+        export_onnx(loaded.model, export_path(checkpoint), loaded.version)
+    except Exception:  # the exporter raises many types; the model is trained and saved all the same
+        LOG.exception("ONNX export beside %s failed: the service will export it when it loads it", checkpoint)
+        return
+    LOG.info("exported %s to ONNX in %.1f s", checkpoint, time.perf_counter() - started)
 
 
 def run_training(

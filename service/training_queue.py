@@ -3,7 +3,9 @@
 A job collects the labelled gallery items, fine-tunes the serving model on them in a child
 process (`training_process`), compares old and new model on the held-out validation split,
 registers the new checkpoint and, per the job's promotion policy, makes it live through
-`ModelSwapper` (re-embedding the gallery while the old model keeps serving).
+`ModelSwapper` (re-embedding the gallery while the old model keeps serving). When the service runs an
+ONNX runtime (`export_onnx`), the child also exports the new model beside its checkpoint, at its low
+priority, and the registry keeps that file with it: loading the model for the swap then exports nothing.
 
 Replicas on one database share the queue (`JobStore.claim`: one job at a time cluster-wide). A second
 thread sends the running job's heartbeat every `HEARTBEAT_S`, picks up cancel requests made on any
@@ -69,8 +71,9 @@ class TrainingQueue:
 
     def __init__(self, jobs: JobStore, gallery, registry: ModelRegistry, swapper: ModelSwapper,
                  loop: asyncio.AbstractEventLoop, *, workdir: Path, threads: int,
-                 default_max_minutes: float, replica: str | None = None) -> None:
-        """`replica`: this process's name among replicas sharing `jobs` (None: it has the store alone)."""
+                 default_max_minutes: float, replica: str | None = None, export_onnx: bool = False) -> None:
+        """`replica`: this process's name among replicas sharing `jobs` (None: it has the store alone);
+        `export_onnx`: the job's child exports a new model to ONNX beside its checkpoint."""
         self.jobs = jobs
         self._replica = replica
         self._owner = replica or socket.gethostname()
@@ -81,6 +84,7 @@ class TrainingQueue:
         self._workdir = workdir
         self._threads = threads
         self._default_max_minutes = default_max_minutes
+        self._export_onnx = export_onnx
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._cancelled: set[str] = set()
@@ -185,7 +189,8 @@ class TrainingQueue:
         spec = TrainingSpec(images=[(str(image.path), image.label) for image in images],
                             config=request.train_config(self._default_max_minutes),
                             start_checkpoint=start_model.checkpoint if start_model else None,
-                            out=str(self._workdir / f"{job.id}.pt"), threads=self._threads)
+                            out=str(self._workdir / f"{job.id}.pt"), threads=self._threads,
+                            export_onnx=self._export_onnx)
 
         last: dict[str, Any] = {"history": []}  # the epochs' records so far, for the job's curves
 

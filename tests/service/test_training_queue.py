@@ -1,13 +1,21 @@
 """Training jobs through the real app: a typed recipe, a job that cannot beat the serving model
-keeps it and registers no version, and search answers while a job runs."""
+keeps it and registers no version, search answers while a job runs, and a promoted model is served
+from the ONNX file its job exported, on the runtime choice of the model it replaced."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import time
+from dataclasses import replace
 
 import pytest
 from pydantic import ValidationError
 
+from model.checkpoint import save_checkpoint
+from model.default import DEFAULT_CONFIG, default_model
+from model.onnx_export import exported_version, onnx_path
+from service.runtime import ENGINE_DIR
 from service.schemas import Promotion, TrainRequest
 
 pytestmark = pytest.mark.slow
@@ -65,3 +73,35 @@ def test_a_job_that_cannot_beat_the_serving_model_keeps_it(tmp_path, open_app, c
         assert job["progress"]["phase"] == "done"
         assert client.get("/models").json() == serving
         assert searches > 0
+
+
+def test_a_promoted_model_is_served_from_its_jobs_export_on_the_replaced_models_choice(tmp_path, open_app,
+                                                                                      caltech_photos):
+    """CGD_RUNTIME=auto: the job's child exports the new model beside its checkpoint and the registry keeps
+    it; the swap links that file into the engine cache (no export in the serving process) and reuses the
+    runtime choice measured for the serving model of the same architecture (64 px here)."""
+    if importlib.util.find_spec("onnxscript") is None:
+        pytest.skip("onnxscript (torch.onnx's exporter) is not installed: auto has torch alone")
+    start = tmp_path / "start.pt"
+    save_checkpoint(start, default_model(DEFAULT_CONFIG.with_changes(
+        preprocessing=replace(DEFAULT_CONFIG.preprocessing, image_size=64))))
+    data = tmp_path / "data"
+    with open_app(data, runtime="auto", checkpoint=start) as client:
+        old = client.get("/ready").json()
+        assert old["runtime_choice"]["reused_from"] is None  # measured at start-up
+        _upload(client, caltech_photos)
+        accepted = client.post("/train", json={"epochs": 1, "image_size": 64, "whitening": "none",
+                                               "promote": "always"})
+        assert accepted.status_code == 202, accepted.text
+        job = _wait(client, accepted.json()["job_id"])
+        assert job["status"] == "succeeded" and job["promoted"], job
+        version = job["model_version"]
+        ready = client.get("/ready").json()
+    exported = data / "models" / f"{version}.onnx"
+    assert exported_version(exported) == version
+    assert os.path.samefile(onnx_path(data / ENGINE_DIR, version), exported)
+    choice = ready["runtime_choice"]
+    assert ready["model_version"] == version and ready["runtime"] == choice["runtime"]
+    assert choice["reused_from"] == old["model_version"] and choice["source"] == "gallery"
+    assert next(m for m in choice["measurements"] if (m["runtime"], m["precision"])
+                == (choice["runtime"], choice["precision"]))["agrees"]

@@ -15,7 +15,7 @@ A prefix kind's full-vector file is fsynced after the build (as the gallery's sn
 write-back runs during the timed searches. `--cold` times its one-query searches again after dropping
 the file from the kernel's page cache (POSIX_FADV_DONTNEED), so the re-ranked rows are read from disk.
 `--ef-sweep EF,...` searches each built HNSW kind (a prefix kind: its coarse search) again with each
-efSearch: warm one-query p50 / p99 and recall@10 per value, on the same index and queries.
+efSearch: one-query p50 / p99 over `--singles` queries of its own and recall@10 of the 100 queries.
 `--compaction N` also measures memory once built, after removing half, and after the rebuild that
 compaction does. The vectors are CGD-shaped (`--branches 3`: three L2-normalised 512-d blocks, so
 prefix kinds find a first branch; 1: the plain clustered vectors). Each (size, kind) runs in a fresh
@@ -210,9 +210,9 @@ def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarr
         peak_build = peak_rss_bytes() - rss_before
         write_back(Path(directory))
         first = time_singles(index, singles_queries, args.singles_budget_s)
-        warm_queries = data.extra(args.singles, stream=4)
-        singles = time_singles(index, warm_queries, args.singles_budget_s)
-        sweep = [ef_row(index, ef, warm_queries, queries, truth, args) for ef in args.ef_sweep]
+        singles = time_singles(index, data.extra(args.singles, stream=4), args.singles_budget_s)
+        sweep = [ef_row(index, ef, data.extra(args.singles, stream=10 + i), queries, truth, args)
+                 for i, ef in enumerate(args.ef_sweep)]
         cold: list[float] = []
         if args.cold and write_back(Path(directory), evict=True):
             cold = time_singles(index, data.extra(args.singles, stream=3), args.singles_budget_s)
@@ -257,7 +257,8 @@ def recall10(found: np.ndarray, truth: np.ndarray) -> float:
 def ef_row(index: Any, ef: int, singles: np.ndarray, queries: np.ndarray, truth: np.ndarray,
            args: argparse.Namespace) -> dict:
     """The built index searched again with efSearch `ef` (its spec's `ef_search` set for the duration):
-    one-query p50 / p99 over the warm queries, and recall@10 of the 100 queries."""
+    one-query p50 / p99 over `singles` (queries of its own: no pass repeats another's queries, which
+    would find the same graph nodes and rows again), and recall@10 of the 100 queries."""
     spec = index.spec
     index.spec = dataclasses.replace(spec, ef_search=ef)
     try:

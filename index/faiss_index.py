@@ -107,6 +107,11 @@ class FaissVectorIndex:
         inner = faiss.downcast_index(index.index)
         self._removable = isinstance(inner, faiss.IndexFlatCodes)
         self._serial_query = searches_one_query_serially(inner)
+        self._refined = isinstance(inner, faiss.IndexRefine)  # what a search's parameters are made for
+        base = faiss.downcast_index(inner.base_index) if self._refined else inner
+        self._hnsw = isinstance(base, faiss.IndexHNSW)
+        ivf = faiss.try_extract_index_ivf(base)
+        self._nlist = None if ivf is None else int(ivf.nlist)
         self._tombstones: set[int] = set()
         self._ids_cache: np.ndarray | None = None
         self._gpu = gpu
@@ -241,26 +246,23 @@ class FaissVectorIndex:
     def _search_params(self, selector: faiss.IDSelector | None,
                        ef_search: int | None) -> tuple[faiss.SearchParameters | None, list]:
         """Parameters for one search, and the objects they point to (kept alive by the caller)."""
-        inner = faiss.downcast_index(self._index.index)
         # IDMap translates only a top-level selector, and IndexRefine ignores that one: translate it here.
         translated = None
         if selector is not None:
             translated = faiss.IDSelectorTranslated(self._index.id_map, selector)
-        base = faiss.downcast_index(inner.base_index) if isinstance(inner, faiss.IndexRefine) else inner
-        ivf = faiss.try_extract_index_ivf(base)
-        if isinstance(base, faiss.IndexHNSW):
+        if self._hnsw:
             params = faiss.SearchParametersHNSW()
             params.efSearch = ef_search or self.spec.ef_search or DEFAULT_EF_SEARCH
-        elif ivf is not None:
+        elif self._nlist is not None:
             params = faiss.SearchParametersIVF()
-            params.nprobe = self.spec.nprobe or default_nprobe(ivf.nlist)
-        elif translated is None and base is inner:
+            params.nprobe = self.spec.nprobe or default_nprobe(self._nlist)
+        elif translated is None and not self._refined:
             return None, []
         else:
             params = faiss.SearchParameters()
         if translated is not None:
             params.sel = translated
-        if base is inner:
+        if not self._refined:
             return params, [selector, translated]
         refine = faiss.IndexRefineSearchParameters()
         refine.k_factor = self.spec.k_factor or DEFAULT_K_FACTOR

@@ -24,8 +24,9 @@ def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_compaction_under_concurrent_searches_and_adds_loses_nothing(open_gallery) -> None:
-    gallery = open_gallery(index_kind="HNSW")
+@pytest.mark.parametrize("kind", ["HNSW", "prefix:HNSW"])  # prefix: full vectors read from an open file
+def test_compaction_under_concurrent_searches_and_adds_loses_nothing(open_gallery, kind: str) -> None:
+    gallery = open_gallery(index_kind=kind)
     rng = np.random.default_rng(0)
     items = gallery.add([NewItem(b"x", metadata={"i": i}) for i in range(N)], {"v1": unit_rows(rng, N)})
     deleted: set[int] = set()

@@ -117,7 +117,7 @@ class Runtime:
             training = TrainingQueue(jobs, gateway.gallery, registry, swapper, asyncio.get_running_loop(),
                                      workdir=data / "training", threads=settings.train_threads,
                                      default_max_minutes=settings.train_max_minutes,
-                                     replica=settings.replica())
+                                     replica=settings.replica(), export_onnx=settings.runtime != "torch")
             await gateway.run(training.start)
         except BaseException:
             await worker.stop(drain=False)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from index.errors import GalleryError
 from index.postgres import PostgresSettings, is_postgres_url, redact
-from index.protocols import ItemStore, VectorBackend
+from index.protocols import ItemStore, ServerBackend
 from index.remote_index import name_prefix
 from index.store import SQLiteItemStore
 
@@ -91,7 +91,7 @@ def open_store(root: Path, engines: Engines) -> ItemStore:
 
 def open_server_backend(engines: Engines, kind: str, directory: Path, *, ef_search: int | None = None,
                         nprobe: int | None = None, items: ItemSource,
-                        replica: str | None = None) -> VectorBackend:
+                        replica: str | None = None) -> ServerBackend:
     """The pgvector or Milvus backend (`kind` checked against that engine's kinds); pointer files under
     `directory` name the tables or collections that serve, named with `replica`'s prefix; `items` reads
     items from the store (Milvus holds a copy of their labels and metadata to filter on)."""

@@ -340,13 +340,18 @@ class MilvusBackend:
             raise MilvusUnavailable(f"cannot connect to Milvus at {uri}: {exc}") from None
         backend = cls(client, uri, items, name, ef_search or DEFAULT_EF_SEARCH, nprobe or DEFAULT_NPROBE,
                       prefix, json_filters=not uri.endswith(".db"))
-        named = named_by_pointers(directory)
-        for collection in backend.call("list_collections"):
-            if owned(collection, prefix) and collection not in named:
-                LOG.info("dropping collection %s: no index pointer names it (left by an interrupted build)",
-                         collection)
-                backend.call("drop_collection", collection)
+        backend.drop_owned(named_by_pointers(directory), "no index pointer names it (left by an interrupted "
+                                                         "build)")
         return backend
+
+    def drop_owned(self, keep: set[str], reason: str) -> list[str]:
+        """Drop the collections named with this backend's prefix, except `keep`; returns their names."""
+        dropped = [collection for collection in self.call("list_collections")
+                   if owned(collection, self.prefix) and collection not in keep]
+        for collection in dropped:
+            LOG.info("dropping collection %s: %s", collection, reason)
+            self.call("drop_collection", collection)
+        return dropped
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """`client.<method>(...)`, one at a time; a failure becomes MilvusUnavailable."""

@@ -206,22 +206,26 @@ class PgvectorBackend:
                                       f"{scrub(str(exc), settings.url)}") from None
         backend = cls(open_pool(settings, configure=register_vector), settings.url, name, hnsw,
                       ef_search or DEFAULT_EF_SEARCH, prefix)
-        backend._drop_orphans(named_by_pointers(directory))
+        backend.drop_owned(named_by_pointers(directory), "no index pointer names it (left by an interrupted "
+                                                         "build)")
         return backend
 
     def connection(self) -> contextlib.AbstractContextManager[psycopg.Connection]:
         """A pooled connection; an unreachable server becomes DatabaseUnavailable."""
         return pooled(self.pool, self.url)
 
-    def _drop_orphans(self, named: set[str]) -> None:
+    def drop_owned(self, keep: set[str], reason: str) -> list[str]:
+        """Drop the tables named with this backend's prefix, except `keep`; returns their names."""
         with self.connection() as conn:
             tables = [row[0] for row in conn.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE %s",
                 (self.prefix.replace("_", r"\_") + "%",))]
-        for table in tables:
-            if owned(table, self.prefix) and table not in named:
-                LOG.info("dropping %s: no index pointer names it (left by an interrupted build)", table)
-                self.drop_table(table)
+        dropped = [table for table in tables if owned(table, self.prefix) and table not in keep]
+        for table in dropped:
+            LOG.info("dropping %s: %s", table, reason)
+            self.drop_table(table)
+        return dropped
+
 
     def drop_table(self, table: str) -> None:
         with self.connection() as conn:

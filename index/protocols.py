@@ -206,3 +206,12 @@ class VectorBackend(Protocol):
 
     def close(self) -> None:
         """Release the connection to the engine (nothing for FAISS)."""
+
+
+class ServerBackend(VectorBackend, Protocol):
+    """A backend whose indexes are tables or collections on a server (pgvector, Milvus), named with the
+    prefix of the process that made them (`index.remote_index.name_prefix`)."""
+
+    def drop_owned(self, keep: set[str], reason: str) -> list[str]:
+        """Drop the tables or collections named with this backend's prefix, except `keep` (logging
+        `reason`); returns their names."""

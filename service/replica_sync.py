@@ -1,4 +1,5 @@
-"""`ReplicaSync`: keeps one replica in step with the others on a shared PostgreSQL gallery.
+"""`ReplicaSync`: keeps one replica in step with the others on a shared PostgreSQL gallery, and records
+its heartbeat (`service.replica_heartbeats`) every `HEARTBEAT_S`.
 
 Every `CGD_SYNC_INTERVAL_S` it asks the gallery to catch up with the store (`Gallery.sync`: the items,
 deletions and vectors other replicas wrote go into this replica's own indexes) and reads the store's live
@@ -15,12 +16,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from index import EngineUnavailable
 from model.embedder import Embedder
 from service.gallery_gateway import GalleryGateway
 from service.model_registry import ModelRegistry
 from service.model_swap import SwapGate
+from service.replica_heartbeats import HEARTBEAT_S
 from service.worker import InferenceWorker
 
 LOG = logging.getLogger(__name__)
@@ -29,17 +32,19 @@ LOG = logging.getLogger(__name__)
 class ReplicaSync:
     """A background task: catch up every `interval_s`, and follow the live version another replica set.
 
-    `load`: `Embedder.load`'s keyword arguments (device, precision, runtime, ...), as the swapper's.
+    `load`: `Embedder.load`'s keyword arguments (device, precision, runtime, ...), as the swapper's;
+    `heartbeat`: records that this replica runs, called every `HEARTBEAT_S`.
     """
 
     def __init__(self, gateway: GalleryGateway, worker: InferenceWorker, registry: ModelRegistry,
-                 gate: SwapGate, *, interval_s: float, load: dict) -> None:
+                 gate: SwapGate, *, interval_s: float, load: dict, heartbeat: Callable[[], None]) -> None:
         self._gateway = gateway
         self._worker = worker
         self._registry = registry
         self._gate = gate
         self._interval_s = interval_s
         self._load = load
+        self._heartbeat = heartbeat
         self._task: asyncio.Task[None] | None = None
         self._failing: str | None = None  # the last error logged, so that a long outage logs once
 
@@ -53,9 +58,13 @@ class ReplicaSync:
                 await self._task
 
     async def _run(self) -> None:
+        beaten = time.monotonic()  # the runtime recorded one as it started
         while True:
             await asyncio.sleep(self._interval_s)
             try:
+                if time.monotonic() - beaten >= HEARTBEAT_S:
+                    await self._gateway.run(self._heartbeat)
+                    beaten = time.monotonic()
                 await self.step()
             except EngineUnavailable as exc:
                 self._log_once(f"catching up with the other replicas: {exc}")

@@ -4,7 +4,9 @@ Opening loads the serving model, opens the gallery (re-embedding it if it has no
 that model), and starts the inference worker and the training queue. With `CGD_DATABASE_URL` set, the
 model records and training jobs are in that PostgreSQL database too (`service.service_db`), and the
 process is one replica among any number on that database (`Settings.replica`): its own folder under the
-gallery, its share of the training queue, and a `ReplicaSync` that keeps it in step with the others.
+gallery, its share of the training queue, its heartbeats, and a `ReplicaSync` that keeps it in step with
+the others. A replica that starts on the gallery's live version joins it without writing it
+(`ModelSwapper.join`): a promotion under way on another replica is followed, never undone.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from service.job_store import JobStore
 from service.metrics import ServiceMetrics
 from service.model_registry import ModelRegistry
 from service.model_swap import ModelSwapper, SwapGate
+from service.replica_heartbeats import ReplicaHeartbeats
 from service.replica_sync import ReplicaSync
 from service.search_batcher import SearchBatcher
 from service.service_db import ServiceDatabase
@@ -68,6 +71,8 @@ class Runtime:
         database = (await asyncio.to_thread(ServiceDatabase.open, engines.postgres())
                     if engines.database_url is not None else None)
         try:
+            if database is not None and settings.replica() is not None:  # before its folder is opened
+                await asyncio.to_thread(ReplicaHeartbeats(database).beat, settings.replica())
             gateway = await GalleryGateway.open(data / GALLERY_DIR, threads=settings.io_threads,
                                                 **settings.index_options())
         except BaseException:
@@ -125,9 +130,11 @@ class Runtime:
             jobs.close()
             raise
         sync = None
-        if settings.replica() is not None:
+        if settings.replica() is not None and database is not None:
+            beat = functools.partial(ReplicaHeartbeats(database).beat, settings.replica())
             sync = ReplicaSync(gateway, worker, registry, gate, interval_s=settings.sync_interval_s,
-                               load={"device": settings.device, "precision": settings.precision, **engines})
+                               load={"device": settings.device, "precision": settings.precision, **engines},
+                               heartbeat=beat)
             sync.start()
         LOG.info("serving model %s over %d gallery items", embedder.version, await gateway.count())
         return cls(settings, registry, gateway, worker, searcher, jobs, training, swapper,

@@ -1,4 +1,5 @@
-"""The service's own tables (training jobs, model records) in the gallery's PostgreSQL database.
+"""The service's own tables (training jobs, model records, replicas' heartbeats) in the gallery's PostgreSQL
+database.
 
 With `CGD_DATABASE_URL` set, everything a replica must share lives in that one database: the gallery's
 tables (`index.postgres_store`) and these, migrated on open (`MIGRATIONS`, recorded in
@@ -44,6 +45,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN heartbeat_at DOUBLE PRECISION;
     ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
     """,
+    "ALTER TABLE models DROP COLUMN active",  # the active model is the gallery's live version
+    "CREATE TABLE replicas (name TEXT PRIMARY KEY, heartbeat_at DOUBLE PRECISION NOT NULL)",
 )
 POOL_SIZE = 2  # jobs and model records: a few small statements a second at most
 

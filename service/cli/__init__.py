@@ -7,9 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.cli import embed, import_vectors, ingest, migrate, serve, train
+from service.cli import embed, import_vectors, ingest, migrate, replicas, serve, train
 
-COMMAND_MODULES = (embed, serve, ingest, import_vectors, train, migrate)
+COMMAND_MODULES = (embed, serve, ingest, import_vectors, train, migrate, replicas)
 
 
 def build_parser() -> argparse.ArgumentParser:

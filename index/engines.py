@@ -20,7 +20,7 @@ from index.remote_index import name_prefix
 from index.store import SQLiteItemStore
 
 if TYPE_CHECKING:
-    from index.milvus_index import ItemSource
+    from index.milvus_index import ChangeSource, ItemSource
 
 VECTOR_BACKENDS = ("faiss", "pgvector", "milvus")
 
@@ -90,11 +90,12 @@ def open_store(root: Path, engines: Engines) -> ItemStore:
 
 
 def open_server_backend(engines: Engines, kind: str, directory: Path, *, ef_search: int | None = None,
-                        nprobe: int | None = None, items: ItemSource,
+                        nprobe: int | None = None, items: ItemSource, changes: ChangeSource | None = None,
                         replica: str | None = None) -> ServerBackend:
     """The pgvector or Milvus backend (`kind` checked against that engine's kinds); pointer files under
     `directory` name the tables or collections that serve, named with `replica`'s prefix; `items` reads
-    items from the store (Milvus holds a copy of their labels and metadata to filter on)."""
+    items from the store (Milvus holds a copy of their labels and metadata to filter on) and `changes`
+    the store's numbered changes of them (`ItemStore.attribute_changes`)."""
     prefix = name_prefix(replica)
     if engines.vector_backend == "pgvector":
         from index.pgvector_index import PgvectorBackend
@@ -104,5 +105,6 @@ def open_server_backend(engines: Engines, kind: str, directory: Path, *, ef_sear
         from index.milvus_index import MilvusBackend
 
         return MilvusBackend.open(str(engines.milvus_uri), kind, directory, items, ef_search=ef_search,
-                                  nprobe=nprobe, timeout_s=engines.connect_timeout_s, prefix=prefix)
+                                  nprobe=nprobe, timeout_s=engines.connect_timeout_s, prefix=prefix,
+                                  changes=changes)
     raise InvalidEngines(f"{engines.vector_backend} runs in the process: it has no server backend")

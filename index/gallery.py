@@ -33,7 +33,7 @@ from index.errors import (
     VersionInUse,
 )
 from index.faiss_index import configure_faiss, resolve_gpu
-from index.filters import ItemFilter, MetadataFilter
+from index.filters import EXACT_FILTER_LIMIT, ItemFilter, MetadataFilter
 from index.kinds import IndexSpec
 from index.locking import ProcessLock
 from index.postprocess import WHITENING_KINDS, fit_learned_whitening, fit_pca_whitening
@@ -43,6 +43,7 @@ from index.records import UNSET, Hit, IndexStats, Item, NewItem, VersionInfo
 from index.registry import IndexRegistry
 from index.validation import check_search, check_vectors
 from index.vectors import quantize
+from index.version_index import VersionIndex
 
 LOG = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class Gallery:
             store = open_store(root, engines)
             backend = (make_backend(spec, gpu, local / "faiss") if engines.vector_backend == "faiss" else
                        open_server_backend(engines, index_kind, local / "faiss", ef_search=ef_search,
-                                           nprobe=nprobe, items=store.get_many, replica=replica))
+                                           nprobe=nprobe, items=store.get_many,
+                                           changes=store.attribute_changes, replica=replica))
             gallery = cls(root, store, backend, process_lock=lock, local=local)
             if gallery._live is not None and gallery._live in store.versions():
                 gallery._registry.ensure(gallery._live)
@@ -248,9 +250,7 @@ class Gallery:
             with self._registry.reading() as indexes:  # one acquisition when the index is loaded
                 index = indexes.get(name)
                 if index is not None:
-                    allowed: np.ndarray | ItemFilter | None = where
-                    if where is not None and not index.filters(where):  # the engine cannot: the ids
-                        allowed = self._store.matching_ids(name, where.label, where.metadata)
+                    allowed = None if where is None else self._allowed(index, name, where)
                     scores, ids = index.search(queries, k, allowed, qe_n, qe_alpha)
                     items = self._store.get_many(ids[ids >= 0].tolist())
                     return name, [[Hit(items[i], float(s)) for s, i in zip(row_s, row_i, strict=True)
@@ -259,6 +259,14 @@ class Gallery:
                     return name, [[] for _ in range(len(queries))]  # live, but no vector stored yet
             self._registry.ensure(name)  # UnknownVersion if it has no vectors
         raise UnknownVersion(f"model version {name!r} was dropped")
+
+    def _allowed(self, index: VersionIndex, version: str, where: ItemFilter) -> np.ndarray | ItemFilter:
+        """What a filtered search gives the index: the matching ids when at most EXACT_FILTER_LIMIT items
+        match (the index scores them exactly) or when it cannot apply the filter itself, else the filter."""
+        if not index.filters(where):
+            return self._store.matching_ids(version, where.label, where.metadata)
+        few = self._store.matching_ids(version, where.label, where.metadata, limit=EXACT_FILTER_LIMIT + 1)
+        return few if len(few) <= EXACT_FILTER_LIMIT else where
 
     def similar(self, item_id: int, k: int, *, label: str | None = None,
                 metadata: Mapping[str, Any] | MetadataFilter | None = None, qe_n: int = 0,

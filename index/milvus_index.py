@@ -22,8 +22,10 @@ Milvus Lite a metadata filter goes as an id list (`json_filters`: Lite evaluates
 in Python; docs/BENCHMARKS.md, "Filtered search on Milvus"). A filter with no exact expression, or any
 filter while the copy may be wrong (a change that failed half-way, a `partial` row, a collection made
 before the copy existed), goes as the matching ids from the store, `id in [...]` of int64 literals,
-with the reason logged. A filtered or approximate search that returns fewer than min(k, candidates)
-hits is answered again exactly over the candidates' stored vectors.
+with the reason logged. A search among at most `EXACT_FILTER_LIMIT` allowed ids (the gallery passes the
+matching ids when a filter is that selective) scores their vectors exactly instead of walking the graph,
+whose walk under a selective filter returns wrong hits. A filtered or approximate search that returns
+fewer than min(k, candidates) hits is answered again exactly over the candidates' stored vectors.
 Rows stay in a growing segment, which Milvus searches by brute force (1.5 s per query at 10k x 1536 in
 Milvus Lite), until a flush seals them: `save` flushes, and so does an add once `FLUSH_ROWS` rows are
 unflushed. A sealed segment is searched without its new index until that index is built, so `save`
@@ -45,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from index.errors import EngineUnavailable, SnapshotCorrupt
-from index.filters import ItemFilter
+from index.filters import EXACT_FILTER_LIMIT, ItemFilter
 from index.kinds import DEFAULT_EF_SEARCH
 from index.milvus_expressions import LABEL_BYTES, Attributes, UnsupportedFilter, expression, held_attributes
 from index.records import Item
@@ -54,6 +56,7 @@ from index.remote_index import (
     ServerIndex,
     SortedIds,
     choose_kind,
+    exact_top_k,
     named_by_pointers,
     new_name,
     owned,
@@ -80,6 +83,7 @@ _QUERY_BATCH = 10_000
 ATTRIBUTE_FIELDS = ("label", "meta", "partial")
 
 ItemSource = Callable[[Iterable[int]], Mapping[int, Item]]  # ids -> the store's items (ItemStore.get_many)
+ChangeSource = Callable[[int | None], tuple[int, np.ndarray]]  # ItemStore.attribute_changes
 
 
 class MilvusUnavailable(EngineUnavailable):
@@ -96,12 +100,14 @@ class MilvusIndex(ServerIndex):
     (`holds_attributes` False: a collection made before that copy existed, filtered by id lists only)."""
 
     def __init__(self, backend: MilvusBackend, collection: str, dim: int, ids: SortedIds, *,
-                 holds_attributes: bool = True, partial: SortedIds | None = None) -> None:
+                 holds_attributes: bool = True, partial: SortedIds | None = None,
+                 checked: int | None = None) -> None:
         super().__init__(dim, ids)
         self._backend = backend
         self.collection = collection
         self.holds_attributes = holds_attributes
         self._partial = partial or SortedIds.of([])  # rows whose label or metadata are not held in full
+        self._checked = checked  # the store's latest change the copy is in step with (None: unknown)
         self._unflushed = 0  # rows inserted since the last flush (still in a growing segment)
         self._reported: set[str] = set()  # reasons for id-list filters logged already
 
@@ -207,20 +213,37 @@ class MilvusIndex(ServerIndex):
 
     def sync_attributes(self, ids: np.ndarray | None = None) -> int:
         """Rewrite the label and metadata held for `ids` (after an update), or (None) for every row whose
-        copy differs from the store's; returns how many rows were rewritten."""
+        copy differs from the store's; returns how many rows were rewritten. None compares only the items
+        changed since the change the copy was last checked at (the store numbers them), and every row
+        only when that is unknown (a collection made before the numbering, or no change source)."""
         if not self.holds_attributes:
             return 0
+        checked = self._checked
         if ids is None:
-            stale = [item_id for rows in self._backend.query(self.collection, "", ["id", *ATTRIBUTE_FIELDS])
-                     for item_id in self._differing(rows)]
-            present = np.asarray(stale, dtype=np.int64)
+            checked, rows = self._rows_to_check()
+            present = np.asarray([item_id for batch in rows for item_id in self._differing(batch)],
+                                 dtype=np.int64)
         else:
             present = self._ids.present(ids)
-        if len(present):
-            for start in range(0, len(present), _BATCH):
-                chunk = present[start:start + _BATCH]
-                self._write("upsert", chunk, self.reconstruct(chunk))
+        for start in range(0, len(present), _BATCH):
+            chunk = present[start:start + _BATCH]
+            self._write("upsert", chunk, self.reconstruct(chunk))
+        if checked != self._checked:  # recorded in the pointer by the next save
+            self._checked, self.dirty = checked, True
         return len(present)
+
+    def _rows_to_check(self) -> tuple[int | None, Iterable[list[dict[str, Any]]]]:
+        """(the store's latest change, read first; the held rows of the items changed since the last
+        check, or of every item when that is unknown), the rows in batches."""
+        changes = self._backend.changes
+        if changes is None or self._checked is None:
+            latest = None if changes is None else changes(None)[0]
+            return latest, self._backend.query(self.collection, "", ["id", *ATTRIBUTE_FIELDS])
+        latest, changed = changes(self._checked)
+        present = self._ids.present(changed)
+        return latest, (self._backend.call("get", self.collection, ids=present[start:start + _ID_FILTER_CHUNK]
+                                           .tolist(), output_fields=["id", *ATTRIBUTE_FIELDS])
+                        for start in range(0, len(present), _ID_FILTER_CHUNK))
 
     def _differing(self, rows: list[dict[str, Any]]) -> list[int]:
         """Ids of `rows` whose held label / metadata differ from what the store has now."""
@@ -256,9 +279,11 @@ class MilvusIndex(ServerIndex):
         k = min(k, available, MAX_TOP_K)
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        if candidates is not None and available <= EXACT_FILTER_LIMIT and self.kind != "Flat":
+            return exact_top_k(queries, k, candidates, self.reconstruct(candidates))  # no graph walk
         answers = self._backend.call("search", self.collection, data=list(queries), limit=k,
                                      filter=condition, search_params=self._search_params(k),
-                                     anns_field="vector")
+                                     anns_field="vector", output_fields=["id"])
         rows = [[(int(hit["id"]), float(hit["distance"])) for hit in answer] for answer in answers]
         scores, ids = pad_hits(rows, k)
         short = (ids >= 0).sum(axis=1) < k
@@ -271,11 +296,9 @@ class MilvusIndex(ServerIndex):
             if len(pool) <= EXACT_FALLBACK_LIMIT:
                 if pool_vectors is None:
                     pool_vectors = self.reconstruct(pool)
-                exact_scores = queries[short] @ pool_vectors.T
-                order = np.argsort(-exact_scores, axis=1, kind="stable")[:, :k]
-                width = order.shape[1]
-                scores[short, :width] = np.take_along_axis(exact_scores, order, 1)
-                ids[short, :width] = pool[order]
+                exact_scores, exact_ids = exact_top_k(queries[short], k, pool, pool_vectors)
+                width = exact_ids.shape[1]
+                scores[short, :width], ids[short, :width] = exact_scores, exact_ids
             k = min(k, available)
         return scores[:, :k], ids[:, :k]
 
@@ -299,7 +322,8 @@ class MilvusIndex(ServerIndex):
             self._flush()
             self._backend.reload(self.collection)
             self._backend.settle(self.collection)
-        write_pointer(path, self.collection, {**meta, "kind": self.kind, "dim": self._dim})
+        write_pointer(path, self.collection, {**meta, "kind": self.kind, "dim": self._dim,
+                                              "attributes_checked": self._checked})
         self.dirty = False
 
     def release(self) -> None:
@@ -319,6 +343,7 @@ class MilvusBackend:
     nprobe: int
     prefix: str = NAME_PREFIX
     json_filters: bool = True  # metadata filters as expressions (open: not on Milvus Lite)
+    changes: ChangeSource | None = None  # the store's numbered label / metadata changes (None: full checks)
     engine = "milvus"
 
     def __post_init__(self) -> None:
@@ -326,11 +351,12 @@ class MilvusBackend:
 
     @classmethod
     def open(cls, uri: str, kind: str, directory: Path, items: ItemSource, *, ef_search: int | None = None,
-             nprobe: int | None = None, timeout_s: float = 10.0,
-             prefix: str = NAME_PREFIX) -> MilvusBackend:
+             nprobe: int | None = None, timeout_s: float = 10.0, prefix: str = NAME_PREFIX,
+             changes: ChangeSource | None = None) -> MilvusBackend:
         """Check the kind, connect (a local path opens Milvus Lite) and drop the collections named with
         `prefix` that no pointer under `directory` names (left by a crash mid-build). `items` reads the
-        store's items (`ItemStore.get_many`), whose labels and metadata the collections copy."""
+        store's items (`ItemStore.get_many`), whose labels and metadata the collections copy; `changes`
+        (`ItemStore.attribute_changes`) tells which of them changed since a collection's copy was checked."""
         name, _ = choose_kind(kind, KINDS, "milvus")
         from pymilvus import MilvusClient  # imported here: it takes 2 s and only this backend needs it
 
@@ -339,7 +365,7 @@ class MilvusBackend:
         except Exception as exc:  # pymilvus raises MilvusException or grpc errors
             raise MilvusUnavailable(f"cannot connect to Milvus at {uri}: {exc}") from None
         backend = cls(client, uri, items, name, ef_search or DEFAULT_EF_SEARCH, nprobe or DEFAULT_NPROBE,
-                      prefix, json_filters=not uri.endswith(".db"))
+                      prefix, json_filters=not uri.endswith(".db"), changes=changes)
         backend.drop_owned(named_by_pointers(directory), "no index pointer names it (left by an interrupted "
                                                          "build)")
         return backend
@@ -381,7 +407,8 @@ class MilvusBackend:
         index_params.add_index("vector", index_type=index_type, metric_type="IP", params=params)
         self.call("create_collection", collection, schema=schema, index_params=index_params,
                   consistency_level="Strong")
-        return MilvusIndex(self, collection, dim, SortedIds.of([]))
+        checked = None if self.changes is None else self.changes(None)[0]  # rows added copy what is newer
+        return MilvusIndex(self, collection, dim, SortedIds.of([]), checked=checked)
 
     def load(self, path: Path) -> tuple[MilvusIndex, dict[str, Any]]:
         collection, meta = read_pointer(path)
@@ -400,7 +427,8 @@ class MilvusBackend:
         partial = ([row["id"] for rows in self.query(collection, "partial == true", ["id"]) for row in rows]
                    if holds_attributes else [])
         index = MilvusIndex(self, collection, int(meta["dim"]), SortedIds.of(ids),
-                            holds_attributes=holds_attributes, partial=SortedIds.of(partial))
+                            holds_attributes=holds_attributes, partial=SortedIds.of(partial),
+                            checked=meta.get("attributes_checked"))
         index.dirty = False
         return index, meta
 

@@ -75,6 +75,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX vectors_item ON vectors (item_id);
     """,
     "INSERT INTO settings (key, value) VALUES ('generation', '0') ON CONFLICT (key) DO NOTHING",
+    """
+    CREATE TABLE attribute_changes (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        item_id BIGINT NOT NULL UNIQUE REFERENCES items (id) ON DELETE CASCADE
+    );
+    """,
 )
 _COLUMNS = "id, external_id, label, metadata, sha256, created_at"
 LIVE_VERSION_QUERY = "SELECT value FROM settings WHERE key = 'live_version'"  # the service's records read it
@@ -228,6 +234,9 @@ class PostgresItemStore:
             row = conn.execute(f"SELECT {_COLUMNS} FROM items WHERE id = %s", (item_id,)).fetchone()
             if row is None:
                 raise ItemNotFound(f"no item with id {item_id}")
+            if changes:  # numbered after every earlier change: writers are ordered by the generation's lock
+                conn.execute("DELETE FROM attribute_changes WHERE item_id = %s", (item_id,))
+                conn.execute("INSERT INTO attribute_changes (item_id) VALUES (%s)", (item_id,))
         return _item(row)
 
     def delete(self, ids: Iterable[int]) -> list[Item]:
@@ -389,13 +398,20 @@ class PostgresItemStore:
         return self.blobs.path(self.get(item_id).sha256)
 
     def matching_ids(self, version: str, label: str | None,
-                     metadata: MetadataFilter | Mapping[str, Any] | None) -> np.ndarray:
+                     metadata: MetadataFilter | Mapping[str, Any] | None,
+                     limit: int | None = None) -> np.ndarray:
         where, params = filter_sql(label, metadata)
         with self._connection() as conn:
             vid, _ = self._version_id(conn, version)
             rows = conn.execute(f"SELECT i.id FROM items i JOIN vectors v ON v.item_id = i.id AND v.vid = %s "
-                                f"WHERE {where} ORDER BY i.id", (vid, *params)).fetchall()
-        return np.asarray([row[0] for row in rows], dtype=np.int64)
+                                f"WHERE {where} LIMIT %s", (vid, *params, limit)).fetchall()
+        return np.sort(np.asarray([row[0] for row in rows], dtype=np.int64))
+
+    def attribute_changes(self, since: int | None) -> tuple[int, np.ndarray]:
+        latest = int(self._read("SELECT coalesce(max(seq), 0) FROM attribute_changes")[0][0])
+        rows = [] if since is None else self._read("SELECT item_id FROM attribute_changes WHERE seq > %s",
+                                                   (since,))
+        return latest, np.sort(np.asarray([row[0] for row in rows], dtype=np.int64))
 
     def live_version(self) -> str | None:
         rows = self._read(LIVE_VERSION_QUERY)

@@ -85,8 +85,14 @@ class ItemStore(Protocol):
 
     def image_path(self, item_id: int) -> Path: ...
 
-    def matching_ids(self, version: str, label: str | None, metadata: MetadataFilter | None) -> np.ndarray:
-        """Sorted ids (N,) of items with a `version` vector and the given label / metadata values."""
+    def matching_ids(self, version: str, label: str | None, metadata: MetadataFilter | None,
+                     limit: int | None = None) -> np.ndarray:
+        """Sorted ids (N,) of items with a `version` vector and the given label / metadata values (at most
+        `limit` of them, any ones: enough to tell whether more than `limit - 1` match)."""
+
+    def attribute_changes(self, since: int | None) -> tuple[int, np.ndarray]:
+        """(the number of the latest label / metadata change, sorted ids (N,) of the items changed after
+        change `since`, none for None): what an engine's copy of them must check (`FilteringIndex`)."""
 
     # versions and vectors
 

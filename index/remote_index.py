@@ -136,6 +136,15 @@ def pad_hits(rows: list[list[tuple[int, float]]], k: int) -> tuple[np.ndarray, n
     return scores, ids
 
 
+def exact_top_k(queries: np.ndarray, k: int, ids: np.ndarray,
+                vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-k by inner product of queries (Q, dim) among vectors (N, dim) with ids (N,): (scores
+    (Q,k'), ids (Q,k')), k' = min(k, N), best first."""
+    scores = queries @ vectors.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), ids[order]
+
+
 class ServerIndex:
     """The shared part of a server-side `VectorIndex` (pgvector, Milvus): ids, checks, out-of-step mark.
 

@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_label ON items(label);
 CREATE INDEX IF NOT EXISTS items_sha256 ON items(sha256);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS attribute_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id INTEGER NOT NULL UNIQUE REFERENCES items(id) ON DELETE CASCADE
+);
 """
 _COLUMNS = "id, external_id, label, metadata, sha256, created_at"
 _CHUNK = 900
@@ -182,6 +186,9 @@ class SQLiteItemStore:
             row = conn.execute(f"SELECT {_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
             if row is None:
                 raise ItemNotFound(f"no item with id {item_id}")
+            if changes:  # the item's latest change, numbered after every earlier one (never reused)
+                conn.execute("DELETE FROM attribute_changes WHERE item_id = ?", (item_id,))
+                conn.execute("INSERT INTO attribute_changes (item_id) VALUES (?)", (item_id,))
         return _item(row)
 
     def delete(self, ids: Iterable[int]) -> list[Item]:
@@ -298,14 +305,25 @@ class SQLiteItemStore:
         return self.blobs.path(self.get(item_id).sha256)
 
     def matching_ids(self, version: str, label: str | None,
-                     metadata: MetadataFilter | Mapping[str, Any] | None) -> np.ndarray:
-        """Sorted ids (N,) of items with a `version` vector whose label / metadata equal the given ones."""
+                     metadata: MetadataFilter | Mapping[str, Any] | None,
+                     limit: int | None = None) -> np.ndarray:
+        """Sorted ids (N,) of items with a `version` vector whose label / metadata equal the given ones
+        (any `limit` of them, when given: the query stops there)."""
         where, params = filter_sql(label, metadata)
         vid, _ = vector_rows.version_id(self._reader(), version)
         rows = self._reader().execute(
-            f"SELECT i.id FROM items i JOIN vectors v ON v.item_id = i.id AND v.vid = ? "
-            f"WHERE {where} ORDER BY i.id", (vid, *params)).fetchall()
-        return np.asarray([row[0] for row in rows], dtype=np.int64)
+            f"SELECT i.id FROM items i JOIN vectors v ON v.item_id = i.id AND v.vid = ? WHERE {where} "
+            "LIMIT ?", (vid, *params, -1 if limit is None else limit)).fetchall()
+        return np.sort(np.asarray([row[0] for row in rows], dtype=np.int64))
+
+    def attribute_changes(self, since: int | None) -> tuple[int, np.ndarray]:
+        """(the number of the latest label / metadata change, sorted ids of the items changed after change
+        `since`: none for None)."""
+        conn = self._reader()
+        latest = conn.execute("SELECT coalesce(max(seq), 0) FROM attribute_changes").fetchone()[0]
+        rows = [] if since is None else conn.execute(
+            "SELECT item_id FROM attribute_changes WHERE seq > ?", (since,)).fetchall()
+        return int(latest), np.sort(np.asarray([row[0] for row in rows], dtype=np.int64))
 
     def live_version(self) -> str | None:
         row = self._reader().execute("SELECT value FROM settings WHERE key = 'live_version'").fetchone()

@@ -16,22 +16,30 @@ import pytest
 from index.filters import ItemFilter, MetadataFilter
 from index.milvus_index import MilvusBackend, MilvusIndex
 from index.records import Item
-from index.remote_index import write_pointer
+from index.remote_index import read_pointer, write_pointer
 
 DIM = 16
 
 
 class Catalogue:
-    """The items an index copies labels and metadata from (the store's part in the gallery)."""
+    """The items an index copies labels and metadata from, and their numbered changes (the store's part in
+    the gallery)."""
 
     def __init__(self) -> None:
         self.items: dict[int, Item] = {}
+        self.changed: dict[int, int] = {}  # item id -> the number of its latest change
 
     def set(self, item_id: int, label: str | None, metadata: dict) -> None:
+        if item_id in self.items:
+            self.changed[item_id] = max(self.changed.values(), default=0) + 1
         self.items[item_id] = Item(item_id, None, label, metadata, "", 0.0)
 
     def get_many(self, ids: Iterable[int]) -> dict[int, Item]:
         return {int(i): self.items[int(i)] for i in ids if int(i) in self.items}
+
+    def attribute_changes(self, since: int | None) -> tuple[int, np.ndarray]:
+        ids = [] if since is None else [i for i, number in self.changed.items() if number > since]
+        return max(self.changed.values(), default=0), np.asarray(sorted(ids), dtype=np.int64)
 
 
 @pytest.fixture
@@ -42,7 +50,7 @@ def catalogue() -> Catalogue:
 @pytest.fixture
 def backend(tmp_path: Path, catalogue: Catalogue) -> Iterator[MilvusBackend]:
     opened = MilvusBackend.open(str(tmp_path / "milvus.db"), "HNSW", tmp_path / "pointers",
-                                catalogue.get_many)
+                                catalogue.get_many, changes=catalogue.attribute_changes)
     yield opened
     opened.close()
 
@@ -94,6 +102,26 @@ def test_filters_are_milvus_expressions_giving_the_exact_filtered_top_k(backend,
     assert index.search(queries, 5, ItemFilter("nobody"))[1].shape == (4, 0)
 
 
+def test_a_few_allowed_ids_are_scored_exactly_where_the_graph_walk_misses(tmp_path, backend,
+                                                                         catalogue) -> None:
+    """Vectors of very different norms (inner product is no metric, so HNSW's graph serves it badly):
+    Milvus Lite's walk restricted to 1 % of 4,000 rows returns wrong hits (recall@10 0.67, seen with
+    the rule off); up to EXACT_FILTER_LIMIT allowed ids are scored exactly instead."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32) * np.exp(rng.uniform(-2, 2, (n, 1)))
+    vectors = vectors.astype(np.float32)
+    queries = rng.standard_normal((30, DIM)).astype(np.float32)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    for i in ids.tolist():
+        catalogue.set(i, "rare" if i % 100 == 7 else "common", {})
+    index = backend.create(DIM, n, None)
+    index.add(ids, vectors)
+    index.save(tmp_path / "pointers" / "v1.index", {})  # sealed: searched through its HNSW graph
+    keep = ids % 100 == 7
+    assert index.search(queries, 10, ids[keep])[1].tolist() == exact(ids, vectors, queries, keep, 10)
+
+
 def test_filters_without_an_exact_expression_fall_back_to_ids_with_the_reason_logged(
         backend, catalogue, unit_vectors, caplog) -> None:
     index, _ = filled(backend, catalogue, unit_vectors, n=20)
@@ -133,6 +161,33 @@ def test_the_copy_follows_updates_and_is_checked_when_the_index_starts_serving(t
     assert sorted(found[0].tolist()) == [7, 8, 9]
     _, found = loaded.search(vectors[7:8], 5, ItemFilter(None, MetadataFilter.of({"odd": None})))
     assert found.tolist() == [[9]]
+
+
+def test_the_full_check_runs_only_when_the_copys_last_checked_change_is_unknown(tmp_path, backend, catalogue,
+                                                                              unit_vectors) -> None:
+    """A started index compares only the items changed since its copy was checked (the pointer records
+    that change's number): a row that differs without a recorded change (forged here) is left alone; a
+    pointer without the number (written by the code before it) gets the full check, which repairs it."""
+    index, vectors = filled(backend, catalogue, unit_vectors, n=50)
+    pointer = tmp_path / "pointers" / "v1.index"
+    index.save(pointer, {"version": "v1"})
+    backend.call("upsert", index.collection, [{"id": 5, "vector": vectors[4], "label": "forged", "meta": {},
+                                               "partial": False}])
+    catalogue.set(8, "violet", {})  # recorded: change 1
+    loaded, meta = backend.load(pointer)
+    assert meta["attributes_checked"] == 0
+    assert loaded.sync_attributes() == 1  # item 8 only
+    assert loaded.search(vectors[:1], 5, ItemFilter("violet"))[1].tolist() == [[8]]
+    assert loaded.search(vectors[:1], 5, ItemFilter("forged"))[1].tolist() == [[5]]
+    assert loaded.sync_attributes() == 0  # checked up to change 1 now
+    loaded.save(pointer, {"version": "v1"})
+    collection, meta = read_pointer(pointer)
+    assert meta["attributes_checked"] == 1
+    del meta["attributes_checked"]
+    write_pointer(pointer, collection, meta)
+    reloaded, _ = backend.load(pointer)
+    assert reloaded.sync_attributes() == 1  # every row compared: the forged one repaired
+    assert reloaded.search(vectors[:1], 5, ItemFilter("forged"))[1].shape == (1, 0)
 
 
 def test_a_collection_made_before_the_copy_keeps_answering_and_asks_for_a_rebuild(

@@ -10,7 +10,8 @@ import pytest
 
 from index import EngineUnavailable, Gallery
 from index.engines import Engines
-from index.postgres import redact
+from index.postgres import PostgresSettings, redact
+from index.postgres_store import MIGRATIONS, PostgresItemStore
 from tests.index.engines import create_database
 
 
@@ -35,7 +36,27 @@ def test_schema_is_migrated_once(postgres_server, tmp_path, new_items, unit_vect
         assert gallery.count() == 3 and gallery.engines == ("postgresql", "faiss")
     with psycopg.connect(url) as conn:
         applied = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-        assert applied == [(1,), (2,)]
+        assert applied == [(number,) for number in range(1, len(MIGRATIONS) + 1)]
+
+
+def test_label_and_metadata_changes_are_numbered_and_numbers_never_go_back(postgres_server, tmp_path,
+                                                                           new_items) -> None:
+    store = PostgresItemStore.open(tmp_path / "g", PostgresSettings(create_database(postgres_server)))
+    try:
+        items, _ = store.add(new_items(4), store.put_images([it.image for it in new_items(4)]), {})
+        assert store.attribute_changes(None)[0] == 0  # adds are not changes
+        store.update(items[1].id, label="x")
+        store.update(items[2].id, metadata={"k": 1})
+        latest, changed = store.attribute_changes(0)
+        assert latest == 2 and changed.tolist() == [items[1].id, items[2].id]
+        store.update(items[1].id, label="y")
+        assert store.attribute_changes(2)[1].tolist() == [items[1].id]
+        store.delete([items[1].id])  # its change (3) goes with it; 3 is never given again
+        store.update(items[3].id, label="z")
+        latest, changed = store.attribute_changes(3)
+        assert latest == 4 and changed.tolist() == [items[3].id]
+    finally:
+        store.close()
 
 
 def test_a_server_that_goes_away_answers_engine_unavailable_then_reconnects(postgres_control, tmp_path,

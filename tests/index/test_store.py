@@ -104,6 +104,26 @@ def test_list_update_and_labelled(store: SQLiteItemStore, new_items) -> None:
         store.update(12345, label="x")
 
 
+def test_label_and_metadata_changes_are_numbered_and_numbers_never_go_back(store: SQLiteItemStore,
+                                                                           new_items) -> None:
+    items, _ = _add(store, new_items(4))
+    assert store.attribute_changes(None)[0] == 0  # adds are not changes
+    store.update(items[1].id, label="x")
+    store.update(items[2].id, metadata={"k": 1})
+    latest, changed = store.attribute_changes(0)
+    assert latest == 2 and changed.tolist() == [items[1].id, items[2].id]
+    store.update(items[1].id, label="y")  # renumbered: after change 2 now
+    assert store.attribute_changes(2)[1].tolist() == [items[1].id]
+    store.delete([items[1].id])
+    store.update(items[3].id)  # nothing to change: no number
+    store.update(items[3].id, label="z")
+    latest, changed = store.attribute_changes(3)
+    assert latest == 4 and changed.tolist() == [items[3].id]  # 3 is never given again
+    with pytest.raises(ItemNotFound):
+        store.update(12345, label="x")
+    assert store.attribute_changes(None)[0] == 4
+
+
 def test_delete_erases_images_only_when_unshared(store: SQLiteItemStore) -> None:
     items, _ = _add(store, [NewItem(b"same"), NewItem(b"same"), NewItem(b"alone")])
     shared, alone = store.image_path(items[0].id), store.image_path(items[2].id)

@@ -14,13 +14,14 @@ collection's copy. For a label filter (1 % of the items) and a metadata filter (
 latency and recall@10 against the exact filtered top-10 (over `--filtered-singles` queries, fewer once a
 way has taken `--filtered-budget-s`), twice: as the filter (`ItemFilter`: a join with `items` on pgvector,
 a Milvus expression over the copy) and as the matching ids (`id = ANY(...)`, `id in [...]`; the store's
-query for them is not counted). The gallery sends the ids when at most `EXACT_FILTER_LIMIT` items match
-(the label filter here: scored exactly), else the filter, except on Milvus Lite, whose metadata
-filters go as ids (`MilvusBackend.json_filters`; its JSON-path expressions are not measured: seconds a
-query). Milvus rows also time the check of the copy against the items that the gallery runs when an
-index starts serving (`sync_attributes()`): with the store's change numbers (nothing changed) and in
-full (no change numbers), and an unfiltered search asking for every field (pymilvus's default, which
-the index no longer uses: it asks for the ids only).
+query for them is not counted). What the gallery sends: pgvector always gets the filter; Milvus gets
+the ids when at most `MilvusIndex.exact_filter_limit` (4,096) items match (the label filter here: then
+scored exactly), else the filter, but on Milvus Lite metadata filters go as ids
+(`MilvusBackend.json_filters`; its JSON-path expressions are not measured: seconds a query). Milvus
+rows also time the check of the copy against the items that the gallery runs when an index starts
+serving (`sync_attributes()`): with the store's change numbers (nothing changed) and in full (no
+change numbers), and an unfiltered search asking for every field (pymilvus's default, which the index
+no longer uses: it asks for the ids only).
 
     /work/notes/cpu bench .venv/bin/python benchmarks/backend_bench.py --n 100000 --out /tmp/bench.json
 """

@@ -1,6 +1,5 @@
 """Search filters: `MetadataFilter` (metadata equality, checked once when it is made, frozen and hashable)
-and `ItemFilter` (a label and / or a metadata filter: what a search may return), and the selectivity
-below which a filtered search is exact (`EXACT_FILTER_LIMIT`)."""
+and `ItemFilter` (a label and / or a metadata filter: what a search may return)."""
 
 from __future__ import annotations
 
@@ -11,10 +10,6 @@ from typing import Any
 from index.validation import check_filter
 
 Scalar = str | int | float | bool | None
-EXACT_FILTER_LIMIT = 4096
-"""A filter that keeps at most this many items is answered exactly over their vectors, as vector databases
-do: a graph walk restricted to a small share of the graph returns wrong hits (docs/BENCHMARKS.md,
-"Filtered search on Milvus"), and scoring a few thousand vectors costs about one approximate search."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from index.errors import (
     VersionInUse,
 )
 from index.faiss_index import configure_faiss, resolve_gpu
-from index.filters import EXACT_FILTER_LIMIT, ItemFilter, MetadataFilter
+from index.filters import ItemFilter, MetadataFilter
 from index.kinds import IndexSpec
 from index.locking import ProcessLock
 from index.postprocess import WHITENING_KINDS, fit_learned_whitening, fit_pca_whitening
@@ -261,12 +261,16 @@ class Gallery:
         raise UnknownVersion(f"model version {name!r} was dropped")
 
     def _allowed(self, index: VersionIndex, version: str, where: ItemFilter) -> np.ndarray | ItemFilter:
-        """What a filtered search gives the index: the matching ids when at most EXACT_FILTER_LIMIT items
-        match (the index scores them exactly) or when it cannot apply the filter itself, else the filter."""
+        """What a filtered search gives the index: the matching ids when it cannot apply the filter itself,
+        or when few enough match that it scores them exactly (`exact_filter_limit`), else the filter."""
         if not index.filters(where):
             return self._store.matching_ids(version, where.label, where.metadata)
-        few = self._store.matching_ids(version, where.label, where.metadata, limit=EXACT_FILTER_LIMIT + 1)
-        return few if len(few) <= EXACT_FILTER_LIMIT else where
+        limit = index.exact_filter_limit
+        if limit:
+            few = self._store.matching_ids(version, where.label, where.metadata, limit=limit + 1)
+            if len(few) <= limit:
+                return few
+        return where
 
     def similar(self, item_id: int, k: int, *, label: str | None = None,
                 metadata: Mapping[str, Any] | MetadataFilter | None = None, qe_n: int = 0,

@@ -12,11 +12,12 @@ A build loads the rows first and creates the HNSW index when the pointer is save
 graph over loaded rows several times faster than by inserts); until then that table is searched exactly.
 Label and metadata filters join the store's `items` table (same database) in SQL, with the item store's
 own WHERE clause (`index.postgres_store.filter_sql`, values as parameters); allowed ids are a
-`WHERE id = ANY(...)`, scored exactly when there are at most `EXACT_FILTER_LIMIT` of them (the gallery
-passes the matching ids when a filter is that selective). A filtered or approximate search that returns
-fewer than min(k, candidates) hits is answered again exactly over the candidates (pgvector 0.6's HNSW
-filters the ef_search nearest after the walk; iterative scans, which walk on, came with pgvector 0.8).
-Removal is physical (DELETE). Not thread-safe: the registry serialises writers and searches.
+`WHERE id = ANY(...)`. A filtered or approximate search that returns fewer than min(k, candidates) hits
+is answered again exactly over the candidates. pgvector's HNSW (0.6 here; iterative scans came with 0.8)
+keeps the ef_search nearest of the walk that pass the filter, so a selective filter keeps fewer than k
+and is answered exactly by that second statement: it needs no id list (`exact_filter_limit` 0; recall@10
+1.0 for a 1 % filter at 100k x 1536, docs/BENCHMARKS.md). Removal is physical (DELETE). Not
+thread-safe: the registry serialises writers and searches.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from index.errors import DimensionMismatch, SnapshotCorrupt
-from index.filters import EXACT_FILTER_LIMIT, ItemFilter
+from index.filters import ItemFilter
 from index.kinds import DEFAULT_EF_SEARCH
 from index.postgres import DatabaseUnavailable, PostgresSettings, open_pool, pooled, redact, scrub
 from index.postgres_store import filter_sql
@@ -66,6 +67,8 @@ _COPY_CHUNK = 4096
 
 class PgvectorIndex(ServerIndex):
     """A table `cgd_vectors_<hex>` (id BIGINT PRIMARY KEY, embedding vector(dim)) and its HNSW index."""
+
+    exact_filter_limit = 0  # a selective filter is exact already: the walk keeps too few, the scan answers
 
     def __init__(self, backend: PgvectorBackend, table: str, dim: int, ids: SortedIds, *,
                  indexed: bool) -> None:
@@ -152,7 +155,6 @@ class PgvectorIndex(ServerIndex):
         select = "SELECT v.id, v.embedding <#> %s {} ORDER BY "
         approximate = sql.SQL(select + "v.embedding <#> %s LIMIT %s").format(rows_of)
         exact = sql.SQL(select + "(v.embedding <#> %s) + 0 LIMIT %s").format(rows_of)  # no index: a scan
-        few = candidates is not None and available <= EXACT_FILTER_LIMIT  # scored exactly: no graph walk
         results: list[list[tuple[int, float]]] = []
         with self._backend.connection() as conn, conn.transaction(), conn.cursor(binary=True) as cur:
             if self._backend.hnsw is not None:
@@ -160,8 +162,8 @@ class PgvectorIndex(ServerIndex):
                 cur.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(min(ef, 1000))))
             for query in queries:
                 arguments = [query, *params, query, k]
-                rows = cur.execute(exact if few else approximate, arguments).fetchall()
-                if len(rows) < k and not few and (filtered or available <= EXACT_FALLBACK_LIMIT):
+                rows = cur.execute(approximate, arguments).fetchall()
+                if len(rows) < k and (filtered or available <= EXACT_FALLBACK_LIMIT):
                     rows = cur.execute(exact, arguments).fetchall()
                 results.append([(int(item_id), -float(distance)) for item_id, distance in rows])
         if filtered:  # as many columns as items match, when fewer than k do

@@ -188,6 +188,10 @@ class FilteringIndex(Protocol):
     items table in SQL; Milvus holds a copy of them and evaluates an expression); with any other index
     the gallery passes the store's matching ids."""
 
+    exact_filter_limit: int
+    """A filter keeping at most this many items is better passed as their ids, which the index scores
+    exactly (Milvus: its graph walk under a selective filter returns wrong hits); 0: pass the filter."""
+
     def can_filter(self, where: ItemFilter) -> bool:
         """True if `search(queries, k, where)` applies the filter; False (the reason logged): pass ids."""
 

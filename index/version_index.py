@@ -102,6 +102,11 @@ class VersionIndex:
         """True if the index applies `where` itself (pass it to `search`), False if it needs the ids."""
         return isinstance(self.vectors, FilteringIndex) and self.vectors.can_filter(where)
 
+    @property
+    def exact_filter_limit(self) -> int:
+        """Up to how many matching items a filter is better passed as ids, scored exactly (0: never)."""
+        return self.vectors.exact_filter_limit if isinstance(self.vectors, FilteringIndex) else 0
+
     def sync_attributes(self, ids: np.ndarray | None = None) -> None:
         """Rewrite a copy of labels and metadata the index holds: of ids (N,) after an update, or (None)
         wherever it differs from the store's."""

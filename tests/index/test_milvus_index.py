@@ -106,7 +106,7 @@ def test_a_few_allowed_ids_are_scored_exactly_where_the_graph_walk_misses(tmp_pa
                                                                          catalogue) -> None:
     """Vectors of very different norms (inner product is no metric, so HNSW's graph serves it badly):
     Milvus Lite's walk restricted to 1 % of 4,000 rows returns wrong hits (recall@10 0.67, seen with
-    the rule off); up to EXACT_FILTER_LIMIT allowed ids are scored exactly instead."""
+    the rule off); up to `exact_filter_limit` allowed ids are scored exactly instead."""
     rng = np.random.default_rng(3)
     n = 4000
     vectors = rng.standard_normal((n, DIM)).astype(np.float32) * np.exp(rng.uniform(-2, 2, (n, 1)))

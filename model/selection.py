@@ -61,8 +61,10 @@ def map_gain(new_ap: np.ndarray, old_ap: np.ndarray, seed: int = 0) -> Gain:
 
 def choose_whitening(train: np.ndarray, train_labels: np.ndarray, val: np.ndarray, val_labels: np.ndarray,
                      choice: str = "auto", seed: int = 0) -> Whitening | None:
-    """Whitening fitted on the training split's embeddings and kept only when the validation MAP@R
-    gains beyond noise (`map_gain`); `choice` "auto" tries learned, then PCA, and keeps the better."""
+    """Whitening fitted on the training split's embeddings and kept when it raises the validation
+    MAP@R: a choice inside a training run, made like the choice of its best epoch (the higher mean
+    wins), while the whole model, whitening included, must still beat the serving one beyond noise
+    (`map_gain`) to be promoted. `choice` "auto" tries learned, then PCA, and keeps the better."""
     kinds = ("learned", "pca") if choice == "auto" else (choice,)
     _, best_ap = query_scores(val, val_labels)
     best = None
@@ -77,6 +79,6 @@ def choose_whitening(train: np.ndarray, train_labels: np.ndarray, val: np.ndarra
         gain = map_gain(ap, best_ap, seed=seed)
         LOG.info("%s whitening on validation: MAP@R gain %+.4f (lower bound %+.4f)", kind, gain.mean,
                  gain.lower)
-        if gain.significant:
+        if gain.mean > 0.0:
             best, best_ap = fitted, ap
     return best

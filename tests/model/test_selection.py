@@ -1,10 +1,11 @@
-"""The promotion rule: a gain must be larger than the validation set's own noise."""
+"""Selection on validation: the promotion rule (a gain must be larger than the validation set's own
+noise) and the choice of whitening."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from model.selection import map_gain
+from model.selection import choose_whitening, map_gain
 
 
 def test_no_change_is_not_a_gain() -> None:
@@ -29,3 +30,26 @@ def test_a_tiny_noisy_gain_does_not_count() -> None:
 def test_queries_without_relevant_items_are_left_out() -> None:
     old = np.array([0.5, np.nan, 0.5])
     assert map_gain(old + 0.1, old).queries == 2
+
+
+def _clusters(rng: np.random.Generator, classes: int, per_class: int, signal: slice, noise: slice,
+              noise_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors: class centres in the `signal` dimensions, per-image noise in the `noise` ones."""
+    centres = np.zeros((classes, 16))
+    centres[:, signal] = rng.normal(size=(classes, signal.stop - signal.start))
+    labels = np.repeat(np.arange(classes), per_class)
+    vectors = centres[labels] + 0.3 * rng.normal(size=(len(labels), 16))
+    vectors[:, noise] += noise_scale * rng.normal(size=(len(labels), noise.stop - noise.start))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def test_whitening_is_kept_when_it_raises_validation_and_dropped_when_it_lowers_it() -> None:
+    """Nuisance variance that the training pairs share with the validation classes is whitened
+    away; nuisance on dimensions that separate the validation classes would be, so it is refused."""
+    rng = np.random.default_rng(0)
+    low, high = slice(0, 8), slice(8, 16)
+    train, train_labels = _clusters(rng, 12, 20, signal=low, noise=high, noise_scale=2.0)
+    val, val_labels = _clusters(rng, 8, 20, signal=low, noise=high, noise_scale=2.0)
+    assert choose_whitening(train, train_labels, val, val_labels, "learned") is not None
+    moved, moved_labels = _clusters(rng, 8, 20, signal=high, noise=low, noise_scale=0.0)
+    assert choose_whitening(train, train_labels, moved, moved_labels, "learned") is None

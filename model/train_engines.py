@@ -43,6 +43,7 @@ class TrainEngine(Protocol):
     """What the training loop needs from an engine."""
 
     name: str
+    dtype: torch.dtype  # autocast precision of the trained part's steps and embeddings
 
     def batches(self, sampler: ClassBalancedBatchSampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 

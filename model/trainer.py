@@ -56,7 +56,7 @@ from model.train_engines import TrainEngine, build_engine
 LOG = logging.getLogger(__name__)
 PLATEAU_DECAYS = 2  # at most this many x0.1 learning-rate decays at validation plateaus
 
-Stopped = Literal["completed", "cancelled", "budget"]
+Stopped = Literal["completed", "converged", "cancelled", "budget"]  # converged: the plateau rule ended it
 
 
 class CancelFlag(Protocol):
@@ -266,21 +266,36 @@ class _Run:
         self.scaler.update()
         return float(loss.detach())
 
-    def probe_speed(self, steps: int = 3) -> float:
-        """Optimiser-step-equivalent seconds of a forward and backward with the backbone trainable,
-        measured on real batches without changing any weight (gradients are dropped)."""
+    def choose_step_precision(self, steps: int = 3) -> float:
+        """Seconds a step, in the precision asked, or with `precision="auto"` on a CPU in the faster of
+        the automatic one and fp32: the precision that makes the trunk fast need not make a training
+        step fast (with native bf16 and no AMX, the tail's backward runs slower in bf16 than in fp32:
+        docs/RESULTS.md). Each candidate is timed on the same real batches, as forward and backward
+        with the backbone trainable and no weight changed (gradients are dropped). Rank 0 decides."""
+        candidates = [self.dtype]
+        if self.config.precision == "auto" and self.device.type == "cpu" and self.dtype != torch.float32:
+            candidates.append(torch.float32)
         self.engine.set_trainable(True)
         set_train_mode(self.model, freeze_bn=True)
-        batches = itertools.cycle(itertools.islice(self.engine.batches(self.sampler), steps + 1))
-        timings = []
-        for _ in range(steps + 1):
-            inputs, labels = next(batches)
-            began = time.perf_counter()
-            loss = self.criterion(self.engine.forward(inputs), labels.to(self.device)).total
-            loss.backward()
-            timings.append(time.perf_counter() - began)
+        batches = list(itertools.islice(self.engine.batches(self.sampler), steps + 1))
+        batches = list(itertools.islice(itertools.cycle(batches), steps + 1))  # a tiny epoch repeats
+        timings = {}
+        for dtype in candidates:
+            self.engine.dtype = dtype
+            seconds = []
+            for inputs, labels in batches:
+                began = time.perf_counter()
+                self.criterion(self.engine.forward(inputs), labels.to(self.device)).total.backward()
+                seconds.append(time.perf_counter() - began)
+            timings[dtype] = float(np.median(seconds[1:]))  # the first pays the warm-up
         self.optimiser.zero_grad(set_to_none=True)
-        return float(np.median(timings[1:]))
+        chosen = self.ranks.decide(min(timings, key=timings.get))
+        self.engine.dtype = chosen
+        if len(candidates) > 1:
+            LOG.info("a training step takes %s: training in %s", ", ".join(
+                f"{t:.2f} s in {str(d).removeprefix('torch.')}" for d, t in timings.items()),
+                str(chosen).removeprefix("torch."))
+        return timings[chosen]
 
     def keep_best(self, metrics: dict[str, float], per_query: np.ndarray, at: int) -> None:
         """The current weights (model and loss parameters) become the best, validated at history `at`."""
@@ -439,20 +454,21 @@ def train(
         run.cache_views = getattr(run.engine, "views", 0)
         if run.engine is None:
             return _finish(run, "cancelled", cache_dir)
+        step_s = run.choose_step_precision()  # before any validation, so that all use one precision
         run.baseline, run.baseline_ap = ranks.decide(run.validate_start() if ranks.is_main else None)
         if not (resume and _restore_state(run)):
             run.init_criterion()
             LOG.info("start model on validation: R@1 %.4f MAP@R %.4f", run.baseline["recall@1"],
                      run.baseline["map@r"])
-        return _train_loop(run, budget_s, t0, report, cancelled, cache_dir)
+        return _train_loop(run, budget_s, t0, step_s, report, cancelled, cache_dir)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
 
 
-def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[Progress], None],
-                cancelled: Callable[[], bool], cache_dir: Path) -> TrainResult:
+def _train_loop(run: _Run, budget_s: float | None, t0: float, step_s: float,
+                report: Callable[[Progress], None], cancelled: Callable[[], bool],
+                cache_dir: Path) -> TrainResult:
     config = run.config
-    step_s = run.probe_speed()
     run.validate_reference()
     began = t0 - run.train_s
 
@@ -518,6 +534,7 @@ def _train_loop(run: _Run, budget_s: float | None, t0: float, report: Callable[[
         _save_state(run)
         if exhausted and run.step < run.plan.planned_steps:
             LOG.info("no further validation gain: stopping early")
+            stopped = "converged"
             break
     bar.close()
     if stopped == "completed" and run.plan.budget_limited:
@@ -530,11 +547,13 @@ def _finish(run: _Run, stopped: Stopped, cache_dir: Path) -> TrainResult:
     on rank 0, whose result every rank returns."""
     if not run.ranks.is_main:
         return run.ranks.decide(None)
+    precision = str(run.engine.dtype).removeprefix("torch.") if run.engine else None
     recipe: dict[str, Any] = {"engine": run.engine.name if run.engine else None, "image_size": run.image_size,
                               "cache_views": run.cache_views, "steps": run.step, "epochs": run.epoch,
                               "train_images": len(run.train_images), "offered_images": run.offered_images,
                               "val_images": len(run.val_images),
-                              "whitening": None, "train_seconds": round(run.train_s, 1)}
+                              "whitening": None, "train_seconds": round(run.train_s, 1), "stopped": stopped,
+                              "step_precision": precision}
     improved = False
     # The best weights are the start's when no epoch beat them: whitening may still improve them, but a
     # run cancelled before any epoch beat them keeps the start model at once.

@@ -16,6 +16,7 @@ from model.config import CGDConfig, Preprocessing
 from model.curves import curve_paths
 from model.data import read_labels_csv
 from model.default import init_projections
+from model.device import cpu_supports_bf16
 from model.trainer import Progress, TrainConfig, train
 
 CLASSES = ("00_", "01_", "12_", "14_")
@@ -39,7 +40,7 @@ def small_start(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def _config(**changes) -> TrainConfig:
     base = dict(epochs=3, image_size=32, batch_size=16, images_per_class=4, warmup_epochs=1, lr=3e-4,
-                patience=None, progress_bar=False, seed=1, cache_views=1)
+                patience=None, progress_bar=False, seed=1, cache_views=1, precision="fp32")
     return TrainConfig(**{**base, **changes})
 
 
@@ -174,6 +175,8 @@ def test_a_validation_plateau_restores_the_best_weights_and_divides_the_learning
     assert factors == sorted(factors, reverse=True) and 0.1 in factors
     first_decay = factors.index(0.1)
     assert any(row["step"] == first_decay for row in result.history)  # at an epoch's end
+    # Two decays spent and still no gain: the run ends before its epochs, and says why.
+    assert len(result.history) < 12 and result.stopped == result.recipe["stopped"] == "converged"
 
 
 def test_an_epoch_that_falls_below_the_start_brings_the_start_weights_back_at_once(
@@ -182,7 +185,7 @@ def test_an_epoch_that_falls_below_the_start_brings_the_start_weights_back_at_on
     starts from the start's weights at a tenth of the rate; asked to write the trained model anyway,
     the run writes those start weights (no epoch beat them)."""
     reports: list[Progress] = []
-    config = _config(epochs=3, lr=0.5, head_lr=0.5, warmup_epochs=0, plateau_epochs=10, whitening="none",
+    config = _config(epochs=2, lr=0.5, head_lr=0.5, warmup_epochs=0, plateau_epochs=10, whitening="none",
                      expansion="none", keep_start_if_not_better=False)
     result = train(few_classes, config, out=tmp_path / "fell.pt", start=small_start[0],
                    on_progress=reports.append)
@@ -198,3 +201,16 @@ def test_plateau_epochs_must_be_positive() -> None:
     with pytest.raises(ValueError, match="plateau_epochs"):
         _config(plateau_epochs=0)
     assert _config(plateau_epochs=None).plateau_epochs is None
+
+
+@pytest.mark.parametrize(("precision", "chosen"), [
+    ("auto", {"bfloat16", "float32"} if cpu_supports_bf16() else {"float32"}),
+    ("bf16", {"bfloat16"}),
+])
+def test_steps_run_in_the_precision_asked_or_the_faster_one_measured(
+        few_classes, small_start, tmp_path: Path, precision: str, chosen: set[str]) -> None:
+    """`auto` times a step in bf16 and in fp32 where the CPU has native bf16 and keeps the faster; an
+    explicit precision is kept."""
+    result = train(few_classes, _config(epochs=1, precision=precision, whitening="none", expansion="none"),
+                   out=tmp_path / f"{precision}.pt", start=small_start[0])
+    assert result.recipe["step_precision"] in chosen

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from model.cgd import CGD, CGDOutput
 from model.data import LabelledImage, LabelledImageDataset
-from model.device import autocast
+from model.device import autocast, training_autocast
 from model.distributed import SINGLE, Ranks
 from model.embedder import Embedder
 from model.evaluation import embed_dataset, inference_dataset
@@ -80,7 +80,7 @@ class FullEngine:
 
     def forward(self, inputs: torch.Tensor) -> CGDOutput:
         inputs = inputs.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.dtype):
+        with training_autocast(self.device, self.dtype, self.model):
             return self.model.forward_train(inputs)
 
     def set_trainable(self, backbone: bool) -> None:
@@ -129,7 +129,7 @@ class CachedEngine:
     def forward(self, inputs: torch.Tensor) -> CGDOutput:
         inputs = inputs.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         self.split.trunk.eval()  # the cache was made in eval mode; the trunk never trains
-        with autocast(self.device, self.dtype):
+        with training_autocast(self.device, self.dtype, self.split.tail):
             return self.model.forward_head(self.split.tail(inputs))
 
     def set_trainable(self, backbone: bool) -> None:

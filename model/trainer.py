@@ -269,9 +269,10 @@ class _Run:
     def choose_step_precision(self, steps: int = 3) -> float:
         """Seconds a step, in the precision asked, or with `precision="auto"` on a CPU in the faster of
         the automatic one and fp32: the precision that makes the trunk fast need not make a training
-        step fast (with native bf16 and no AMX, the tail's backward runs slower in bf16 than in fp32:
-        docs/RESULTS.md). Each candidate is timed on the same real batches, as forward and backward
-        with the backbone trainable and no weight changed (gradients are dropped). Rank 0 decides."""
+        step fast (bf16 training keeps depthwise convolutions in fp32, `training_autocast`; how the
+        two compare depends on the CPU: docs/RESULTS.md). Each candidate is timed on the same real
+        batches, as forward and backward with the backbone trainable and no weight changed (gradients
+        are dropped). Rank 0 decides."""
         candidates = [self.dtype]
         if self.config.precision == "auto" and self.device.type == "cpu" and self.dtype != torch.float32:
             candidates.append(torch.float32)

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from model.device import DeviceError, autocast, cpu_supports_bf16, resolve_device, resolve_precision
+from model.device import (
+    DeviceError,
+    autocast,
+    cpu_supports_bf16,
+    resolve_device,
+    resolve_precision,
+    training_autocast,
+)
 
 
 def test_auto_picks_cuda_only_when_present():
@@ -38,3 +45,28 @@ def test_autocast_is_a_no_op_for_float32_and_casts_otherwise():
         assert (a @ b).dtype == torch.float32
     with autocast(torch.device("cpu"), torch.bfloat16):
         assert (a @ b).dtype == torch.bfloat16
+
+
+class _PaddedDepthwise(torch.nn.Conv2d):
+    """A convolution subclass with its own forward (like timm's same-padding Conv2dSame)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.nn.functional.pad(x, (1, 1, 1, 1)))
+
+
+def test_training_autocast_runs_depthwise_convolutions_in_fp32_under_cpu_bf16():
+    depthwise = _PaddedDepthwise(8, 8, 3, groups=8, padding=0)
+    pointwise = torch.nn.Conv2d(8, 8, 1)
+    net = torch.nn.Sequential(pointwise, depthwise)
+    x = torch.rand(2, 8, 6, 6)
+    cpu = torch.device("cpu")
+    with training_autocast(cpu, torch.bfloat16, net):
+        assert pointwise(x).dtype == torch.bfloat16
+        inside = depthwise(x)
+    assert inside.dtype == torch.float32 and inside.shape == (2, 8, 6, 6)  # the subclass's padding kept
+    assert torch.equal(inside, depthwise(x))  # exactly the fp32 convolution
+    assert "forward" not in vars(depthwise)  # nothing left behind
+    inside.sum().backward()
+    assert depthwise.weight.grad.dtype == torch.float32
+    with training_autocast(cpu, torch.float32, net):
+        assert pointwise(x).dtype == torch.float32 and "forward" not in vars(depthwise)

@@ -69,13 +69,14 @@ def previous_image_size(data: Path) -> int:
     return auto_image_size(load_dataset(data, "train"), 224)
 
 
-def bench(name: str, work: Path, budget: float, previous_budget: float) -> dict:
+def bench(name: str, work: Path, budget: float, previous_budget: float, seed: int) -> dict:
     data = DATA / name
-    record: dict = {"set": name, "cpu": cpu(), "load_start": [round(x, 2) for x in os.getloadavg()],
+    record: dict = {"set": name, "seed": seed, "cpu": cpu(),
+                    "load_start": [round(x, 2) for x in os.getloadavg()],
                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     record["default_model_test"] = evaluate(data)
     out = work / f"{name}.pt"
-    record["default_recipe"] = train(data, out, "--max-minutes", f"{budget:g}")
+    record["default_recipe"] = train(data, out, "--max-minutes", f"{budget:g}", "--seed", str(seed))
     record["default_recipe_test"] = evaluate(data, out)
     record["load_after_default_recipe"] = [round(x, 2) for x in os.getloadavg()]
     if previous_budget > 0:
@@ -96,10 +97,11 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=15.0, help="minutes of the default recipe")
     parser.add_argument("--previous-budget", type=float, default=3.0,
                         help="minutes of the previous recipe's throughput run (0: skip)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the default recipe's run")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     for name in args.sets.split(","):
-        record = bench(name, args.work, args.budget, args.previous_budget)
+        record = bench(name, args.work, args.budget, args.previous_budget, args.seed)
         line = json.dumps(record)
         print(line, flush=True)
         with (args.work / "results.jsonl").open("a") as handle:

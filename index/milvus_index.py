@@ -31,9 +31,10 @@ fewer than min(k, candidates) hits is answered again exactly over the candidates
 Rows stay in a growing segment, which Milvus searches by brute force (1.5 s per query at 10k x 1536 in
 Milvus Lite), until a flush seals them: `save` flushes, and so does an add once `FLUSH_ROWS` rows are
 unflushed. A sealed segment is searched without its new index until that index is built, so `save`
-reloads the collection and, on Milvus Lite, waits for its background worker (which merges the
-flushed segments and builds the merged segment's index: 26 s at 50k x 1536 HNSW), as pgvector's
-`save` builds its graph.
+waits, on Milvus Lite, for its background worker (which merges the flushed segments and builds the
+merged segment's index: 26 s at 50k x 1536 HNSW), as pgvector's `save` builds its graph, and then
+reloads the collection. Loading also waits for that worker first: a load that reads an index file the
+worker is still writing fails.
 """
 
 from __future__ import annotations
@@ -325,8 +326,8 @@ class MilvusIndex(ServerIndex):
         use that index, then point `path` at this collection."""
         if self._unflushed:
             self._flush()
+            self._backend.settle(self.collection)  # before the reload reads the index files it writes
             self._backend.reload(self.collection)
-            self._backend.settle(self.collection)
         write_pointer(path, self.collection, {**meta, "kind": self.kind, "dim": self._dim,
                                               "attributes_checked": self._checked})
         self.dirty = False
@@ -421,6 +422,7 @@ class MilvusBackend:
             raise SnapshotCorrupt(f"{path} names a {meta.get('kind')!r} index, not {self.kind!r}")
         if not self.call("has_collection", collection):
             raise SnapshotCorrupt(f"{path} names collection {collection}, which does not exist")
+        self.settle(collection)  # Milvus Lite's worker may be writing index files the load would read
         self.call("load_collection", collection)  # a reopened collection must be loaded before a search
         fields = {field["name"] for field in self.call("describe_collection", collection)["fields"]}
         holds_attributes = set(ATTRIBUTE_FIELDS) <= fields
@@ -462,7 +464,8 @@ class MilvusBackend:
     def settle(self, collection: str) -> None:
         """Milvus Lite: wait until its background worker has merged the flushed segments and built their
         indexes. Until then it searches a merged segment by brute force while the build takes the CPU
-        (170 ms against 25 ms a query at 50k x 1536, benchmarks/milvus_lite_probe.py). Milvus Lite 3 has
+        (170 ms against 25 ms a query at 50k x 1536, benchmarks/milvus_lite_probe.py), and a load reading
+        an index file the worker is still writing fails ("file seems not fully written"). Milvus Lite 3 has
         no public call for this (its describe_index reports every row indexed), so this uses its
         internals, and does nothing if they are not there; nothing on a Milvus server."""
         if not self.uri.endswith(".db"):

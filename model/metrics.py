@@ -122,3 +122,15 @@ def query_scores(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] =
     metrics = {f"recall@{k}": hits[k] / n for k in cutoffs}
     metrics["map@r"] = float(np.nanmean(per_query))
     return metrics, per_query
+
+
+def top1_hits(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) 1.0 where a query's nearest other item has its label, else 0.0: recall@1 per query (its
+    mean is `query_scores`'s recall@1), for paired comparisons."""
+    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    _, class_ids = np.unique(np.asarray(labels).reshape(-1), return_inverse=True)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    with _blas_search():
+        nearest = _neighbours_without_self(index, vectors, np.arange(len(vectors)), 1)[:, 0]
+    return (class_ids[nearest] == class_ids).astype(np.float64)

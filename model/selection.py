@@ -3,8 +3,9 @@ better than the one it would replace by more than the validation set's own noise
 
 The promotion rule is a paired bootstrap over the validation queries: each query's AP@R under the
 new and the old model, resampled with replacement; the new model wins only when the lower end of the
-one-sided 95% interval of the mean AP@R gain is above zero and Recall@1 did not fall. A small
-validation set thus needs a large gain, a large one a small gain.
+one-sided 95% interval of the mean AP@R gain is above zero and Recall@1 did not fall beyond noise
+(the same bootstrap over the queries' top-1 hits, `recall_fell`). A small validation set thus needs a
+large gain, a large one a small gain.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def map_gain(new_ap: np.ndarray, old_ap: np.ndarray, seed: int = 0) -> Gain:
     samples = rng.integers(0, diff.size, size=(BOOTSTRAP_SAMPLES, diff.size))
     means = diff[samples].mean(axis=1)
     return Gain(float(diff.mean()), float(np.quantile(means, 1.0 - CONFIDENCE)), int(diff.size))
+
+
+def recall_fell(new_hits: np.ndarray, old_hits: np.ndarray, seed: int = 0) -> bool:
+    """Whether Recall@1 fell beyond noise: the old model's per-query top-1 hits (`top1_hits`) beat the
+    new one's by more than the paired bootstrap's noise (a drop of a few queries out of hundreds does
+    not count against a clear MAP@R gain)."""
+    return map_gain(old_hits, new_hits, seed=seed).significant
 
 
 def choose_whitening(train: np.ndarray, train_labels: np.ndarray, val: np.ndarray, val_labels: np.ndarray,

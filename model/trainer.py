@@ -44,10 +44,10 @@ from model.evaluation import embed_dataset, inference_dataset
 from model.expansion import choose_expansion
 from model.finetune import parameter_groups, set_train_mode, training_model
 from model.losses import build_criterion
-from model.metrics import query_scores
+from model.metrics import query_scores, top1_hits
 from model.sampler import ClassBalancedBatchSampler
 from model.schedule import StepPlan, lr_factor, plan_steps
-from model.selection import better, choose_whitening, map_gain
+from model.selection import better, choose_whitening, map_gain, recall_fell
 from model.splits import split_validation
 from model.stages import StageSplit, split_backbone
 from model.train_config import TrainConfig
@@ -173,6 +173,7 @@ class _Run:
         self.last_ap: np.ndarray | None = None  # the last epoch's
         self.baseline: dict[str, float] = {}
         self.baseline_ap: np.ndarray | None = None
+        self.baseline_hits: np.ndarray | None = None  # the start model's top-1 hit of each validation query
         self.val_s = 0.0
         self.train_s = 0.0
         LOG.info("training on %d images of %d classes, validating on %d images (%s hold-out), "
@@ -234,15 +235,17 @@ class _Run:
         self.val_s = time.perf_counter() - began
         return metrics, per_query
 
-    def validate_start(self) -> tuple[dict[str, float], np.ndarray]:
+    def validate_start(self) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         """The start model as it serves (its own image size, its whitening) on the validation images:
-        from the feature cache when it shares the trunk and size, else by a full forward."""
+        from the feature cache when it shares the trunk and size, else by a full forward. Its metrics,
+        and each query's AP@R and top-1 hit."""
         embeddings = self.engine.val_embeddings_of(self.start_model)
         if embeddings is None:
             embedder = Embedder(self.start_model, "start", device=self.device)
             embeddings, _ = embed_dataset(embedder, inference_dataset(embedder, self.val_images),
                                           self.config.eval_batch_size)
-        return query_scores(embeddings, self.val_labels.numpy())
+        metrics, per_query = query_scores(embeddings, self.val_labels.numpy())
+        return metrics, per_query, top1_hits(embeddings, self.val_labels.numpy())
 
     def set_lr(self) -> float:
         factor = min(lr_factor(self.step, self.plan.planned_steps), 0.1 ** self.decays)
@@ -456,7 +459,8 @@ def train(
         if run.engine is None:
             return _finish(run, "cancelled", cache_dir)
         step_s = run.choose_step_precision()  # before any validation, so that all use one precision
-        run.baseline, run.baseline_ap = ranks.decide(run.validate_start() if ranks.is_main else None)
+        run.baseline, run.baseline_ap, run.baseline_hits = ranks.decide(
+            run.validate_start() if ranks.is_main else None)
         if not (resume and _restore_state(run)):
             run.init_criterion()
             LOG.info("start model on validation: R@1 %.4f MAP@R %.4f", run.baseline["recall@1"],
@@ -573,7 +577,8 @@ def _finish(run: _Run, stopped: Stopped, cache_dir: Path) -> TrainResult:
             recipe["whitening"] = fitted.kind
         run.best, final_ap = query_scores(plain, val_labels)
         gain = map_gain(final_ap, run.baseline_ap, seed=run.config.seed)
-        improved = gain.significant and run.best["recall@1"] >= run.baseline["recall@1"]
+        improved = gain.significant and not recall_fell(top1_hits(plain, val_labels), run.baseline_hits,
+                                                        seed=run.config.seed)
         recipe["map_gain"] = {"mean": round(gain.mean, 4), "lower": round(gain.lower, 4),
                               "queries": gain.queries}
     extra = {"train_config": asdict(run.config), "baseline": run.baseline, "best": run.best,

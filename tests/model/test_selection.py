@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.selection import choose_whitening, map_gain
+from model.selection import choose_whitening, map_gain, recall_fell
 
 
 def test_no_change_is_not_a_gain() -> None:
@@ -53,3 +53,11 @@ def test_whitening_is_kept_when_it_raises_validation_and_dropped_when_it_lowers_
     assert choose_whitening(train, train_labels, val, val_labels, "learned") is not None
     moved, moved_labels = _clusters(rng, 8, 20, signal=high, noise=low, noise_scale=0.0)
     assert choose_whitening(train, train_labels, moved, moved_labels, "learned") is None
+
+
+def test_a_recall_fall_of_a_few_queries_is_noise_a_large_one_is_not() -> None:
+    """Two misses more out of 554 (the size of a real validation split) do not block a promotion;
+    a tenth of the queries more do."""
+    old = np.ones(554)
+    assert not recall_fell(np.concatenate([np.zeros(2), np.ones(552)]), old)
+    assert recall_fell(np.concatenate([np.zeros(55), np.ones(499)]), old)

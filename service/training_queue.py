@@ -222,7 +222,7 @@ class TrainingQueue:
             summary.update(model_version=None, promoted=False,
                            message=_message(outcome, False, request.promote))
             self.jobs.update(job.id, status="succeeded", finished_at=time.time(), result=summary,
-                              progress={**last, "phase": "done"})
+                              progress=_done(last))
             return
         record = self._registry.add_checkpoint(Path(outcome.checkpoint))
         promote = request.promote is Promotion.ALWAYS or (
@@ -246,7 +246,7 @@ class TrainingQueue:
                                   progress={**last, "phase": "re-embedding"})
                 return
         self.jobs.update(job.id, status="succeeded", finished_at=time.time(), result=summary,
-                          progress={**last, "phase": "done"})
+                          progress=_done(last))
 
     def _reembed_progress(self, job_id: str, training: dict[str, Any]) -> Callable[[int, int], None]:
         """Re-embedding progress: the training figures stay, `reembedded` / `to_reembed` count images
@@ -256,6 +256,13 @@ class TrainingQueue:
             self.jobs.update(job_id, progress={**training, "phase": "re-embedding"})
 
         return report
+
+
+def _done(last: dict[str, Any]) -> dict[str, Any]:
+    """A finished job's progress: the steps and epochs it ran (a run may converge before its plan),
+    nothing left to wait for."""
+    return {**last, "phase": "done", "steps": last.get("step", 0), "epochs": last.get("epoch", 0),
+            "eta_s": 0.0}
 
 
 def _message(outcome: TrainResult, promoted: bool, policy: Promotion) -> str:

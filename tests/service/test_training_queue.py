@@ -70,7 +70,9 @@ def test_a_job_that_cannot_beat_the_serving_model_keeps_it(tmp_path, open_app, c
         assert job["promoted"] is False and job["model_version"] is None
         assert "no new model version" in job["message"]
         assert job["recipe"]["engine"] == "cached" and job["recipe"]["map_gain"]["lower"] <= 0
-        assert job["progress"]["phase"] == "done"
+        progress = job["progress"]
+        assert progress["phase"] == "done" and progress["eta_s"] == 0.0
+        assert progress["steps"] == progress["step"] > 0  # what ran, not what was planned
         assert client.get("/models").json() == serving
         assert searches > 0
 

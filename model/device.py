@@ -61,7 +61,6 @@ def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
         yield
 
 
-
 def _fp32_convolution(conv: torch.nn.Conv2d, inputs: torch.Tensor) -> torch.Tensor:
     with torch.autocast("cpu", enabled=False):
         return type(conv).forward(conv, inputs.float())

@@ -281,8 +281,8 @@ class _Run:
             candidates.append(torch.float32)
         self.engine.set_trainable(True)
         set_train_mode(self.model, freeze_bn=True)
-        batches = list(itertools.islice(self.engine.batches(self.sampler), steps + 1))
-        batches = list(itertools.islice(itertools.cycle(batches), steps + 1))  # a tiny epoch repeats
+        # the same batches for every candidate; a tiny epoch repeats its own
+        batches = list(itertools.islice(itertools.cycle(self.engine.batches(self.sampler)), steps + 1))
         timings = {}
         for dtype in candidates:
             self.engine.dtype = dtype

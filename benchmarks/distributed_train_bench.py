@@ -7,7 +7,9 @@ machine, the load average before and after, each run's figures and the mean diff
         --data ../shared/data/gtsrb32 --epochs 8 --nproc 2 --seeds 0 1 --out /tmp/dist_bench.json
 
 Fixed epochs and no time budget, so every run takes the same optimiser steps whatever its speed;
-wall times are reported, not compared (on 2 cores, 2 processes share the cores 1 process had).
+wall times are reported, not compared (on 2 cores, 2 processes share the cores 1 process had). Each
+run also reports its recipe (stop reason, whitening, the promotion's MAP@R gain) and the validation
+figures of the start model and of the kept weights: a run that kept the start model compares nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def run(data: Path, out: Path, nproc: int, seed: int, epochs: int, extra: list[s
                                capture_output=True, text=True, check=True)
     test = json.loads(evaluated.stdout.strip().splitlines()[-1])
     return {"nproc": nproc, "seed": seed, "seconds": round(seconds, 1), "steps": summary["recipe"]["steps"],
-            "kept_start_model": summary["kept_start_model"], "test": test}
+            "kept_start_model": summary["kept_start_model"], "test": test, "recipe": summary["recipe"],
+            "validation_start": summary["validation_start_model"],
+            "validation_best": summary["validation_best_trained"]}
 
 
 def main() -> int:

@@ -8,7 +8,13 @@ previous recipe: every step decodes and back-propagates through the whole networ
 automatic image size) for a short budget, to compare optimiser steps and training images per
 second. Prints one JSON record per set (CPU model and flags, load averages, wall times).
 
+With `--previous-checkout DIR` the baseline is instead an older commit's own `cgd train` with its own
+defaults (`git worktree add --detach DIR <commit>`), run once per `--previous-threads` count for
+`--previous-budget` minutes; its steps come from the curves file it writes.
+
     nice -n -10 .venv/bin/python benchmarks/finetune_bench.py --sets gtsrb32,caltech101
+    nice -n -10 .venv/bin/python benchmarks/finetune_bench.py --sets caltech101 \
+        --previous-checkout /tmp/cgd-d1dfc2f --previous-threads 1,2 --previous-budget 15
 """
 
 from __future__ import annotations
@@ -35,11 +41,15 @@ def cpu() -> dict:
     return {"model": model, "cores": os.cpu_count(), "flags": [f for f in FLAGS if f in flags]}
 
 
-def cgd(*args: str) -> tuple[str, float]:
-    """Run the CLI; its last stdout line and the wall time."""
+def cgd(*args: str, checkout: Path = REPO, threads: int | None = None) -> tuple[str, float]:
+    """Run the CLI of `checkout` (on `threads` intra-op threads when given); its last stdout line and
+    the wall time."""
+    env = dict(os.environ, PYTHONPATH=str(checkout))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=REPO, check=True,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=checkout, env=env,
+                          check=True, capture_output=True, text=True)
     return done.stdout.strip().splitlines()[-1], time.perf_counter() - began
 
 
@@ -61,6 +71,20 @@ def train(data: Path, out: Path, *extra: str) -> dict:
                            "trained": summary["validation_best_trained"]}}
 
 
+def older_commit(data: Path, checkout: Path, out: Path, minutes: float, threads: int) -> dict:
+    """An older commit's `cgd train` with its own defaults: steps (from its curves file) and speed."""
+    _, wall = cgd("train", "--data", str(data), "--out", str(out), "--no-progress",
+                  "--max-minutes", f"{minutes:g}", checkout=checkout, threads=threads)
+    history = json.loads(out.with_suffix(".curves.json").read_text())["history"]
+    steps = history[-1]["step"] if history else 0
+    head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    return {"commit": head, "threads": threads, "wall_s": round(wall, 1), "steps": steps,
+            "epochs": len(history), "steps_per_min": round(60 * steps / wall, 1),
+            "train_images_per_s": round(64 * steps / wall, 1),
+            "epoch_images_per_s": [row["images_per_s"] for row in history]}
+
+
 def previous_image_size(data: Path) -> int:
     """The previous default: 3x the median shorter side, in [64, 224] (model.trainer.auto_image_size)."""
     from model.data import load_dataset
@@ -69,7 +93,8 @@ def previous_image_size(data: Path) -> int:
     return auto_image_size(load_dataset(data, "train"), 224)
 
 
-def bench(name: str, work: Path, budget: float, previous_budget: float, seed: int) -> dict:
+def bench(name: str, work: Path, budget: float, previous_budget: float, seed: int,
+          checkout: Path | None = None, threads: tuple[int, ...] = ()) -> dict:
     data = DATA / name
     record: dict = {"set": name, "seed": seed, "cpu": cpu(),
                     "load_start": [round(x, 2) for x in os.getloadavg()],
@@ -79,7 +104,10 @@ def bench(name: str, work: Path, budget: float, previous_budget: float, seed: in
     record["default_recipe"] = train(data, out, "--max-minutes", f"{budget:g}", "--seed", str(seed))
     record["default_recipe_test"] = evaluate(data, out)
     record["load_after_default_recipe"] = [round(x, 2) for x in os.getloadavg()]
-    if previous_budget > 0:
+    if previous_budget > 0 and checkout is not None:
+        record["older_commit"] = [older_commit(data, checkout, work / f"{name}_older_{n}.pt",
+                                               previous_budget, n) for n in threads]
+    elif previous_budget > 0:
         size = previous_image_size(data)
         record["previous_recipe"] = train(data, work / f"{name}_previous.pt", "--engine", "full",
                                           "--image-size", str(size), "--whitening", "none",
@@ -98,10 +126,16 @@ def main() -> int:
     parser.add_argument("--previous-budget", type=float, default=3.0,
                         help="minutes of the previous recipe's throughput run (0: skip)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the default recipe's run")
+    parser.add_argument("--previous-checkout", type=Path, default=None,
+                        help="a checkout of an older commit: its own cgd train defaults are the baseline")
+    parser.add_argument("--previous-threads", default="1",
+                        help="comma-separated thread counts of the older commit's runs")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     for name in args.sets.split(","):
-        record = bench(name, args.work, args.budget, args.previous_budget, args.seed)
+        threads = tuple(int(n) for n in args.previous_threads.split(","))
+        record = bench(name, args.work, args.budget, args.previous_budget, args.seed,
+                       args.previous_checkout, threads)
         line = json.dumps(record)
         print(line, flush=True)
         with (args.work / "results.jsonl").open("a") as handle:

@@ -1,4 +1,5 @@
-"""Whitening, DBA and alpha-QE through the gallery equal the same steps done with NumPy (exact kind)."""
+"""Whitening, DBA and alpha-QE through the gallery equal the same steps done with NumPy (exact kind), on
+SQLite + FAISS, PostgreSQL + pgvector and PostgreSQL + Milvus Lite (`gallery_engines`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import pytest
 
 from index import Gallery, NotEnoughData
 from index.postprocess import apply_whitening, fit_learned_whitening, fit_pca_whitening
+from tests.index.engines import ENGINE_NAMES
+
+pytestmark = pytest.mark.parametrize("gallery_engines", ENGINE_NAMES, indirect=True)
 
 
 def _stored(gallery: Gallery) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
@@ -80,12 +84,13 @@ def test_whitening_applies_to_queries_and_gallery(kind: str, gallery: Gallery, c
     assert _hit_ids(gallery.search(queries, 10)[1]) == exact_top_k(queries, ids, x, 10)[1].tolist()
 
 
-def test_whitening_is_stored_with_the_version(tmp_path, new_items, unit_vectors) -> None:
-    with Gallery.open(tmp_path / "g") as gallery:
+def test_whitening_is_stored_with_the_version(tmp_path, new_items, unit_vectors, gallery_engines) -> None:
+    engines = gallery_engines.for_root(tmp_path / "g")
+    with Gallery.open(tmp_path / "g", engines=engines) as gallery:
         gallery.add(new_items(60), {"v1": unit_vectors(60, 16)})
         gallery.fit_whitening(kind="learned", dim=4)
         before = gallery.search(unit_vectors(3, 16, seed=5), 5)
-    with Gallery.open(tmp_path / "g") as gallery:
+    with Gallery.open(tmp_path / "g", engines=engines) as gallery:
         assert gallery.version_info("v1").whitening == "learned"
         assert gallery.index_stats().vectors == 60
         assert gallery.search(unit_vectors(3, 16, seed=5), 5) == before

@@ -1,4 +1,6 @@
-"""Model versions side by side, atomic activation and rollback, training on the fly, concurrency."""
+"""Model versions side by side, atomic activation and rollback, training on the fly, concurrency. Every
+test but the FAISS-only trained kind runs on SQLite + FAISS, PostgreSQL + pgvector and PostgreSQL +
+Milvus Lite (`gallery_engines`)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,12 @@ import numpy as np
 import pytest
 
 from index import Gallery, UnknownVersion, VersionInUse
+from tests.index.engines import ENGINE_NAMES
+
+on_every_engine = pytest.mark.parametrize("gallery_engines", ENGINE_NAMES, indirect=True)
 
 
+@on_every_engine
 def test_new_version_is_built_beside_the_live_one_and_swapped(open_gallery, new_items, unit_vectors) -> None:
     gallery = open_gallery()
     items = gallery.add(new_items(20), {"v1": unit_vectors(20, 32, seed=1)})
@@ -48,15 +54,18 @@ def test_new_version_is_built_beside_the_live_one_and_swapped(open_gallery, new_
         gallery.search(x2[:1], 1, version="v2")
 
 
-def test_live_version_survives_restart(tmp_path, new_items, unit_vectors) -> None:
-    with Gallery.open(tmp_path / "g") as gallery:
+@on_every_engine
+def test_live_version_survives_restart(tmp_path, new_items, unit_vectors, gallery_engines) -> None:
+    engines = gallery_engines.for_root(tmp_path / "g")
+    with Gallery.open(tmp_path / "g", engines=engines) as gallery:
         items = gallery.add(new_items(4), {"v1": unit_vectors(4, seed=1), "v2": unit_vectors(4, 8, seed=2)})
         gallery.activate("v2")
-    with Gallery.open(tmp_path / "g") as gallery:
+    with Gallery.open(tmp_path / "g", engines=engines) as gallery:
         assert gallery.live_version == "v2"
         assert gallery.search(unit_vectors(4, 8, seed=2)[2:3], 1)[1][0][0].item.id == items[2].id
 
 
+@on_every_engine
 def test_activation_of_a_version_without_vectors(open_gallery, new_items, unit_vectors) -> None:
     gallery = open_gallery()
     gallery.activate("v0")  # empty gallery: allowed, nothing to search yet
@@ -79,6 +88,7 @@ def test_trained_kind_trains_once_enough_vectors_exist(open_gallery, new_items, 
     assert not stats.exact_fallback and stats.factory == "IVF16,Flat" and stats.vectors == 1000
 
 
+@on_every_engine
 def test_searches_never_see_half_a_batch(open_gallery, new_items, unit_vectors) -> None:
     gallery = open_gallery(index_kind="HNSW")
     gallery.add(new_items(1, labels=("seed",)), {"v1": unit_vectors(1)})
@@ -117,6 +127,7 @@ def test_searches_never_see_half_a_batch(open_gallery, new_items, unit_vectors) 
     assert gallery.count() == 1 + batch * batches
 
 
+@on_every_engine
 def test_no_search_mixes_two_versions(open_gallery, new_items, unit_vectors) -> None:
     gallery = open_gallery()
     x1 = unit_vectors(200, seed=1)

@@ -98,7 +98,7 @@ def _patch(scores: np.ndarray, queries: np.ndarray, start: int, gallery: _Augmen
 def expanded_scores(vectors: np.ndarray, labels: np.ndarray, qe_n: int = 0, dba_n: int = 0,
                     alpha: float = ALPHA, ks: Sequence[int] = (1,)) -> tuple[dict[str, float], np.ndarray]:
     """Recall@K for each K in `ks` and MAP@R (fractions) with every item querying the others, under QE /
-    DBA, and the per-query AP@R (NaN where the class has no other item), as `model.metrics.query_scores`
+    DBA, and the per-query AP@R (NaN where the class has no other item), as `model.metrics.QueryScores.ap`
     (dense scores: (N, N) floats per `QUERY_CHUNK` queries)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     labels = np.asarray(labels).reshape(-1)

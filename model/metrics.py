@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -14,6 +15,13 @@ LOG = logging.getLogger(__name__)
 
 # Neighbour entries (queries x k) searched at once; a chunk's arrays take up to ~60 bytes per entry.
 MAX_NEIGHBOURS_PER_CHUNK = 1 << 21
+
+
+class QueryScores(NamedTuple):
+    """Each query's own figures, for paired comparisons of two models on the same queries."""
+
+    ap: np.ndarray  # (N,) AP@R, NaN where the query's class has no other item
+    top1: np.ndarray  # (N,) 1.0 where the nearest other item has the query's label, else 0.0
 
 
 @contextmanager
@@ -67,7 +75,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
 
 
 def query_scores(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8), *,
-                 chunk_size: int = 4096) -> tuple[dict[str, float], np.ndarray]:
+                 chunk_size: int = 4096) -> tuple[dict[str, float], QueryScores]:
     """Recall@K for each K in `ks` and MAP@R, as fractions in [0, 1].
 
     embeddings: (N, d) unit rows (inner product = cosine similarity); labels: (N,) class labels.
@@ -80,7 +88,7 @@ def query_scores(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] =
     Queries run `chunk_size` at a time, fewer when a chunk's largest R would need more than
     `MAX_NEIGHBOURS_PER_CHUNK` neighbour entries, so memory stays bounded for any N.
     Raises ValueError for bad shapes, non-finite values, or when no class has 2 or more items.
-    Returns the metrics and the (N,) AP@R of each query (NaN where R = 0), for paired comparisons.
+    Returns the metrics and each query's AP@R and top-1 hit (`QueryScores`).
     """
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     label_array = np.asarray(labels).reshape(-1)
@@ -107,6 +115,7 @@ def query_scores(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] =
     index.add(vectors)
     hits = dict.fromkeys(cutoffs, 0)
     average_precisions: list[np.ndarray] = []  # summed once at the end: independent of chunking
+    top1: list[np.ndarray] = []
     start = 0
     with _blas_search():
         while start < n:
@@ -117,20 +126,10 @@ def query_scores(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] =
             for requested, cutoff in cutoffs.items():
                 hits[requested] += int(match[:, :cutoff].any(axis=1).sum())
             average_precisions.append(average_precision_at_r(match, relevant[query_ids]))
+            top1.append(match[:, 0].astype(np.float64))
             start += rows
-    per_query = np.concatenate(average_precisions)
+    per_query = QueryScores(np.concatenate(average_precisions), np.concatenate(top1))
     metrics = {f"recall@{k}": hits[k] / n for k in cutoffs}
-    metrics["map@r"] = float(np.nanmean(per_query))
+    metrics["map@r"] = float(np.nanmean(per_query.ap))
     return metrics, per_query
 
-
-def top1_hits(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(N,) 1.0 where a query's nearest other item has its label, else 0.0: recall@1 per query (its
-    mean is `query_scores`'s recall@1), for paired comparisons."""
-    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
-    _, class_ids = np.unique(np.asarray(labels).reshape(-1), return_inverse=True)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    with _blas_search():
-        nearest = _neighbours_without_self(index, vectors, np.arange(len(vectors)), 1)[:, 0]
-    return (class_ids[nearest] == class_ids).astype(np.float64)

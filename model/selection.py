@@ -61,7 +61,7 @@ def map_gain(new_ap: np.ndarray, old_ap: np.ndarray, seed: int = 0) -> Gain:
 
 
 def recall_fell(new_hits: np.ndarray, old_hits: np.ndarray, seed: int = 0) -> bool:
-    """Whether Recall@1 fell beyond noise: the old model's per-query top-1 hits (`top1_hits`) beat the
+    """Whether Recall@1 fell beyond noise: the old model's per-query top-1 hits (`QueryScores.top1`) beat the
     new one's by more than the paired bootstrap's noise (a drop of a few queries out of hundreds does
     not count against a clear MAP@R gain)."""
     return map_gain(old_hits, new_hits, seed=seed).significant
@@ -74,7 +74,7 @@ def choose_whitening(train: np.ndarray, train_labels: np.ndarray, val: np.ndarra
     wins), while the whole model, whitening included, must still beat the serving one beyond noise
     (`map_gain`) to be promoted. `choice` "auto" tries learned, then PCA, and keeps the better."""
     kinds = ("learned", "pca") if choice == "auto" else (choice,)
-    _, best_ap = query_scores(val, val_labels)
+    best_ap = query_scores(val, val_labels)[1].ap
     best = None
     for kind in kinds:
         try:
@@ -83,7 +83,7 @@ def choose_whitening(train: np.ndarray, train_labels: np.ndarray, val: np.ndarra
         except ValueError as exc:
             LOG.info("no %s whitening: %s", kind, exc)
             continue
-        _, ap = query_scores(apply_whitening(val, fitted), val_labels)
+        ap = query_scores(apply_whitening(val, fitted), val_labels)[1].ap
         gain = map_gain(ap, best_ap, seed=seed)
         LOG.info("%s whitening on validation: MAP@R gain %+.4f (lower bound %+.4f)", kind, gain.mean,
                  gain.lower)

@@ -44,7 +44,7 @@ from model.evaluation import embed_dataset, inference_dataset
 from model.expansion import choose_expansion
 from model.finetune import parameter_groups, set_train_mode, training_model
 from model.losses import build_criterion
-from model.metrics import query_scores, top1_hits
+from model.metrics import query_scores
 from model.sampler import ClassBalancedBatchSampler
 from model.schedule import StepPlan, lr_factor, plan_steps
 from model.selection import better, choose_whitening, map_gain, recall_fell
@@ -233,7 +233,7 @@ class _Run:
         began = time.perf_counter()
         metrics, per_query = query_scores(self.engine.val_embeddings(), self.val_labels.numpy())
         self.val_s = time.perf_counter() - began
-        return metrics, per_query
+        return metrics, per_query.ap
 
     def validate_start(self) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         """The start model as it serves (its own image size, its whitening) on the validation images:
@@ -245,7 +245,7 @@ class _Run:
             embeddings, _ = embed_dataset(embedder, inference_dataset(embedder, self.val_images),
                                           self.config.eval_batch_size)
         metrics, per_query = query_scores(embeddings, self.val_labels.numpy())
-        return metrics, per_query, top1_hits(embeddings, self.val_labels.numpy())
+        return metrics, per_query.ap, per_query.top1
 
     def set_lr(self) -> float:
         factor = min(lr_factor(self.step, self.plan.planned_steps), 0.1 ** self.decays)
@@ -575,10 +575,9 @@ def _finish(run: _Run, stopped: Stopped, cache_dir: Path) -> TrainResult:
             run.model.set_whitening(torch.from_numpy(fitted.mean), torch.from_numpy(fitted.projection))
             plain = apply_whitening(plain, fitted)
             recipe["whitening"] = fitted.kind
-        run.best, final_ap = query_scores(plain, val_labels)
-        gain = map_gain(final_ap, run.baseline_ap, seed=run.config.seed)
-        improved = gain.significant and not recall_fell(top1_hits(plain, val_labels), run.baseline_hits,
-                                                        seed=run.config.seed)
+        run.best, final = query_scores(plain, val_labels)
+        gain = map_gain(final.ap, run.baseline_ap, seed=run.config.seed)
+        improved = gain.significant and not recall_fell(final.top1, run.baseline_hits, seed=run.config.seed)
         recipe["map_gain"] = {"mean": round(gain.mean, 4), "lower": round(gain.lower, 4),
                               "queries": gain.queries}
     extra = {"train_config": asdict(run.config), "baseline": run.baseline, "best": run.best,

@@ -54,10 +54,10 @@ def brute_force_ap(vectors: np.ndarray, labels: np.ndarray, qe_n: int, dba_n: in
 
 def test_without_expansion_the_scores_are_the_plain_ones() -> None:
     vectors, labels = chains(noise=0.3)
-    plain, plain_ap = query_scores(vectors, labels)
+    plain, plain_scores = query_scores(vectors, labels)
     metrics, ap = expanded_scores(vectors, labels, ks=(1, 2, 4, 8))
     assert metrics == pytest.approx(plain, abs=1e-6)
-    np.testing.assert_allclose(ap, plain_ap, atol=1e-5)
+    np.testing.assert_allclose(ap, plain_scores.ap, atol=1e-5)
 
 
 @pytest.mark.parametrize(("qe_n", "dba_n"), [(1, 0), (2, 0), (0, 1), (0, 2), (2, 2), (3, 1)])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from model import metrics
-from model.metrics import query_scores, retrieval_metrics, top1_hits
+from model.metrics import query_scores, retrieval_metrics
 
 
 def _labelled_set(seed: int = 0, n: int = 90, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -121,13 +121,13 @@ def test_bad_input_is_a_clear_error(embeddings: np.ndarray, labels: np.ndarray, 
         retrieval_metrics(embeddings, labels, **kwargs)
 
 
-def test_top1_hits_are_recall_at_1_per_query() -> None:
+def test_query_top1_hits_are_recall_at_1_per_query() -> None:
     rng = np.random.default_rng(5)
     labels = np.repeat(np.arange(6), 5)
     vectors = rng.normal(size=(6, 8))[labels] + 0.8 * rng.normal(size=(30, 8))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    hits = top1_hits(vectors, labels)
-    metrics, _ = query_scores(vectors, labels)
+    metrics, scores = query_scores(vectors, labels, chunk_size=7)
+    hits = scores.top1
     assert set(np.unique(hits)) <= {0.0, 1.0} and 0.0 < hits.mean() < 1.0
     assert hits.mean() == pytest.approx(metrics["recall@1"])
     for query in np.flatnonzero(hits == 0)[:3]:  # a miss: its nearest other item is of another class

@@ -17,7 +17,10 @@ the file from the kernel's page cache (POSIX_FADV_DONTNEED), so the re-ranked ro
 `--ef-sweep EF,...` searches each built HNSW kind (a prefix kind: its coarse search) again with each
 efSearch: one-query p50 / p99 over `--singles` queries of its own and recall@10 of the 100 queries.
 `--compaction N` also measures memory once built, after removing half, and after the rebuild that
-compaction does. The vectors are CGD-shaped (`--branches 3`: three L2-normalised 512-d blocks, so
+compaction does. `--huge-pages` starts those processes with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`:
+glibc's malloc then asks for transparent huge pages (`madvise`) for its heap and mapped blocks, so
+FAISS's arrays (a graph's links and codes) are held in 2 MiB pages where the kernel allows it.
+The vectors are CGD-shaped (`--branches 3`: three L2-normalised 512-d blocks, so
 prefix kinds find a first branch; 1: the plain clustered vectors). Each (size, kind) runs in a fresh
 child process, so memory freed by an earlier kind (which the
 allocator may keep) cannot hide the next kind's growth. Vectors are generated in chunks from fixed seeds,
@@ -62,6 +65,8 @@ from index.version_index import TRAINING_SAMPLE
 
 LOG = logging.getLogger("index_bench")
 FAISS_BLAS_THRESHOLD = int(faiss.cvar.distance_compute_blas_threshold)  # FAISS's default, read at import
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 CHUNK = 25_000
 LATENT = 96
 
@@ -125,6 +130,14 @@ def cpu_model() -> str:
     with open("/proc/cpuinfo") as handle:
         line = next((line for line in handle if line.startswith("model name")), ": " + platform.machine())
     return line.split(":", 1)[1].strip()
+
+
+def huge_pages() -> dict:
+    """The kernel's transparent-huge-page mode and this process's huge anonymous memory (KiB)."""
+    mode = THP_SETTING.read_text().strip() if THP_SETTING.exists() else "absent"
+    with open("/proc/self/smaps_rollup") as handle:
+        huge = next((int(line.split()[1]) for line in handle if line.startswith("AnonHugePages:")), 0)
+    return {"thp": mode, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "anon_huge_kib": huge}
 
 
 def load_average() -> float:
@@ -244,6 +257,7 @@ def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarr
                "rss_gib": round(rss_index / 2**30, 2), "rss_searched_gib": round(rss_searched / 2**30, 2),
                "peak_gib": round(peak_build / 2**30, 2),
                "serialised_gib": round(index.serialized_size() / 2**30, 2), "load1": load_average(),
+               "huge_pages": huge_pages(),
                **({"ef_sweep": sweep} if sweep else {})}
     return row
 
@@ -431,8 +445,13 @@ def main() -> None:
     parser.add_argument("--gallery", type=int, default=0, help="also time the durable Gallery with N items")
     parser.add_argument("--compaction", type=int, default=0, metavar="N",
                         help="also measure memory built / half deleted / compacted per kind at N vectors")
+    parser.add_argument("--huge-pages", action="store_true",
+                        help=f"run each kind's process with GLIBC_TUNABLES={HUGE_PAGES_TUNABLE} (malloc "
+                             "asks for transparent huge pages)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
+    if args.huge_pages:  # read by glibc when a process starts: the spawned children get it
+        os.environ["GLIBC_TUNABLES"] = HUGE_PAGES_TUNABLE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     configure(args)
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "ram_gib": round(

@@ -1,10 +1,10 @@
 """`GalleryGateway`: the one way from async code to `index/`, and the service's one executor.
 
 Every route, the search batcher, ingestion and the model swapper await the gateway; each call runs
-on its executor of `io_threads` threads (`CGD_IO_THREADS`), so the event loop only routes. Image
-decoding and preprocessing (uploads, the inference worker, re-embedding) run on the same executor
-through `run`; only the model has a thread of its own (the inference worker's), and a model swap
-builds the new version's index in a short-lived thread at lower CPU priority (`prepare`).
+on its executor of `io_threads` threads (`CGD_IO_THREADS`), so the event loop only routes. Re-embedding
+decodes the gallery on the same executor through `run`; uploads are decoded and preprocessed by the
+inference worker's own threads, at a lower CPU priority than its model thread (`CGD_DECODE_NICE`), and
+a model swap builds the new version's index in a short-lived thread at lower CPU priority (`prepare`).
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ class Runtime:
             await gateway.run(registry.add_default, embedder.version, embedder.model.config.to_dict())
         else:
             await gateway.run(registry.add_checkpoint, checkpoint)
-        worker = InferenceWorker(embedder, settings, metrics=metrics, executor=gateway.executor)
+        worker = InferenceWorker(embedder, settings, metrics=metrics)
         await worker.start()
         searcher = SearchBatcher(gateway, max_batch=settings.search_batch_size,
                                  max_queue=settings.search_queue_size, on_batch=metrics.observe_search_batch)

@@ -39,6 +39,7 @@ from service.errors import InvalidParameter
 LOG = logging.getLogger(__name__)
 
 SETTINGS_FILE_VARIABLE = "CGD_SETTINGS_FILE"
+DECODE_NICE = 10  # the default of decode_nice
 MAX_THREADS = 1024  # more executor or decode threads than this is a typo, not a machine
 STORAGE_WAIT_THREADS = 2  # threads beyond the cores, for work that waits on storage or the database
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -123,13 +124,16 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits to fill up")
     max_queue_size: int = Field(256, ge=1, description="images waiting for the model; beyond: 503")
     decode_threads: int = Field(default_factory=usable_cores, ge=1, le=MAX_THREADS,
-                                description="preprocessing threads of a worker run on its own (in the "
-                                            "service, preprocessing runs on the io_threads executor); "
-                                            "default: the usable cores")
+                                description="the inference worker's threads that decode uploads and "
+                                            "preprocess images for the model; default: the usable cores")
+    decode_nice: int = Field(DECODE_NICE, ge=0, le=19,
+                             description="CPU niceness added to the decoding threads: when every core is "
+                                         "busy, the model's threads take a core first and decoding fills "
+                                         "the gaps (0: the same priority as the model)")
     io_threads: int = Field(default_factory=default_io_threads, ge=1, le=MAX_THREADS,
-                            description="the one executor for gallery, storage and image decoding and "
-                                        "preprocessing; default: the usable cores (affinity and cgroup CPU "
-                                        "quota) + 2 for work waiting on I/O")
+                            description="the one executor for gallery, storage, thumbnails and "
+                                        "re-embedding's decoding; default: the usable cores (affinity and "
+                                        "cgroup CPU quota) + 2 for work waiting on I/O")
     search_batch_size: int = Field(256, ge=1, description="most queries answered by one index search")
     search_queue_size: int = Field(1024, ge=1, description="queries waiting for the index; beyond: 503")
     inference_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -15,7 +15,6 @@ from index import InvalidItem
 from index.validation import check_metadata
 from service.deps import get_runtime
 from service.errors import InvalidParameter, NotReady, PayloadTooLarge
-from service.gallery_gateway import GalleryGateway
 from service.images import decode_image, image_pixels
 from service.pixel_budget import PixelBudget
 from service.settings import Settings
@@ -35,13 +34,16 @@ class UploadReader:
 
     Before decoding anything it adds up the pixels of every image from the headers: beyond
     `max_request_pixels`, 413 (`too_many_pixels`); then it takes them from the service's
-    `PixelBudget` (503 when the service already decodes too much) until the request ends.
+    `PixelBudget` (503 when the service already decodes too much) until the request ends. `run` runs
+    the blocking part (header reads and decoding, one job a request) off the event loop: in the service,
+    the inference worker's decoding threads (`InferenceWorker.run_decoding`).
     """
 
-    def __init__(self, settings: Settings, budget: PixelBudget, gateway: GalleryGateway) -> None:
+    def __init__(self, settings: Settings, budget: PixelBudget,
+                 run: Callable[..., Awaitable[list[Upload]]]) -> None:
         self._settings = settings
         self._budget = budget
-        self._gateway = gateway  # header reads and decoding run on its executor
+        self._run = run
         self._held = 0
         self._released = False  # the request ended: a decode still running takes nothing
         self._lock = threading.Lock()  # `_held` and `_released`, between the executor and the event loop
@@ -62,10 +64,10 @@ class UploadReader:
             if len(data) > settings.max_upload_bytes:
                 raise PayloadTooLarge(f"{name}: larger than the limit of {settings.max_upload_bytes} bytes")
             named.append((name, data))
-        return await self._gateway.run(self._decode, named)
+        return await self._run(self._decode, named)
 
     def _decode(self, named: list[tuple[str, bytes]]) -> list[Upload]:
-        """On the executor, in one job (one thread hop a request): the pixels of every header, the
+        """Off the event loop, in one job (one thread hop a request): the pixels of every header, the
         request's limit and the service's budget checked, then every image decoded."""
         settings = self._settings
         limits = {"max_bytes": settings.max_upload_bytes, "max_pixels": settings.max_image_pixels}
@@ -91,7 +93,7 @@ class UploadReader:
 async def upload_reader(request: Request) -> AsyncIterator[UploadReader]:
     """Dependency: an `UploadReader` whose pixels are given back when the request is done."""
     reader = UploadReader(request.app.state.settings, request.app.state.pixel_budget,
-                          (await get_runtime(request)).gateway)
+                          (await get_runtime(request)).worker.run_decoding)
     try:
         yield reader
     finally:

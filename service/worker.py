@@ -4,9 +4,11 @@ How a request flows (`await worker.embed(images)`):
 
 1. Admission: the request's images count against `max_queue_size` (images preprocessing or
    waiting); when they do not fit, `Overloaded` (503, Retry-After) is raised at once.
-2. Preprocessing: `embedder.preprocess` runs on each image in the given executor (the
-   service's one executor) or in a pool of `decode_threads` threads; the request then enters
-   an asyncio queue as one job: its (3, S, S) tensors and a Future for its result.
+2. Preprocessing: `embedder.preprocess` runs on each image in the worker's pool of `decode_threads`
+   threads, which run `decode_nice` steps below the model's CPU priority (uploads are decoded there
+   too, `run_decoding`): on a machine whose cores are all busy, the model's threads take a core first
+   and decoding fills the gaps, instead of both slowing down. The request then enters an asyncio
+   queue as one job: its (3, S, S) tensors and a Future for its result.
 3. Batching: one background task forms a round when the model thread is free, and runs the model
    there (a single dedicated thread, so the event loop stays free) in forward passes of at most
    `max_batch_size` images. A round takes the queued jobs up to `max_batch_size` images and drops
@@ -34,9 +36,11 @@ import contextlib
 import enum
 import functools
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ParamSpec, Protocol, TypeVar
 
@@ -129,18 +133,19 @@ _STOP = object()  # queue sentinel: the batching task ends after the jobs before
 class InferenceWorker:
     """Owns one embedder at a time and embeds images for concurrent requests in micro-batches.
 
-    Uses `max_batch_size`, `max_wait_ms`, `max_queue_size`, `decode_threads` and
+    Uses `max_batch_size`, `max_wait_ms`, `max_queue_size`, `decode_threads`, `decode_nice` and
     `inference_threads` from `settings`. Call `await start()` in the running event loop before
     `embed`, and `await stop()` at shutdown.
     """
 
     def __init__(self, embedder: EmbedderLike, settings: Settings, *,
-                 metrics: BatchObserver | None = None, executor: Executor | None = None) -> None:
+                 metrics: BatchObserver | None = None) -> None:
         self._embedder = embedder
         self._max_batch = settings.max_batch_size
         self._max_wait_s = settings.max_wait_ms / 1000.0
         self._max_queue = settings.max_queue_size
         self._decode_threads = settings.decode_threads
+        self._decode_nice = settings.decode_nice
         self._inference_threads = settings.inference_threads
         self._metrics = metrics
         self._state = _State.NEW
@@ -154,8 +159,7 @@ class InferenceWorker:
         self._last_request = -float("inf")  # time.monotonic() of the last admitted request
         self._queue: asyncio.Queue[_Job | object] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._shared_pool = executor  # preprocessing runs there when given (the service's one executor)
-        self._preprocess_pool: Executor | None = None
+        self._preprocess_pool: ThreadPoolExecutor | None = None
         self._model_thread: ThreadPoolExecutor | None = None
 
     @property
@@ -187,8 +191,8 @@ class InferenceWorker:
         """Start the thread pools and the batching task (in the running event loop)."""
         if self._state is not _State.NEW:
             raise RuntimeError(f"the inference worker cannot start: it is {self._state.value}")
-        self._preprocess_pool = self._shared_pool or ThreadPoolExecutor(self._decode_threads,
-                                                                        thread_name_prefix="cgd-preprocess")
+        self._preprocess_pool = ThreadPoolExecutor(self._decode_threads, thread_name_prefix="cgd-preprocess",
+                                                   initializer=lower_priority, initargs=(self._decode_nice,))
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="cgd-model",
                                                 initializer=_init_model_thread,
                                                 initargs=(self._inference_threads,))
@@ -273,6 +277,14 @@ class InferenceWorker:
                 async with asyncio.timeout(deadline - loop.time()):
                     await self._model_free.wait()
         return await self.run_in_model_thread(fn, *args, **kwargs)
+
+    async def run_decoding(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(*args, **kwargs)` on the preprocessing threads: decoding uploads, at the priority of their
+        preprocessing."""
+        if self._state is not _State.RUNNING:
+            raise NotReady(f"the inference worker is {self._state.value}")
+        return await asyncio.get_running_loop().run_in_executor(self._preprocess_pool,
+                                                                functools.partial(fn, *args, **kwargs))
 
     async def stop(self, *, drain: bool = True) -> None:
         """Stop accepting requests; with `drain`, embed everything admitted first.
@@ -432,14 +444,21 @@ class InferenceWorker:
 
     def _shutdown_pools(self) -> None:
         self._model_thread.shutdown(wait=True)
-        if self._shared_pool is None:
-            self._preprocess_pool.shutdown(wait=True)
+        self._preprocess_pool.shutdown(wait=True)
 
 
 def _fail(jobs: list[_Job], error: Exception) -> None:
     for job in jobs:
         if not job.future.done():
             job.future.set_exception(error)
+
+
+def lower_priority(nice: int) -> None:
+    """Thread initialiser: this thread's CPU niceness raised by `nice` (Linux keeps it per thread; raising
+    it needs no privilege). Where the system has no per-thread priority, nothing changes."""
+    if nice and hasattr(os, "setpriority"):
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
 
 
 def _init_model_thread(inference_threads: int | None) -> None:

@@ -171,7 +171,7 @@ def test_a_request_that_ended_before_its_decode_takes_no_pixels(tmp_path: Path, 
             def upload() -> UploadFile:
                 return UploadFile(io.BytesIO(make_image(1)), filename="a.png")
 
-            reader = UploadReader(Settings(data_dir=tmp_path), budget, gateway)
+            reader = UploadReader(Settings(data_dir=tmp_path), budget, gateway.run)
             (decoded,) = await reader.read([upload()])
             held = budget.held
             reader.release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -345,6 +346,38 @@ def test_stop_without_drain_fails_waiting_requests_with_not_ready() -> None:
     errors = asyncio.run(scenario())
     assert all(isinstance(error, NotReady) for error in errors)
     assert log.batches == []
+
+
+def test_decoding_and_preprocessing_run_below_the_model_threads_priority() -> None:
+    """The worker's decoding threads (uploads through `run_decoding`, and `preprocess`) run `decode_nice`
+    steps below the model thread, which keeps the priority of the process."""
+
+    def niceness() -> tuple[str, int]:
+        return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen: list[tuple[str, int]] = []
+
+    class Recording(TinyEmbedder):
+        def preprocess(self, image: Image.Image) -> torch.Tensor:
+            seen.append(niceness())
+            return super().preprocess(image)
+
+    async def scenario():
+        worker = InferenceWorker(Recording("v1", seed=1), settings(decode_nice=3))
+        await worker.start()
+        decoding = await worker.run_decoding(niceness)
+        model = await worker.run_in_model_thread(niceness)
+        await worker.embed(images(2))
+        await worker.stop()
+        with pytest.raises(NotReady):
+            await worker.run_decoding(niceness)
+        return decoding, model
+
+    process = os.getpriority(os.PRIO_PROCESS, 0)
+    decoding, model = asyncio.run(scenario())
+    assert decoding[0].startswith("cgd-preprocess") and decoding[1] == min(19, process + 3)
+    assert model[0].startswith("cgd-model") and model[1] == process
+    assert seen and all(name.startswith("cgd-preprocess") and nice == decoding[1] for name, nice in seen)
 
 
 def test_run_in_model_thread_uses_the_model_thread_and_its_torch_threads() -> None:

@@ -139,6 +139,12 @@ def init_from_env(device_name: str = "auto") -> Ranks:
     return ranks
 
 
+def default_processes(device_name: str = "auto") -> int:
+    """Data-parallel processes for training on this machine: one per GPU when training runs on CUDA,
+    else 1 (processes on one machine's CPU only share its cores)."""
+    return torch.cuda.device_count() if resolve_device(device_name).type == "cuda" else 1
+
+
 def shutdown() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_initialized():

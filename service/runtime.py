@@ -21,6 +21,7 @@ from PIL import Image
 
 from index import Gallery, ItemNotFound
 from model.data import open_rgb
+from model.distributed import default_processes
 from model.embedder import Embedder
 from model.runtime_select import MAX_SAMPLES
 from service.activations import Activations
@@ -122,7 +123,8 @@ class Runtime:
             training = TrainingQueue(jobs, gateway.gallery, registry, swapper, asyncio.get_running_loop(),
                                      workdir=data / "training", threads=settings.train_threads,
                                      default_max_minutes=settings.train_max_minutes,
-                                     replica=settings.replica(), export_onnx=settings.runtime != "torch")
+                                     replica=settings.replica(), export_onnx=settings.runtime != "torch",
+                                     processes=settings.train_processes or default_processes())
             await gateway.run(training.start)
         except BaseException:
             await worker.stop(drain=False)

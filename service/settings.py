@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     train_threads: int = Field(0, ge=0, description="threads of the training process (0: every core); it "
                                "runs at nice 10, so serving work takes the CPU first")
     train_max_minutes: float = Field(15.0, gt=0, description="time budget of a training job by default")
+    train_processes: int | None = Field(None, ge=1, description="data-parallel processes of a training job "
+                                        "(torch.distributed: nccl with one GPU each, gloo on the CPU); None: "
+                                        "one per GPU when training runs on CUDA, else 1")
 
     # Request limits
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="bytes per uploaded file")

@@ -4,6 +4,10 @@ The parent sends a `TrainingSpec` (with the `TrainConfig` itself); the child tra
 `model.trainer.train` and sends back ("progress", Progress) messages, then one ("result",
 TrainResult) or ("error", str). The child runs at a lower scheduling priority (nice 10) on all the
 threads it is given: it takes every idle core, and the serving process wins whenever it has work.
+With `processes` > 1 the child launches that many data-parallel training processes
+(`model.distributed.launch`: nccl with one GPU each, gloo on the CPU), which inherit its priority and
+share its threads; rank 0 reports the progress, every rank reads the cancel flag, and the result's
+recipe names the processes.
 With `export_onnx`, the child also exports a new model to ONNX beside its checkpoint
 (`model.onnx_export.export_path`), so that the serving process loads that file instead of exporting
 it while it serves.
@@ -39,6 +43,7 @@ class TrainingSpec:
     threads: int  # 0: every core
     nice: int = 10
     export_onnx: bool = False  # the service runs an ONNX runtime: export a new model beside its checkpoint
+    processes: int = 1  # data-parallel training processes (`model.distributed.default_processes`)
 
 
 class TrainingFailed(RuntimeError):
@@ -46,22 +51,14 @@ class TrainingFailed(RuntimeError):
 
 
 def _child_main(spec: TrainingSpec, messages: mp.Queue, cancel: Any) -> None:
-    import torch
+    from model.distributed import launch
 
     os.nice(spec.nice)
-    torch.set_num_threads(spec.threads or os.cpu_count() or 1)
-    from model.data import LabelledImage
-    from model.trainer import train
-
     try:
-        result = train(
-            [LabelledImage(Path(path), label) for path, label in spec.images],
-            spec.config,
-            out=Path(spec.out),
-            start=Path(spec.start_checkpoint) if spec.start_checkpoint else None,
-            on_progress=lambda progress: messages.put(("progress", progress)),
-            cancel=cancel,
-        )
+        if spec.processes > 1:
+            result = launch(spec.processes, _train_rank, spec, messages, cancel)
+        else:
+            result = _train_rank(spec, messages, cancel)
         if spec.export_onnx and not result.kept_start_model and result.stopped != "cancelled":
             _export_beside(result.checkpoint)
             if cancel.is_set():  # asked during the export: the job ends cancelled, nothing is promoted
@@ -70,6 +67,32 @@ def _child_main(spec: TrainingSpec, messages: mp.Queue, cancel: Any) -> None:
     except Exception as exc:  # reported to the parent, which marks the job failed
         logging.getLogger(__name__).exception("training failed")
         messages.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _train_rank(spec: TrainingSpec, messages: mp.Queue, cancel: Any) -> TrainResult:
+    """Train as this process's rank (the only one unless `spec.processes` > 1), on its share of the
+    threads; rank 0 reports the progress. Every rank returns the result (rank 0's)."""
+    import torch
+
+    from model.data import LabelledImage
+    from model.distributed import init_from_env, shutdown
+    from model.trainer import train
+
+    ranks = init_from_env(spec.config.device)
+    torch.set_num_threads(max(1, (spec.threads or os.cpu_count() or 1) // ranks.local_world_size))
+    try:
+        result = train(
+            [LabelledImage(Path(path), label) for path, label in spec.images],
+            spec.config,
+            out=Path(spec.out),
+            start=Path(spec.start_checkpoint) if spec.start_checkpoint else None,
+            on_progress=(lambda progress: messages.put(("progress", progress))) if ranks.is_main else None,
+            cancel=cancel,
+            ranks=ranks,
+        )
+    finally:
+        shutdown()
+    return replace(result, recipe={**result.recipe, "processes": ranks.world_size})
 
 
 def _export_beside(checkpoint: Path) -> None:
@@ -97,7 +120,9 @@ def run_training(
     """Run `spec` in a child process; blocks until it ends and returns the trainer's result."""
     messages: mp.Queue = _SPAWN.Queue()
     cancel = _SPAWN.Event()
-    process = _SPAWN.Process(target=_child_main, args=(spec, messages, cancel), daemon=True,
+    # A daemonic process may not start processes: a data-parallel child is not one (it is killed below
+    # all the same when it outlives the run).
+    process = _SPAWN.Process(target=_child_main, args=(spec, messages, cancel), daemon=spec.processes == 1,
                              name="cgd-training")
     process.start()
     outcome: tuple[str, Any] | None = None
@@ -121,6 +146,9 @@ def run_training(
                 outcome = (kind, payload)
     finally:
         process.join(timeout=30)
+        if process.is_alive():
+            process.terminate()  # a data-parallel child stops its ranks on SIGTERM
+            process.join(timeout=10)
         if process.is_alive():
             process.kill()
     kind, payload = outcome

@@ -71,9 +71,11 @@ class TrainingQueue:
 
     def __init__(self, jobs: JobStore, gallery, registry: ModelRegistry, swapper: ModelSwapper,
                  loop: asyncio.AbstractEventLoop, *, workdir: Path, threads: int,
-                 default_max_minutes: float, replica: str | None = None, export_onnx: bool = False) -> None:
+                 default_max_minutes: float, replica: str | None = None, export_onnx: bool = False,
+                 processes: int = 1) -> None:
         """`replica`: this process's name among replicas sharing `jobs` (None: it has the store alone);
-        `export_onnx`: the job's child exports a new model to ONNX beside its checkpoint."""
+        `export_onnx`: the job's child exports a new model to ONNX beside its checkpoint; `processes`:
+        data-parallel training processes of a job."""
         self.jobs = jobs
         self._replica = replica
         self._owner = replica or socket.gethostname()
@@ -85,6 +87,7 @@ class TrainingQueue:
         self._threads = threads
         self._default_max_minutes = default_max_minutes
         self._export_onnx = export_onnx
+        self._processes = processes
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._cancelled: set[str] = set()
@@ -190,7 +193,7 @@ class TrainingQueue:
                             config=request.train_config(self._default_max_minutes),
                             start_checkpoint=start_model.checkpoint if start_model else None,
                             out=str(self._workdir / f"{job.id}.pt"), threads=self._threads,
-                            export_onnx=self._export_onnx)
+                            export_onnx=self._export_onnx, processes=self._processes)
 
         last: dict[str, Any] = {"history": []}  # the epochs' records so far, for the job's curves
 

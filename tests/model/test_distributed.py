@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from model.distributed import SINGLE, Ranks, init_from_env, launch, shutdown
+from model.distributed import SINGLE, Ranks, default_processes, init_from_env, launch, shutdown
 
 
 def _collectives() -> dict:
@@ -66,6 +66,14 @@ def test_each_local_rank_takes_its_own_gpu() -> None:
     assert ranks.device(torch.device("cuda")) == torch.device("cuda", 1)
     assert ranks.device(torch.device("cpu")) == torch.device("cpu")
     assert (ranks.node, ranks.nodes, ranks.is_main) == (1, 2, False)
+
+
+def test_training_takes_one_process_on_the_cpu_and_one_per_gpu_on_cuda() -> None:
+    assert default_processes("cpu") == 1
+    if torch.cuda.is_available():
+        assert default_processes("cuda") == default_processes("auto") == torch.cuda.device_count()
+    else:
+        assert default_processes("auto") == 1
 
 
 def _fails() -> None:

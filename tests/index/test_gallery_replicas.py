@@ -4,6 +4,8 @@ one process stand for two replicas: they share nothing but the database and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -12,9 +14,15 @@ from index.engines import Engines, InvalidEngines
 from tests.index.engines import create_database
 
 
-@pytest.fixture(params=["faiss", "pgvector"])
-def engines(request, postgres_server) -> Engines:
-    return Engines(create_database(postgres_server), request.param)
+@pytest.fixture(params=["faiss", "pgvector", "milvus"])
+def engines(request, postgres_server, tmp_path) -> Callable[[str], Engines]:
+    """engines(process) -> the engines a replica (or a one-process tool) opens with: one database, and
+    with Milvus a Milvus Lite file each (Lite serves one process per file, as a Milvus server serves
+    every replica; closing a client stops its file's server). The one-process tool's Lite file is its
+    own, so with Milvus its check covers the database alone."""
+    url = create_database(postgres_server)
+    return lambda process: Engines(url, request.param, str(tmp_path / f"{process}.milvus.db")
+                                   if request.param == "milvus" else None)
 
 
 def _top(gallery: Gallery, query: np.ndarray, version: str | None = None) -> list[int]:
@@ -25,12 +33,12 @@ def test_replicas_open_one_gallery_and_see_each_others_writes(tmp_path, engines,
                                                               unit_vectors) -> None:
     root = tmp_path / "gallery"
     vectors = unit_vectors(7)
-    with Gallery.open(root, engines=engines, replica="a") as a:
+    with Gallery.open(root, engines=engines("a"), replica="a") as a:
         first = a.add(new_items(4), {"v1": vectors[:4]})
         with pytest.raises(GalleryLocked):
-            Gallery.open(root, engines=engines, replica="a")
-        b = Gallery.open(root, engines=engines, replica="b")  # leaves a's index (table) alone
-        Gallery.open(tmp_path / "tool", engines=engines).close()  # as a one-process tool: the same
+            Gallery.open(root, engines=engines("a"), replica="a")
+        b = Gallery.open(root, engines=engines("b"), replica="b")  # leaves a's index (table) alone
+        Gallery.open(tmp_path / "tool", engines=engines("tool")).close()  # as a one-process tool: the same
         assert _top(a, vectors[1:2])[0] == first[1].id
         assert (root / "replicas" / "b" / ".lock").exists() and not (root / ".lock").exists()
         assert _top(b, vectors[2:3])[0] == first[2].id
@@ -52,8 +60,8 @@ def test_a_version_made_live_elsewhere_is_followed_and_stale_adds_are_refused(tm
                                                                               unit_vectors) -> None:
     root = tmp_path / "gallery"
     old, new = unit_vectors(4, seed=1), unit_vectors(4, seed=2)
-    with Gallery.open(root, engines=engines, replica="a") as a, \
-            Gallery.open(root, engines=engines, replica="b") as b:
+    with Gallery.open(root, engines=engines("a"), replica="a") as a, \
+            Gallery.open(root, engines=engines("b"), replica="b") as b:
         items = a.add(new_items(4), {"v1": old})
         b.follow(b.sync())  # b opened on an empty gallery: v1 went live on a
         a.put_vectors("v2", [item.id for item in items], new)
@@ -73,10 +81,10 @@ def test_the_live_version_flips_only_from_the_version_a_replica_serves(tmp_path,
     """A replica that read v1 and has not followed v2 (a replica starting during a promotion, step by step)
     cannot flip the live version back to v1, nor on to v3: the store's compare-and-set refuses it."""
     root = tmp_path / "gallery"
-    with Gallery.open(root, engines=engines, replica="a") as a:
+    with Gallery.open(root, engines=engines("a"), replica="a") as a:
         items = a.add(new_items(3), {"v1": unit_vectors(3, seed=1)})
         ids = [item.id for item in items]
-        with Gallery.open(root, engines=engines, replica="b") as b:  # b reads v1 as the live version
+        with Gallery.open(root, engines=engines("b"), replica="b") as b:  # b reads v1 as the live version
             a.put_vectors("v2", ids, unit_vectors(3, seed=2))
             a.activate("v2")  # a's promotion, while b starts
             b.put_vectors("v3", ids, unit_vectors(3, seed=3))

@@ -3,9 +3,10 @@
 
 Real processes, real HTTP, the real default model and real caltech101 photos: what one replica is told
 is visible on the other; a training job runs on one replica of the two and is cancelled from the other;
-a model promoted on one serves on both, with every search during the switch answered by one version;
-and a replica killed with SIGKILL during ingestion loses no item it acknowledged. And, in one process
-step by step, a replica that starts during another's promotion follows it instead of undoing it.
+a model promoted on one serves on both, with every search during the switch answered by one version,
+and a rollback on the other serves on both too; and a replica killed with SIGKILL during ingestion
+loses no item it acknowledged. And, in one process step by step, a replica that starts during
+another's promotion follows it instead of undoing it.
 """
 
 from __future__ import annotations
@@ -179,6 +180,15 @@ def test_two_replicas_share_one_gallery_its_jobs_and_its_model(tmp_path, serve, 
         assert answer["results"][0]["id"] == query_id and answer["results"][0]["score"] > 0.98, answer
     assert b.client.get("/models").json()["active"] == new
     print(f"{len(answers)} searches during the switch; B followed A {switched:.1f} s after it finished")
+
+    # rollback on B, the same call with the old version: A follows it
+    rollback = b.client.post(f"/models/{old}/activate")
+    assert rollback.status_code == 202, rollback.text
+    status = f"/models/activations/{rollback.json()['job_id']}"
+    _within(120, lambda: b.client.get(status).json()["status"] == "succeeded", "the rollback on B")
+    _within(SWITCH_WITHIN_S, lambda: all(_search(r.client, query)["model_version"] == old for r in (a, b)),
+            "both replicas back on the old model")
+    assert a.client.get("/models").json()["active"] == old
 
     # SIGKILL of A during ingestion: every item it acknowledged is on B
     acknowledged: list[tuple[int, bytes]] = []

@@ -386,5 +386,8 @@ class FaissBackend:
     def load(self, path: Path) -> tuple[FaissVectorIndex, dict[str, Any]]:
         return FaissVectorIndex.load(path, self.spec, self.gpu)
 
+    def check(self) -> None:
+        """Nothing to ask: FAISS runs in the process."""
+
     def close(self) -> None:
         """Nothing to release: FAISS runs in the process."""

@@ -195,6 +195,12 @@ class Gallery:
         with self._registry.reading():
             return self._store.count()
 
+    def check_vector_engine(self) -> None:
+        """Ask the vector engine whether it answers (EngineUnavailable if not); the store answers every
+        read already."""
+        with self._registry.reading():
+            self._backend.check()
+
     def image(self, item_id: int) -> bytes:
         with self._registry.reading():
             return self._store.image(item_id)

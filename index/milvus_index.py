@@ -78,6 +78,7 @@ KINDS: dict[str, tuple[str, dict[str, int]]] = {  # canonical name -> (Milvus in
 }
 DEFAULT_NPROBE = 32
 MAX_TOP_K = 16384  # Milvus answers at most this many hits per query
+COLLECTION_NOT_LOADED = 101  # Milvus's error code for a search or query on a collection not loaded
 EXACT_FILTER_LIMIT = 4096  # up to this many allowed ids are scored exactly (the module docstring)
 EXACT_FALLBACK_LIMIT = 1 << 16
 _BATCH = 2000
@@ -386,14 +387,28 @@ class MilvusBackend:
         return dropped
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """`client.<method>(...)`, one at a time; a failure becomes MilvusUnavailable."""
+        """`client.<method>(...)`, one at a time; a failure becomes MilvusUnavailable. A call on a collection
+        that the server holds but has not loaded (a server restarted since: Milvus Lite's server does not
+        load collections again) loads it and is made once more."""
         from pymilvus import MilvusException
 
         with self._lock:
             try:
-                return getattr(self.client, method)(*args, **kwargs)
+                try:
+                    return getattr(self.client, method)(*args, **kwargs)
+                except MilvusException as exc:
+                    if exc.code != COLLECTION_NOT_LOADED or not args:
+                        raise
+                    LOG.warning("collection %s is not loaded on Milvus at %s (a restarted server?): loading "
+                                "it", args[0], self.uri)
+                    self.client.load_collection(args[0])
+                    return getattr(self.client, method)(*args, **kwargs)
             except MilvusException as exc:
                 raise MilvusUnavailable(f"Milvus at {self.uri}: {exc}") from None
+
+    def check(self) -> None:
+        """One round trip to Milvus: MilvusUnavailable if it does not answer."""
+        self.call("list_collections")
 
     def training_points(self, dim: int, n: int) -> int:
         return 0

@@ -219,6 +219,11 @@ class PgvectorBackend:
         """A pooled connection; an unreachable server becomes DatabaseUnavailable."""
         return pooled(self.pool, self.url)
 
+    def check(self) -> None:
+        """One round trip to the database: DatabaseUnavailable if it does not answer."""
+        with self.connection() as conn:
+            conn.execute("SELECT 1")
+
     def drop_owned(self, keep: set[str], reason: str) -> list[str]:
         """Drop the tables named with this backend's prefix, except `keep`; returns their names."""
         with self.connection() as conn:

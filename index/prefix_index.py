@@ -321,6 +321,9 @@ class PrefixBackend:
     def load(self, path: Path) -> tuple[PrefixVectorIndex, dict[str, Any]]:
         return PrefixVectorIndex.load(path, self.spec, self.gpu)
 
+    def check(self) -> None:
+        """Nothing to ask: FAISS runs in the process."""
+
     def close(self) -> None:
         """Nothing to release: FAISS runs in the process."""
 

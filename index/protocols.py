@@ -214,6 +214,9 @@ class VectorBackend(Protocol):
     def load(self, path: Path) -> tuple[VectorIndex, dict[str, Any]]:
         """(index, the `meta` it was saved with); SnapshotCorrupt when unusable."""
 
+    def check(self) -> None:
+        """Ask the engine whether it answers: EngineUnavailable if not (nothing to ask for FAISS)."""
+
     def close(self) -> None:
         """Release the connection to the engine (nothing for FAISS)."""
 

@@ -79,6 +79,7 @@ def _gallery_facts(runtime: Runtime) -> tuple[int, IndexStatus, str | None]:
     configured = {"nprobe": options["nprobe"], "ef_search": options["ef_search"],
                   "refine_factor": options["k_factor"], "use_gpu": options["use_gpu"],
                   "blas_threshold": options["blas_threshold"]}
+    gallery.check_vector_engine()  # a Milvus server that went away: not ready, its reason given
     try:
         stats = gallery.index_stats()
         dim = gallery.version_info(stats.version).dim

@@ -1,5 +1,6 @@
-"""Fixtures shared by every test folder: the real data sets beside the clone, and one real PostgreSQL
-server (with pgvector) per session for the gallery's PostgreSQL engines."""
+"""Fixtures shared by every test folder: the real data sets beside the clone, one real PostgreSQL
+server (with pgvector) per session for the gallery's PostgreSQL engines, and a Milvus server per test
+that asks for one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.index.engines import PostgresControl
+from tests.index.engines import MilvusServer, PostgresControl
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -54,3 +55,13 @@ def postgres_control() -> Iterator[PostgresControl]:
 def postgres_server(postgres_control: PostgresControl) -> str:
     """The session's PostgreSQL server URL (make a database per gallery with `create_database`)."""
     return postgres_control.url
+
+
+@pytest.fixture
+def milvus_server(tmp_path: Path) -> Iterator[MilvusServer]:
+    """A Milvus server (Milvus Lite's gRPC server in a child process) on a local port, running; stopped at
+    teardown."""
+    server = MilvusServer(tmp_path / "milvus-server")
+    server.start()
+    yield server
+    server.stop()

@@ -1,9 +1,15 @@
 """Real engines for the gallery tests: one PostgreSQL (pgserver, with pgvector) per session, a database
-per gallery, and a Milvus Lite file per gallery. No mocks: these are the servers the backends talk to."""
+per gallery, a Milvus Lite file per gallery, and a Milvus server where a test needs one to stop and come
+back (Milvus Lite's own gRPC server, `python -m milvus_lite server`, in a child process). No mocks: these
+are the servers the backends talk to."""
 
 from __future__ import annotations
 
 import itertools
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -51,6 +57,48 @@ class PostgresControl:
         socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
         pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.directory / "log"), "start"],
                pgdata=self.directory, user=self.user)
+
+
+@dataclass
+class MilvusServer:
+    """Milvus Lite's gRPC server in a child process, serving `directory` on a local port: a Milvus server
+    URI the backend reaches over the network, which a test can stop (kill -9) and start again."""
+
+    directory: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start it (on the same port as before, if it ran) and wait until it listens."""
+        if not self.port:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.port = sock.getsockname()[1]
+        log = self.directory.parent / f"{self.directory.name}.log"
+        with log.open("a") as output:  # a file, not a pipe: its output never blocks it
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.directory),
+                 "--host", "127.0.0.1", "--port", str(self.port)], stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not self._listening():
+            assert self.process.poll() is None, f"Milvus Lite's server stopped: {log.read_text()}"
+            assert time.monotonic() < deadline, f"Milvus Lite's server did not start: {log.read_text()}"
+            time.sleep(0.1)
+
+    def _listening(self) -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        """Kill it (-9: a server that goes away without a word)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.process = None
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""The service on PostgreSQL + pgvector (a real server): /ready names the engines; while the server is
-stopped, /ready and requests answer 503 with the reason and no password, and it recovers by itself;
-`cgd serve` started while the server is down serves 503s, then everything once the server is back."""
+"""The service on PostgreSQL + pgvector, and on PostgreSQL + a Milvus server (real servers): /ready names
+the engines; while a server is stopped, /ready and requests answer 503 with the reason and no password,
+and it recovers by itself; `cgd serve` started while a server is down serves 503s, then everything once
+the server is back."""
 
 from __future__ import annotations
 
@@ -72,3 +73,56 @@ def test_cgd_serve_starts_while_its_database_is_down_and_serves_once_it_is_back(
     assert hits["results"][0]["id"] == added.json()["items"][0]["id"]
     assert server.stop() == 0
     assert "hunter2-secret" not in server.log.read_text(errors="replace")
+
+
+def test_the_service_on_a_milvus_server_survives_milvus_going_away(
+        tmp_path, open_app, make_image, expect_error, postgres_server, milvus_server) -> None:
+    settings = {"database_url": create_database(postgres_server), "vector_backend": "milvus",
+                "milvus_uri": milvus_server.uri, "index_kind": "HNSW", "db_connect_timeout_s": 1.0}
+    with open_app(tmp_path / "data", **settings) as client:
+        ready = client.get("/ready").json()
+        assert ready["ready"], ready["reasons"]
+        assert ready["store"]["backend"] == "postgresql" and ready["index"]["backend"] == "milvus"
+        added = client.post("/gallery", files=[("files", ("a.png", make_image(1))), ("files", ("b.png",
+                                                                                         make_image(2)))])
+        assert added.status_code == 201, added.text
+        milvus_server.stop()
+        not_ready = client.get("/ready")
+        assert not_ready.status_code == 503, not_ready.text
+        reasons = not_ready.json()["reasons"]
+        assert any(reason.startswith("engine: Milvus at ") for reason in reasons), reasons
+        expect_error(client.post("/search", files={"file": ("q.png", make_image(1))}), 503, "unavailable")
+        assert client.get("/gallery").status_code == 200  # the items are in PostgreSQL, which answers
+        milvus_server.start()  # the same data and port; its collections come back unloaded
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:  # the client reconnects by itself
+            assert time.monotonic() < deadline, "not ready again within 60 s"
+            time.sleep(0.5)
+        hits = client.post("/search", files={"file": ("q.png", make_image(1))})
+        assert hits.status_code == 200, hits.text
+        assert hits.json()["results"][0]["id"] == added.json()["items"][0]["id"]
+
+
+def test_cgd_serve_starts_while_its_milvus_server_is_down_and_serves_once_it_is_back(
+        tmp_path, serve, make_image, expect_error, postgres_server, milvus_server) -> None:
+    env = {"CGD_DATABASE_URL": create_database(postgres_server), "CGD_VECTOR_BACKEND": "milvus",
+           "CGD_MILVUS_URI": milvus_server.uri, "CGD_INDEX_KIND": "HNSW", "CGD_DB_CONNECT_TIMEOUT_S": "1"}
+    milvus_server.stop()
+    server = serve(tmp_path / "data", tmp_path / "serve.log", env, until="/health")
+    not_ready = server.client.get("/ready")
+    assert not_ready.status_code == 503, not_ready.text
+    reasons = " ".join(not_ready.json()["reasons"])
+    assert reasons.startswith("engine: cannot connect to Milvus") and "retrying" in reasons, reasons
+    expect_error(server.client.post("/search", files={"file": ("q.png", make_image(1))}), 503, "not_ready")
+    upload = [("files", ("a.png", make_image(1)))]
+    expect_error(server.client.post("/gallery", files=upload), 503, "not_ready")
+    milvus_server.start()
+    deadline = time.monotonic() + 120  # the next attempt opens the gallery and loads the model
+    while server.client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, f"not ready within 120 s:\n{server.log_tail()}"
+        time.sleep(0.5)
+    added = server.client.post("/gallery", files=[("files", ("a.png", make_image(1)))])
+    assert added.status_code == 201, added.text
+    hits = server.client.post("/search", files={"file": ("q.png", make_image(1))}).json()
+    assert hits["results"][0]["id"] == added.json()["items"][0]["id"]
+    assert server.stop() == 0

@@ -184,3 +184,28 @@ def test_index_settings_reach_the_gallery_and_bad_ones_fail_at_start_up(monkeypa
     if getattr(faiss, "get_num_gpus", lambda: 0)() == 0:
         with pytest.raises(ValidationError, match="no GPU"):
             Settings(index_use_gpu="always")  # a GPU is demanded: refused where FAISS sees none
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"vector_backend": "pgvector", "index_kind": "IVF-PQ"},
+     "not one the pgvector backend builds; valid CGD_INDEX_KIND values: Flat, HNSW, HNSW32"),
+    ({"vector_backend": "milvus", "milvus_uri": "http://milvus:19530", "index_kind": "HNSW-SQ8"},
+     "not one the milvus backend builds; valid CGD_INDEX_KIND values: Flat, HNSW, IVF-Flat, IVF-SQ8"),
+    ({"vector_backend": "milvus", "index_kind": "HNSW"}, "the milvus backend needs CGD_MILVUS_URI"),
+    ({"database_url": "mysql://cgd:s3cret-pw@db/gallery"}, "must start with postgresql://"),
+])
+def test_engines_that_cannot_work_fail_at_start_up_without_the_password(values: dict, message: str) -> None:
+    values = {"database_url": "postgresql://cgd:s3cret-pw@db/gallery", **values}
+    with pytest.raises(ValidationError, match=message) as refused:
+        Settings(**values)
+    assert "s3cret-pw" not in str(refused.value)
+
+
+def test_each_vector_backend_takes_its_own_index_kinds() -> None:
+    url = "postgresql://cgd:s3cret-pw@db/gallery"
+    assert Settings(database_url=url, vector_backend="pgvector", index_kind="hnsw32").index_kind == "hnsw32"
+    assert Settings(database_url=url, vector_backend="milvus", milvus_uri="/data/gallery.db",
+                    index_kind="IVF-SQ8").gallery_engines().vector_backend == "milvus"
+    with pytest.raises(ValidationError, match="needs a PostgreSQL database URL"):
+        Settings(vector_backend="pgvector", index_kind="HNSW")
+    assert "s3cret-pw" not in repr(Settings(database_url=url))

@@ -160,7 +160,8 @@ def test_the_gallery_serves_a_prefix_kind_with_filters_deletes_versions_and_rest
         items = gallery.add(new_items(N, shared_image=True), {"v1": vectors, "v2": other})
         ids = np.asarray([item.id for item in items])
         gallery.search(queries[:1], 1)
-        assert gallery.index_stats().factory.startswith(f"prefix{BRANCH}:")  # trained once N items came
+        stats = gallery.index_stats()  # trained once N items came; /ready shows these
+        assert stats.factory.startswith(f"prefix{BRANCH}:Flat x") and stats.coarse_dim == BRANCH
         _, hits = gallery.search(queries, 10, label="cat")
         cats = np.asarray([item.id for item in items if item.label == "cat"])
         expected = exact(queries, cats, vectors[np.isin(ids, cats)], 10)

@@ -20,6 +20,10 @@ efSearch: one-query p50 / p99 over `--singles` queries of its own and recall@10 
 compaction does. `--huge-pages` starts those processes with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`:
 glibc's malloc then asks for transparent huge pages (`madvise`) for its heap and mapped blocks, so
 FAISS's arrays (a graph's links and codes) are held in 2 MiB pages where the kernel allows it.
+`--reload` saves each built index as the gallery does and times the copy loaded from that snapshot
+(what a service serves after a restart: FAISS's arrays read at their final size instead of grown
+during the build); `rss_gib` and `peak_gib` still describe the build, `rss_reloaded_gib` the loaded
+copy, and `rss_searched_gib` that copy after the searches.
 The vectors are CGD-shaped (`--branches 3`: three L2-normalised 512-d blocks, so
 prefix kinds find a first branch; 1: the plain clustered vectors). Each (size, kind) runs in a fresh
 child process, so memory freed by an earlier kind (which the
@@ -221,6 +225,15 @@ def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarr
         build_s = time.perf_counter() - started
         rss_index = rss_bytes() - rss_before
         peak_build = peak_rss_bytes() - rss_before
+        rss_reloaded = None
+        if args.reload:  # as after a restart: saved as the gallery saves it, dropped, loaded
+            snapshot = Path(directory) / "reloaded.index"
+            index.save(snapshot, {})
+            del index
+            release_freed_memory()
+            spec = IndexSpec.parse(kind, nprobe=args.nprobe, ef_search=args.ef_search, k_factor=args.k_factor)
+            index = make_backend(spec, False, Path(directory)).load(snapshot)[0]
+            rss_reloaded = rss_bytes() - rss_before
         write_back(Path(directory))
         first = time_singles(index, singles_queries, args.singles_budget_s)
         singles = time_singles(index, data.extra(args.singles, stream=4), args.singles_budget_s)
@@ -256,6 +269,7 @@ def bench_kind(kind: str, n: int, dim: int, queries: np.ndarray, truth: np.ndarr
                "search100_ms": round(statistics.median(batch_times), 1), "recall10": round(recall, 3),
                "rss_gib": round(rss_index / 2**30, 2), "rss_searched_gib": round(rss_searched / 2**30, 2),
                "peak_gib": round(peak_build / 2**30, 2),
+               **({"rss_reloaded_gib": round(rss_reloaded / 2**30, 2)} if rss_reloaded is not None else {}),
                "serialised_gib": round(index.serialized_size() / 2**30, 2), "load1": load_average(),
                "huge_pages": huge_pages(),
                **({"ef_sweep": sweep} if sweep else {})}
@@ -448,6 +462,8 @@ def main() -> None:
     parser.add_argument("--huge-pages", action="store_true",
                         help=f"run each kind's process with GLIBC_TUNABLES={HUGE_PAGES_TUNABLE} (malloc "
                              "asks for transparent huge pages)")
+    parser.add_argument("--reload", action="store_true",
+                        help="time each index loaded from a snapshot of the built one (as after a restart)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     if args.huge_pages:  # read by glibc when a process starts: the spawned children get it

@@ -10,6 +10,28 @@ import time
 from tests.index.engines import create_database
 
 
+def wait_until_ready(client, seconds: float, log_tail=lambda: "") -> None:
+    """Poll /ready until it answers 200 (the service reconnects by itself); fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, f"not ready within {seconds:g} s:\n{log_tail()}"
+        time.sleep(0.5)
+
+
+def assert_the_first_hit_is(client, make_image, item_id: str) -> None:
+    """A search with image 1 returns `item_id` first."""
+    hits = client.post("/search", files={"file": ("q.png", make_image(1))})
+    assert hits.status_code == 200, hits.text
+    assert hits.json()["results"][0]["id"] == item_id
+
+
+def assert_an_added_image_finds_itself(client, make_image) -> None:
+    """Image 1 is added, then found first by a search with it."""
+    added = client.post("/gallery", files=[("files", ("a.png", make_image(1)))])
+    assert added.status_code == 201, added.text
+    assert_the_first_hit_is(client, make_image, added.json()["items"][0]["id"])
+
+
 def test_the_service_on_postgresql_and_pgvector_survives_its_database_going_away(
         tmp_path, open_app, make_image, expect_error, postgres_control) -> None:
     url = create_database(postgres_control.url).replace("postgres:@", "postgres:hunter2-secret@")
@@ -35,12 +57,8 @@ def test_the_service_on_postgresql_and_pgvector_survives_its_database_going_away
             assert client.get("/metrics").status_code == 200  # the last gallery figures stay
         finally:
             postgres_control.start()
-        deadline = time.monotonic() + 60
-        while client.get("/ready").status_code != 200:  # the pools reconnect by themselves
-            assert time.monotonic() < deadline, "not ready again within 60 s"
-            time.sleep(0.5)
-        hits = client.post("/search", files={"file": ("q.png", make_image(1))}).json()
-        assert hits["results"][0]["id"] == added.json()["items"][0]["id"]
+        wait_until_ready(client, 60)  # the pools reconnect by themselves
+        assert_the_first_hit_is(client, make_image, added.json()["items"][0]["id"])
 
 
 def test_cgd_serve_starts_while_its_database_is_down_and_serves_once_it_is_back(
@@ -63,14 +81,8 @@ def test_cgd_serve_starts_while_its_database_is_down_and_serves_once_it_is_back(
         assert "hunter2-secret" not in not_ready.text + body["detail"]
     finally:
         postgres_control.start()
-    deadline = time.monotonic() + 120  # the next attempt opens the gallery and loads the model
-    while server.client.get("/ready").status_code != 200:
-        assert time.monotonic() < deadline, f"not ready within 120 s:\n{server.log_tail()}"
-        time.sleep(0.5)
-    added = server.client.post("/gallery", files=[("files", ("a.png", make_image(1)))])
-    assert added.status_code == 201, added.text
-    hits = server.client.post("/search", files={"file": ("q.png", make_image(1))}).json()
-    assert hits["results"][0]["id"] == added.json()["items"][0]["id"]
+    wait_until_ready(server.client, 120, server.log_tail)  # the next attempt opens gallery and model
+    assert_an_added_image_finds_itself(server.client, make_image)
     assert server.stop() == 0
     assert "hunter2-secret" not in server.log.read_text(errors="replace")
 
@@ -94,13 +106,8 @@ def test_the_service_on_a_milvus_server_survives_milvus_going_away(
         expect_error(client.post("/search", files={"file": ("q.png", make_image(1))}), 503, "unavailable")
         assert client.get("/gallery").status_code == 200  # the items are in PostgreSQL, which answers
         milvus_server.start()  # the same data and port; its collections come back unloaded
-        deadline = time.monotonic() + 60
-        while client.get("/ready").status_code != 200:  # the client reconnects by itself
-            assert time.monotonic() < deadline, "not ready again within 60 s"
-            time.sleep(0.5)
-        hits = client.post("/search", files={"file": ("q.png", make_image(1))})
-        assert hits.status_code == 200, hits.text
-        assert hits.json()["results"][0]["id"] == added.json()["items"][0]["id"]
+        wait_until_ready(client, 60)  # the client reconnects by itself
+        assert_the_first_hit_is(client, make_image, added.json()["items"][0]["id"])
 
 
 def test_cgd_serve_starts_while_its_milvus_server_is_down_and_serves_once_it_is_back(
@@ -117,12 +124,6 @@ def test_cgd_serve_starts_while_its_milvus_server_is_down_and_serves_once_it_is_
     upload = [("files", ("a.png", make_image(1)))]
     expect_error(server.client.post("/gallery", files=upload), 503, "not_ready")
     milvus_server.start()
-    deadline = time.monotonic() + 120  # the next attempt opens the gallery and loads the model
-    while server.client.get("/ready").status_code != 200:
-        assert time.monotonic() < deadline, f"not ready within 120 s:\n{server.log_tail()}"
-        time.sleep(0.5)
-    added = server.client.post("/gallery", files=[("files", ("a.png", make_image(1)))])
-    assert added.status_code == 201, added.text
-    hits = server.client.post("/search", files={"file": ("q.png", make_image(1))}).json()
-    assert hits["results"][0]["id"] == added.json()["items"][0]["id"]
+    wait_until_ready(server.client, 120, server.log_tail)  # the next attempt opens gallery and model
+    assert_an_added_image_finds_itself(server.client, make_image)
     assert server.stop() == 0

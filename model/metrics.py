@@ -132,4 +132,3 @@ def query_scores(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] =
     metrics = {f"recall@{k}": hits[k] / n for k in cutoffs}
     metrics["map@r"] = float(np.nanmean(per_query.ap))
     return metrics, per_query
-

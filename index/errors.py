@@ -11,6 +11,10 @@ class ItemNotFound(GalleryError, LookupError):
     """No item has this id or external id."""
 
 
+class NoImage(GalleryError, LookupError):
+    """The item exists but has no image (its vector was imported without one)."""
+
+
 class VectorNotFound(GalleryError, LookupError):
     """The item exists but has no vector for this model version."""
 

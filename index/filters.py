@@ -1,5 +1,6 @@
 """Search filters: `MetadataFilter` (metadata equality, checked once when it is made, frozen and hashable)
-and `ItemFilter` (a label and / or a metadata filter: what a search may return)."""
+and `ItemFilter` (a label and / or a metadata filter: what a search may return); `image_condition`, the
+stores' SQL for items with or without an image."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from typing import Any
 from index.validation import check_filter
 
 Scalar = str | int | float | bool | None
+
+
+def image_condition(has_image: bool | None, column: str = "sha256") -> str:
+    """An SQL condition (SQLite and PostgreSQL alike) on items: those with an image (True), those without
+    one (False), or any (None)."""
+    return {None: "TRUE", True: f"{column} IS NOT NULL", False: f"{column} IS NULL"}[has_image]
 
 
 @dataclass(frozen=True)

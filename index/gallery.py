@@ -25,6 +25,7 @@ import numpy as np
 
 from index.engines import Engines, InvalidEngines, open_server_backend, open_store
 from index.errors import (
+    InvalidItem,
     InvalidQuery,
     ItemNotFound,
     MissingVectors,
@@ -144,7 +145,8 @@ class Gallery:
 
         Returns the items in input order. An item whose external id exists is returned unchanged and its
         vectors are ignored. When a version is live, `vectors` must include it; with none live yet, the
-        first version given becomes live.
+        first version given becomes live. An item whose `image` is None has no image (`attach_images`
+        gives it one later): it is searchable, but cannot be trained on nor embedded by another model.
         """
         items = list(items)
         checked = {version: quantize(check_vectors(array, len(items), unit=True))
@@ -155,12 +157,13 @@ class Gallery:
             was_live = self._live
             if was_live is not None and was_live not in checked:
                 raise MissingVectors(f"add() needs vectors for the live version {was_live!r}")
-            hashes = self._store.put_images([item.image for item in items])
+            stored_images = iter(self._store.put_images([it.image for it in items if it.image is not None]))
+            hashes = [next(stored_images) if item.image is not None else None for item in items]
             with self._registry.writing() as indexes:
                 try:
                     stored, created = self._store.add(items, hashes, checked)
                 except BaseException:  # refused or not written: no image of it stays behind
-                    self._store.discard_images(hashes)
+                    self._store.discard_images(sha256 for sha256 in hashes if sha256 is not None)
                     raise
                 rows = np.flatnonzero(created)
                 ids = np.asarray([stored[row].id for row in rows], dtype=np.int64)
@@ -171,6 +174,22 @@ class Gallery:
             self._registry.ensure(self._live)  # no search has to build it, nor write its snapshot
         self._registry.maintain(checked)
         return stored
+
+    def attach_images(self, ids: Sequence[int], images: Sequence[bytes]) -> list[int]:
+        """Give items that have no image (imported as vectors) their image, all or nothing; returns the ids
+        that got one. Items that have an image already, or no longer exist, are left as they are. Their
+        vectors stay; versions that lack one get it from the image at the next activation."""
+        if len(ids) != len(images):
+            raise InvalidItem(f"{len(ids)} ids for {len(images)} images")
+        if not ids:
+            return []
+        with self._writer:
+            hashes = self._store.put_images(list(images))
+            try:
+                attached = self._store.attach_images([int(i) for i in ids], hashes)
+            finally:  # images of the items left as they were (or of a failed write) do not stay behind
+                self._store.discard_images(hashes)
+        return attached
 
     def get(self, item_id: int) -> Item:
         with self._registry.reading():
@@ -191,9 +210,10 @@ class Gallery:
         with self._registry.reading():
             return self._store.labelled_items(labels)
 
-    def count(self) -> int:
+    def count(self, has_image: bool | None = None) -> int:
+        """Items in all, or only those with an image (True) or without one (False)."""
         with self._registry.reading():
-            return self._store.count()
+            return self._store.count(has_image)
 
     def check_vector_engine(self) -> None:
         """Ask the vector engine whether it answers (EngineUnavailable if not); the store answers every
@@ -202,11 +222,12 @@ class Gallery:
             self._backend.check()
 
     def image(self, item_id: int) -> bytes:
+        """The item's image bytes; NoImage if it has none."""
         with self._registry.reading():
             return self._store.image(item_id)
 
     def image_path(self, item_id: int) -> Path:
-        """Where the item's image file is (read-only: other items may share it)."""
+        """Where the item's image file is (read-only: other items may share it); NoImage if it has none."""
         with self._registry.reading():
             return self._store.image_path(item_id)
 
@@ -318,10 +339,11 @@ class Gallery:
         with self._registry.reading():
             return self._store.version_info(version)
 
-    def ids_missing_vectors(self, version: str) -> np.ndarray:
-        """Sorted ids (N,) of current items that have no vector for `version`."""
+    def ids_missing_vectors(self, version: str, has_image: bool | None = None) -> np.ndarray:
+        """Sorted ids (N,) of current items that have no vector for `version`: only those that have an
+        image (that a model can embed), or only those without one, when `has_image` is given."""
         with self._registry.reading():
-            return self._store.ids_missing_vectors(version)
+            return self._store.ids_missing_vectors(version, has_image)
 
     def put_vectors(self, version: str, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> int:
         """Durably store unit vectors (N,d) of item ids (N,) for `version` (re-embedding for a new model).
@@ -346,32 +368,35 @@ class Gallery:
         """Make `version` live atomically (also the rollback); no search ever mixes two versions.
 
         Its index is loaded or built first while the old version keeps serving. Then, under the writer
-        lock, `fill_missing(items) -> (N,d) unit vectors` embeds the items still lacking a vector for it
-        (ingested meanwhile) and the live version is swapped. A version with no stored vectors can go live
-        only while the gallery is empty, or through `fill_missing`. The store's flip is a compare-and-set
-        from the version this gallery serves: `VersionMoved` (nothing changed) if another process made
-        another version live meanwhile, which this one has not followed yet.
+        lock, `fill_missing(items) -> (N,d) unit vectors` embeds the items with an image still lacking a
+        vector for it (ingested meanwhile) and the live version is swapped. Items without an image and
+        without a vector for it are not in it (not found by its searches). A version with no stored
+        vectors can go live only while no item has an image, or through `fill_missing`. The store's flip
+        is a compare-and-set from the version this gallery serves: `VersionMoved` (nothing changed) if
+        another process made another version live meanwhile, which this one has not followed yet.
         """
         if version in self.versions():
             self._registry.ensure(version)
         built = None
         with self._writer:
-            missing = self._store.ids_missing_vectors(version)
+            missing = self._store.ids_missing_vectors(version, has_image=True)
             if fill_missing is not None and len(missing):
                 found = self._store.get_many(missing.tolist())
                 items = [found[i] for i in missing.tolist()]
                 vectors = quantize(check_vectors(fill_missing(items), len(items), unit=True))
                 self._put_vectors(version, missing, vectors)
-                missing = self._store.ids_missing_vectors(version)
             known = version in self._store.versions()
-            if not known and self._store.count():
+            if not known and len(self._store.ids_missing_vectors(version, has_image=True)):
                 raise UnknownVersion(f"no vectors are stored for model version {version!r}")
+            missing = self._store.ids_missing_vectors(version)
             with self._registry.reading() as indexes:
                 loaded = indexes.get(version) is not None
             if known and not loaded:  # created just now by fill_missing
                 built = self._registry.build(version)
             if len(missing):
-                LOG.warning("version %s goes live with %d items lacking a vector", version, len(missing))
+                imageless = len(self._store.ids_missing_vectors(version, has_image=False))
+                LOG.warning("version %s goes live with %d items lacking a vector (%d of them without an "
+                            "image)", version, len(missing), imageless)
             with self._registry.writing() as indexes:
                 self._store.set_live_version(version, expected=self._live)
                 if built is not None:

@@ -33,10 +33,11 @@ from index.errors import (
     InvalidItem,
     InvalidQuery,
     ItemNotFound,
+    NoImage,
     UnknownVersion,
     VersionMoved,
 )
-from index.filters import MetadataFilter
+from index.filters import MetadataFilter, image_condition
 from index.postgres import PostgresSettings, open_migrated_pool, pooled
 from index.postprocess import Whitening
 from index.records import UNSET, Item, NewItem, VersionInfo
@@ -81,6 +82,7 @@ MIGRATIONS: tuple[str, ...] = (
         item_id BIGINT NOT NULL UNIQUE REFERENCES items (id) ON DELETE CASCADE
     );
     """,
+    "ALTER TABLE items ALTER COLUMN sha256 DROP NOT NULL",  # items imported as vectors, without an image
 )
 _COLUMNS = "id, external_id, label, metadata, sha256, created_at"
 LIVE_VERSION_QUERY = "SELECT value FROM settings WHERE key = 'live_version'"  # the service's records read it
@@ -157,9 +159,10 @@ class PostgresItemStore:
         """Durably store image bytes (before the rows that name them); returns their sha256s."""
         return self.blobs.put_images(images)
 
-    def add(self, items: Sequence[NewItem], hashes: Sequence[str],
+    def add(self, items: Sequence[NewItem], hashes: Sequence[str | None],
             vectors: Mapping[str, np.ndarray]) -> tuple[list[Item], list[bool]]:
-        """Insert rows and vectors (N,d) per version in one transaction; images must be stored already.
+        """Insert rows and vectors (N,d) per version in one transaction; images must be stored already
+        (`hashes`: None for an item without an image).
 
         As `SQLiteItemStore.add`: an existing external id (stored, or earlier in the batch) yields that
         item unchanged; with no live version yet, the first version in `vectors` becomes live.
@@ -245,7 +248,7 @@ class PostgresItemStore:
         with self._transaction() as conn:
             deleted = [_item(row) for row in conn.execute(
                 f"DELETE FROM items WHERE id = ANY(%s) RETURNING {_COLUMNS}", (wanted,))]
-            hashes = sorted({it.sha256 for it in deleted})
+            hashes = sorted({it.sha256 for it in deleted if it.sha256 is not None})
             shared = {row[0] for row in conn.execute(
                 "SELECT DISTINCT sha256 FROM items WHERE sha256 = ANY(%s)", (hashes,))}
         for sha256 in set(hashes) - shared:  # after the commit: a crash leaves orphans, not dangling rows
@@ -262,6 +265,16 @@ class PostgresItemStore:
                 "FROM unnest(%s::bigint[], %s::bytea[]) AS u(id, vector) JOIN items i ON i.id = u.id "
                 "ON CONFLICT DO NOTHING RETURNING item_id", (vid, ids.tolist(), encoded)).fetchall()
         return np.sort(np.asarray([row[0] for row in written], dtype=np.int64))
+
+    def attach_images(self, ids: Sequence[int], hashes: Sequence[str]) -> list[int]:
+        """Give items without an image theirs (stored already), in one transaction; returns the ids that
+        got one (items that have an image, or no longer exist, are left as they are)."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "UPDATE items i SET sha256 = u.sha256 FROM unnest(%s::bigint[], %s::text[]) AS u(id, sha256) "
+                "WHERE i.id = u.id AND i.sha256 IS NULL RETURNING i.id",
+                ([int(i) for i in ids], list(hashes))).fetchall()
+        return sorted(int(row[0]) for row in rows)
 
     def set_whitening(self, version: str, whitening: Whitening | None) -> None:
         with self._transaction() as conn:
@@ -298,7 +311,8 @@ class PostgresItemStore:
     def sweep_blobs(self) -> int:
         """Erase image files no item names (left by a crash between a write and its commit). Call with no
         add in flight. Returns how many were erased."""
-        return self.blobs.sweep({row[0] for row in self._read("SELECT DISTINCT sha256 FROM items")})
+        return self.blobs.sweep({row[0] for row in self._read("SELECT DISTINCT sha256 FROM items "
+                                                              "WHERE sha256 IS NOT NULL")})
 
     def discard_images(self, hashes: Iterable[str]) -> None:
         """Erase the given images unless an item names them (after an add that failed). Call under the
@@ -388,14 +402,20 @@ class PostgresItemStore:
             params.append(sorted(labels))
         return [_item(row) for row in self._read(query + " ORDER BY id", params)]
 
-    def count(self) -> int:
-        return int(self._read("SELECT COUNT(*) FROM items")[0][0])
+    def count(self, has_image: bool | None = None) -> int:
+        return int(self._read(f"SELECT COUNT(*) FROM items WHERE {image_condition(has_image)}")[0][0])
 
     def image(self, item_id: int) -> bytes:
-        return self.blobs.get(self.get(item_id).sha256)
+        return self.blobs.get(self._image_hash(item_id))
 
     def image_path(self, item_id: int) -> Path:
-        return self.blobs.path(self.get(item_id).sha256)
+        return self.blobs.path(self._image_hash(item_id))
+
+    def _image_hash(self, item_id: int) -> str:
+        sha256 = self.get(item_id).sha256
+        if sha256 is None:
+            raise NoImage(f"item {item_id} has no image")
+        return sha256
 
     def matching_ids(self, version: str, label: str | None,
                      metadata: MetadataFilter | Mapping[str, Any] | None,
@@ -465,10 +485,10 @@ class PostgresItemStore:
                                 (vid,)).fetchall()
         return np.asarray([row[0] for row in rows], dtype=np.int64)
 
-    def ids_missing_vectors(self, version: str) -> np.ndarray:
+    def ids_missing_vectors(self, version: str, has_image: bool | None = None) -> np.ndarray:
         rows = self._read("SELECT i.id FROM items i WHERE NOT EXISTS (SELECT 1 FROM vectors v JOIN versions s"
-                          " ON s.vid = v.vid WHERE s.name = %s AND v.item_id = i.id) ORDER BY i.id",
-                          (version,))
+                          " ON s.vid = v.vid WHERE s.name = %s AND v.item_id = i.id) AND "
+                          f"{image_condition(has_image, 'i.sha256')} ORDER BY i.id", (version,))
         return np.asarray([row[0] for row in rows], dtype=np.int64)
 
     def iter_vectors(self, version: str, batch: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -37,10 +37,14 @@ class ItemStore(Protocol):
     def sweep_blobs(self) -> int:
         """Erase image files no item names; returns how many. The gallery keeps writers out meanwhile."""
 
-    def add(self, items: Sequence[NewItem], hashes: Sequence[str],
+    def add(self, items: Sequence[NewItem], hashes: Sequence[str | None],
             vectors: Mapping[str, np.ndarray]) -> tuple[list[Item], list[bool]]:
         """Rows + vectors (N,d) per version, all or nothing; (items in input order, which ones are new).
-        With no live version yet, the first version in `vectors` becomes live."""
+        A None hash: an item without an image. With no live version yet, the first version in `vectors`
+        becomes live."""
+
+    def attach_images(self, ids: Sequence[int], hashes: Sequence[str]) -> list[int]:
+        """Name the (stored) images of items that have none, all or nothing; returns the ids that got one."""
 
     def update(self, item_id: int, *, label: str | None = ..., metadata: Mapping[str, Any] = ...) -> Item:
         """Set the label and/or replace the metadata; ItemNotFound if there is no such item."""
@@ -79,11 +83,14 @@ class ItemStore(Protocol):
 
     def labelled_items(self, labels: set[str] | None) -> list[Item]: ...
 
-    def count(self) -> int: ...
+    def count(self, has_image: bool | None = None) -> int:
+        """Items in all, or only those with an image (True) or without one (False)."""
 
-    def image(self, item_id: int) -> bytes: ...
+    def image(self, item_id: int) -> bytes:
+        """NoImage if the item has none."""
 
-    def image_path(self, item_id: int) -> Path: ...
+    def image_path(self, item_id: int) -> Path:
+        """NoImage if the item has none."""
 
     def matching_ids(self, version: str, label: str | None, metadata: MetadataFilter | None,
                      limit: int | None = None) -> np.ndarray:
@@ -115,8 +122,9 @@ class ItemStore(Protocol):
     def vector_ids(self, version: str) -> np.ndarray:
         """Sorted ids (N,) that have a `version` vector."""
 
-    def ids_missing_vectors(self, version: str) -> np.ndarray:
-        """Sorted ids (N,) of items without a `version` vector."""
+    def ids_missing_vectors(self, version: str, has_image: bool | None = None) -> np.ndarray:
+        """Sorted ids (N,) of items without a `version` vector (only those with an image, or without one,
+        when `has_image` is given)."""
 
     def iter_vectors(self, version: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids (B,), vectors (B,d)) in batches, in id order."""

@@ -10,21 +10,27 @@ UNSET: Any = object()  # "leave unchanged" in updates, where None means "clear"
 
 @dataclass(frozen=True)
 class Item:
-    """One stored gallery item. `id` is the SQLite row id and the FAISS id; ids are never reused."""
+    """One stored gallery item. `id` is the SQLite row id and the FAISS id; ids are never reused.
+    `sha256` names its image; None when it has none (its vector was imported without one)."""
 
     id: int
     external_id: str | None
     label: str | None
     metadata: dict[str, Any]
-    sha256: str
+    sha256: str | None
     created_at: float
+
+    @property
+    def has_image(self) -> bool:
+        return self.sha256 is not None
 
 
 @dataclass(frozen=True)
 class NewItem:
-    """An item to add: the original image bytes and what the client says about it."""
+    """An item to add: the original image bytes (None: an imported vector without an image) and what the
+    client says about it."""
 
-    image: bytes
+    image: bytes | None
     external_id: str | None = None
     label: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)

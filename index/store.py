@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -20,23 +21,27 @@ import numpy as np
 
 from index import vectors as vector_rows
 from index.blobs import BlobStore
-from index.errors import InvalidQuery, ItemNotFound, VersionMoved
-from index.filters import MetadataFilter
+from index.errors import InvalidQuery, ItemNotFound, NoImage, StorageCorrupted, VersionMoved
+from index.filters import MetadataFilter, image_condition
 from index.postprocess import Whitening
 from index.records import UNSET, Item, NewItem, VersionInfo
 from index.validation import check_metadata, check_text, item_changes
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
+ITEMS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     external_id TEXT UNIQUE,
     label TEXT,
     metadata TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
+    sha256 TEXT,
     created_at REAL NOT NULL
 );
+"""
+ITEMS_INDEXES = """
 CREATE INDEX IF NOT EXISTS items_label ON items(label);
 CREATE INDEX IF NOT EXISTS items_sha256 ON items(sha256);
+"""
+SCHEMA = ITEMS_TABLE.format(name="items") + ITEMS_INDEXES + """
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS attribute_changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -45,11 +50,46 @@ CREATE TABLE IF NOT EXISTS attribute_changes (
 """
 _COLUMNS = "id, external_id, label, metadata, sha256, created_at"
 _CHUNK = 900
+LOG = logging.getLogger(__name__)
 
 
 def _item(row: tuple) -> Item:
     return Item(id=row[0], external_id=row[1], label=row[2], metadata=json.loads(row[3]), sha256=row[4],
                 created_at=row[5])
+
+
+def allow_items_without_image(conn: sqlite3.Connection) -> bool:
+    """Migrate a gallery made when every item had an image (`sha256 NOT NULL`): SQLite cannot drop a
+    constraint, so the items table is copied into one without it in one transaction, keeping ids, the
+    id sequence (ids of deleted items are never given again) and the rows that refer to items. Returns
+    whether it migrated. `conn` is in autocommit mode, outside a transaction."""
+    columns = {row[1]: bool(row[3]) for row in conn.execute("PRAGMA table_info(items)")}
+    if not columns.get("sha256"):
+        return False
+    conn.execute("PRAGMA foreign_keys=OFF")  # dropping the old table must not cascade to the vectors
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            sequence = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+            conn.execute(ITEMS_TABLE.format(name="items_migrated"))
+            conn.execute(f"INSERT INTO items_migrated ({_COLUMNS}) SELECT {_COLUMNS} FROM items")
+            conn.execute("DROP TABLE items")
+            conn.execute("ALTER TABLE items_migrated RENAME TO items")
+            for statement in filter(str.strip, ITEMS_INDEXES.split(";")):
+                conn.execute(statement)
+            if sequence is not None:
+                conn.execute("DELETE FROM sqlite_sequence WHERE name = 'items'")
+                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('items', ?)", sequence)
+            if conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                raise StorageCorrupted("rows refer to items that do not exist; the gallery was not migrated")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
+    return True
 
 
 def filter_sql(label: str | None,
@@ -89,6 +129,8 @@ class SQLiteItemStore:
         self._writer = self._connect()
         self._writer.execute("PRAGMA journal_mode=WAL")
         self._writer.executescript(SCHEMA + vector_rows.SCHEMA)
+        if allow_items_without_image(self._writer):
+            LOG.info("%s: migrated so that items may have no image", path)
 
     @classmethod
     def open(cls, root: Path) -> SQLiteItemStore:
@@ -134,9 +176,10 @@ class SQLiteItemStore:
         """Durably store image bytes (before the rows that name them); returns their sha256s."""
         return self.blobs.put_images(images)
 
-    def add(self, items: Sequence[NewItem], hashes: Sequence[str],
+    def add(self, items: Sequence[NewItem], hashes: Sequence[str | None],
             vectors: Mapping[str, np.ndarray]) -> tuple[list[Item], list[bool]]:
-        """Insert rows and vectors (N,d) per version in one transaction; images must be stored already.
+        """Insert rows and vectors (N,d) per version in one transaction; images must be stored already
+        (`hashes`: None for an item without an image).
 
         Returns the items in input order and, per item, whether it is new. An existing external id
         (in the store or earlier in the batch) yields that item unchanged and its vectors are ignored.
@@ -201,7 +244,8 @@ class SQLiteItemStore:
                     conn.execute("DELETE FROM items WHERE id = ?", (int(item_id),))
                     deleted.append(_item(row))
             shared = "SELECT 1 FROM items WHERE sha256 = ? LIMIT 1"
-            orphans = {it.sha256 for it in deleted if conn.execute(shared, (it.sha256,)).fetchone() is None}
+            orphans = {it.sha256 for it in deleted
+                       if it.sha256 is not None and conn.execute(shared, (it.sha256,)).fetchone() is None}
         for sha256 in orphans:  # after the commit: a crash before this leaves an orphan, never a dangling row
             self.blobs.delete(sha256)
         return deleted
@@ -210,6 +254,18 @@ class SQLiteItemStore:
         """Durably store vectors (N,d) of existing items lacking one for `version`; returns ids written."""
         with self._transaction() as conn:
             return vector_rows.insert(conn, version, ids, vectors)
+
+    def attach_images(self, ids: Sequence[int], hashes: Sequence[str]) -> list[int]:
+        """Give items without an image theirs (stored already), in one transaction; returns the ids that
+        got one (items that have an image, or no longer exist, are left as they are)."""
+        attached = []
+        with self._transaction() as conn:
+            for item_id, sha256 in zip(ids, hashes, strict=True):
+                cursor = conn.execute("UPDATE items SET sha256 = ? WHERE id = ? AND sha256 IS NULL",
+                                      (sha256, int(item_id)))
+                if cursor.rowcount == 1:
+                    attached.append(int(item_id))
+        return attached
 
     def set_whitening(self, version: str, whitening: Whitening | None) -> None:
         with self._transaction() as conn:
@@ -238,7 +294,7 @@ class SQLiteItemStore:
     def sweep_blobs(self) -> int:
         """Erase image files no item names (left by a crash between a write and its commit). Call with no
         add in flight. Returns how many were erased."""
-        referenced = self._reader().execute("SELECT DISTINCT sha256 FROM items")
+        referenced = self._reader().execute("SELECT DISTINCT sha256 FROM items WHERE sha256 IS NOT NULL")
         return self.blobs.sweep({row[0] for row in referenced})
 
     def discard_images(self, hashes: Iterable[str]) -> None:
@@ -295,14 +351,21 @@ class SQLiteItemStore:
             query += f" AND label IN ({','.join('?' * len(params))})"
         return [_item(row) for row in self._reader().execute(query + " ORDER BY id", params)]
 
-    def count(self) -> int:
-        return int(self._reader().execute("SELECT COUNT(*) FROM items").fetchone()[0])
+    def count(self, has_image: bool | None = None) -> int:
+        query = f"SELECT COUNT(*) FROM items WHERE {image_condition(has_image)}"
+        return int(self._reader().execute(query).fetchone()[0])
 
     def image(self, item_id: int) -> bytes:
-        return self.blobs.get(self.get(item_id).sha256)
+        return self.blobs.get(self._image_hash(item_id))
 
     def image_path(self, item_id: int) -> Path:
-        return self.blobs.path(self.get(item_id).sha256)
+        return self.blobs.path(self._image_hash(item_id))
+
+    def _image_hash(self, item_id: int) -> str:
+        sha256 = self.get(item_id).sha256
+        if sha256 is None:
+            raise NoImage(f"item {item_id} has no image")
+        return sha256
 
     def matching_ids(self, version: str, label: str | None,
                      metadata: MetadataFilter | Mapping[str, Any] | None,
@@ -349,8 +412,8 @@ class SQLiteItemStore:
     def vector_ids(self, version: str) -> np.ndarray:
         return vector_rows.ids_with_vectors(self._reader(), version)
 
-    def ids_missing_vectors(self, version: str) -> np.ndarray:
-        return vector_rows.ids_missing(self._reader(), version)
+    def ids_missing_vectors(self, version: str, has_image: bool | None = None) -> np.ndarray:
+        return vector_rows.ids_missing(self._reader(), version, has_image)
 
     def iter_vectors(self, version: str, batch: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return vector_rows.iterate(self._reader(), version, batch)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from index.errors import DimensionMismatch, StorageCorrupted, UnknownVersion
+from index.filters import image_condition
 from index.postprocess import Whitening
 from index.records import VersionInfo
 
@@ -154,12 +155,13 @@ def ids_with_vectors(conn: sqlite3.Connection, version: str) -> np.ndarray:
     return np.asarray([row[0] for row in rows], dtype=np.int64)
 
 
-def ids_missing(conn: sqlite3.Connection, version: str) -> np.ndarray:
-    """Sorted ids (N,) of the items without a vector for `version` (all items for an unknown version)."""
+def ids_missing(conn: sqlite3.Connection, version: str, has_image: bool | None = None) -> np.ndarray:
+    """Sorted ids (N,) of the items without a vector for `version` (all items for an unknown version);
+    only those with an image (`has_image` True) or without one (False) when given."""
     row = _version_row(conn, version)
     vid = row[0] if row is not None else -1
     rows = conn.execute("SELECT id FROM items WHERE id NOT IN (SELECT item_id FROM vectors WHERE vid = ?) "
-                        "ORDER BY id", (vid,)).fetchall()
+                        f"AND {image_condition(has_image)} ORDER BY id", (vid,)).fetchall()
     return np.asarray([r[0] for r in rows], dtype=np.int64)
 
 

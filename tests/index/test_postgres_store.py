@@ -1,5 +1,6 @@
-"""The PostgreSQL item store on a real server: migrations, passwords kept out of messages, and a server
-that goes away and comes back (requests fail with EngineUnavailable meanwhile, then work again)."""
+"""The PostgreSQL item store on a real server: migrations (of an old schema too), passwords kept out of
+messages, and a server that goes away and comes back (requests fail with EngineUnavailable meanwhile,
+then work again)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import time
 import psycopg
 import pytest
 
-from index import EngineUnavailable, Gallery
+from index import EngineUnavailable, Gallery, NewItem
 from index.engines import Engines
-from index.postgres import PostgresSettings, redact
+from index.postgres import PostgresSettings, migrate, redact
 from index.postgres_store import MIGRATIONS, PostgresItemStore
 from tests.index.engines import create_database
 
@@ -85,3 +86,23 @@ def test_a_server_that_goes_away_answers_engine_unavailable_then_reconnects(post
                 assert time.monotonic() < deadline, "no reconnection within 60 s"
                 time.sleep(0.5)
         assert gallery.search(unit_vectors(5)[:1], 1)[1][0][0].item.id == items[0].id
+
+
+def test_a_database_of_the_old_schema_is_migrated_so_that_items_may_lack_an_image(postgres_server,
+                                                                                   tmp_path) -> None:
+    url = create_database(postgres_server)
+    with psycopg.connect(url, autocommit=True) as conn:  # the gallery as the first three steps left it
+        migrate(conn, MIGRATIONS[:3], "schema_migrations")
+        conn.execute("INSERT INTO items (external_id, label, metadata, sha256, created_at) "
+                     "VALUES ('old', 'cat', '{\"i\": 1}', %s, 1.0)", ("ab" * 32,))
+        with pytest.raises(psycopg.errors.NotNullViolation):
+            conn.execute("INSERT INTO items (metadata, sha256, created_at) VALUES ('{}', NULL, 1.0)")
+    store = PostgresItemStore.open(tmp_path / "g", PostgresSettings(url))
+    try:
+        old = store.get_by_external_id("old")
+        assert (old.label, old.metadata, old.sha256) == ("cat", {"i": 1}, "ab" * 32)
+        items, _ = store.add([NewItem(None, "bare")], [None], {})
+        assert store.get(items[0].id).sha256 is None and store.count(has_image=False) == 1
+        assert store.count() == 2
+    finally:
+        store.close()

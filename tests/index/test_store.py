@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from index import (
     UnknownVersion,
     VersionMoved,
 )
+from index import vectors as vector_rows
 from index.blobs import BlobStore, sha256_hex
 from index.vectors import quantize
 
@@ -217,3 +219,47 @@ def test_sweep_removes_orphan_images(store: SQLiteItemStore) -> None:
     assert store.sweep_blobs() == 1
     assert store.image(items[0].id) == b"kept"
     assert list(store.blobs.hashes()) == [items[0].sha256]
+
+
+OLD_ITEMS = """
+CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, external_id TEXT UNIQUE, label TEXT,
+                    metadata TEXT NOT NULL, sha256 TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE INDEX items_label ON items(label);
+CREATE INDEX items_sha256 ON items(sha256);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE attribute_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                                item_id INTEGER NOT NULL UNIQUE REFERENCES items(id) ON DELETE CASCADE);
+"""  # the items table of galleries made when every item had an image
+
+
+def test_a_gallery_of_the_old_schema_is_migrated_so_that_items_may_lack_an_image(tmp_path: Path,
+                                                                                 unit_vectors) -> None:
+    root = tmp_path / "old"
+    root.mkdir()
+    with contextlib.closing(sqlite3.connect(root / "items.sqlite3", isolation_level=None)) as conn:
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.executescript(OLD_ITEMS + vector_rows.SCHEMA)
+        conn.executemany("INSERT INTO items (external_id, label, metadata, sha256, created_at) "
+                         "VALUES (?, 'cat', '{\"i\": 1}', ?, 1.0)",
+                         [(f"e{i}", f"{i:064x}") for i in range(3)])
+        conn.execute("BEGIN")
+        vector_rows.insert(conn, "v1", np.array([1, 2, 3]), unit_vectors(3, 8))
+        conn.execute("INSERT INTO settings (key, value) VALUES ('live_version', 'v1')")
+        conn.execute("INSERT INTO attribute_changes (item_id) VALUES (2)")
+        conn.execute("COMMIT")
+        conn.execute("DELETE FROM items WHERE id = 3")  # its id is never given again
+    store = SQLiteItemStore.open(root)
+    try:
+        assert [it.sha256 for it in store.get_many([1, 2]).values()] == [f"{i:064x}" for i in range(2)]
+        assert store.get(1).metadata == {"i": 1} and store.live_version() == "v1"
+        assert store.vector_ids("v1").tolist() == [1, 2]
+        latest, changed = store.attribute_changes(0)
+        assert latest == 1 and changed.tolist() == [2]
+        items, _ = store.add([NewItem(None, "bare")], [None], {"v1": unit_vectors(1, 8)})
+        assert items[0].id == 4 and store.get(4).sha256 is None and store.count(has_image=False) == 1
+        store.delete([1])  # the references to items still cascade
+        assert store.vector_ids("v1").tolist() == [2, 4]
+    finally:
+        store.close()
+    with contextlib.closing(SQLiteItemStore.open(root)) as again:  # migrated once: opens as it is
+        assert again.count() == 2

@@ -168,8 +168,6 @@ class CachedEngine:
         return self._embed(model, split.tail.to(self.device), self.cache.val, len(self.cache.val))
 
 
-
-
 def cache_views(model: CGD, config: TrainConfig, split: StageSplit, images: Sequence[LabelledImage],
                 budget_s: float | None) -> int:
     """The most views per image to cache: as asked, else 4 with a time budget (the budget then cuts

@@ -112,23 +112,73 @@ def test_an_unknown_runtime_is_refused_at_start_up(make_settings, tmp_path):
         make_settings(tmp_path, runtime="tensorflow")
 
 
-@pytest.mark.parametrize(("blocked", "env", "message"), [
-    (["onnxruntime"], {"CGD_RUNTIME": "onnxruntime"},
+# (packages blocked, environment, what `cgd serve` says): a runtime/precision pair that cannot run here
+REFUSALS = [
+    (("onnxruntime",), {"CGD_RUNTIME": "onnxruntime"},
      "runtime 'onnxruntime' asked for but the 'onnxruntime' package is not installed"),
-    (["openvino"], {"CGD_RUNTIME": "openvino"},
+    (("openvino",), {"CGD_RUNTIME": "openvino"},
      "runtime 'openvino' asked for but the 'openvino' package is not installed"),
-    (["onnxruntime"], {"CGD_PRECISION": "int8"},
+    (("onnxruntime",), {"CGD_PRECISION": "int8"},
      "runtime 'onnxruntime' asked for but the 'onnxruntime' package is not installed"),
-    ([], {"CGD_RUNTIME": "tensorrt"}, "runtime 'tensorrt' needs a CUDA device, and the model runs on cpu"),
-    ([], {"CGD_RUNTIME": "torch", "CGD_PRECISION": "int8"}, "runtime 'torch' cannot run precision 'int8'"),
-])
-def test_a_runtime_that_cannot_run_here_stops_cgd_serve_at_start_up(tmp_path, blocked, env, message):
+    ((), {"CGD_RUNTIME": "tensorrt"}, "runtime 'tensorrt' needs a CUDA device, and the model runs on cpu"),
+    ((), {"CGD_RUNTIME": "torch", "CGD_PRECISION": "int8"}, "runtime 'torch' cannot run precision 'int8'"),
+]
+# Runs `cgd serve` (the console script's `main`) once per case given as JSON [[data dir, env], ...] in
+# one process; prints [[exit code, stderr], ...]. The import of the service, most of a refused start's
+# time, is made once per process.
+SERVE_EACH = """
+import contextlib, io, json, os, sys
+from service.cli import main
+results = []
+for data_dir, env in json.loads(sys.argv[1]):
+    os.environ.update(env)
+    with contextlib.redirect_stderr(io.StringIO()) as stderr:
+        code = main(["serve", "--data-dir", data_dir, "--port", "0"])
+    results.append([code, stderr.getvalue()])
+    for name in env:
+        del os.environ[name]
+print(json.dumps(results))
+"""
+
+
+def _refused_here(case: int) -> bool:
+    """Whether case `case` of `REFUSALS` is refused on this machine (tensorrt runs where there is a GPU)."""
+    return not (torch.cuda.is_available() and "tensorrt" in REFUSALS[case][2])
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[int, str, Path]]:
+    """`cgd serve`'s exit code, stderr and data directory for each case of `REFUSALS` refused here, by
+    position; the cases that block the same packages run one after another in one process (`SERVE_EACH`)
+    where those packages cannot be imported (blocked from its start, as if not installed)."""
+    outcomes: dict[int, tuple[int, str, Path]] = {}
+    for blocked in dict.fromkeys(case[0] for case in REFUSALS):
+        workdir = tmp_path_factory.mktemp("refused")
+        positions = [i for i, case in enumerate(REFUSALS) if case[0] == blocked and _refused_here(i)]
+        if not positions:
+            continue
+        cases = [[str(workdir / f"data-{i}"), REFUSALS[i][1]] for i in positions]
+        done = run_without(list(blocked), ["-c", SERVE_EACH, json.dumps(cases)], workdir, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results = json.loads(done.stdout.strip().splitlines()[-1])
+        for i, (code, stderr) in zip(positions, results, strict=True):
+            outcomes[i] = (code, stderr, workdir / f"data-{i}")
+    return outcomes
+
+
+def _case_id(blocked: tuple[str, ...], env: dict[str, str], message: str) -> str:
+    """E.g. `CGD_RUNTIME=openvino-no-openvino`: the variables set, then the packages blocked."""
+    variables = [f"{name}={value}" for name, value in env.items()]
+    return "-".join([*variables, *(f"no-{name}" for name in blocked)])
+
+
+@pytest.mark.parametrize("case", range(len(REFUSALS)), ids=[_case_id(*case) for case in REFUSALS])
+def test_a_runtime_that_cannot_run_here_stops_cgd_serve_at_start_up(refusals, case):
     """`cgd serve` in a process where the runtime's package cannot be imported (blocked, as if not
     installed), or with a runtime/precision pair this machine cannot run: a clear error, exit code 2."""
-    if torch.cuda.is_available() and "tensorrt" in message:
+    if not _refused_here(case):
         pytest.skip("this machine has a GPU")
-    command = ["-m", "service.cli", "serve", "--data-dir", str(tmp_path / "data"), "--port", "0"]
-    done = run_without(blocked, command, tmp_path, env=env, timeout=300)
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert message in done.stderr
-    assert not (tmp_path / "data").exists()  # refused before anything was opened
+    code, stderr, data_dir = refusals[case]
+    assert code == 2, stderr[-3000:]
+    assert REFUSALS[case][2] in stderr
+    assert not data_dir.exists()  # refused before anything was opened

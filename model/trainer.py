@@ -115,6 +115,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+StartEmbedder = Callable[[CGD], Embedder]
+
+
 def load_start(start: Path | None) -> CGD:
     """The model training starts from: a checkpoint, or the embedded default model."""
     return default_model() if start is None else load_checkpoint(start).model
@@ -174,6 +177,8 @@ class _Run:
         self.baseline: dict[str, float] = {}
         self.baseline_ap: np.ndarray | None = None
         self.baseline_hits: np.ndarray | None = None  # the start model's top-1 hit of each validation query
+        self.start_embedder: StartEmbedder | None = None  # the start model's serving engine (`train`)
+        self.baseline_engine = "feature cache"  # what embedded the validation images for the baseline
         self.val_s = 0.0
         self.train_s = 0.0
         LOG.info("training on %d images of %d classes, validating on %d images (%s hold-out), "
@@ -237,11 +242,14 @@ class _Run:
 
     def validate_start(self) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         """The start model as it serves (its own image size, its whitening) on the validation images:
-        from the feature cache when it shares the trunk and size, else by a full forward. Its metrics,
-        and each query's AP@R and top-1 hit."""
+        from the feature cache when it shares the trunk and size, else by a full forward on its serving
+        engine (`start_embedder`; torch on the training device without one). Its metrics, and each
+        query's AP@R and top-1 hit."""
         embeddings = self.engine.val_embeddings_of(self.start_model)
         if embeddings is None:
-            embedder = Embedder(self.start_model, "start", device=self.device)
+            embedder = (self.start_embedder(self.start_model) if self.start_embedder is not None
+                        else Embedder(self.start_model, "start", device=self.device))
+            self.baseline_engine = f"{embedder.runtime} {str(embedder.dtype).removeprefix('torch.')}"
             embeddings, _ = embed_dataset(embedder, inference_dataset(embedder, self.val_images),
                                           self.config.eval_batch_size)
         metrics, per_query = query_scores(embeddings, self.val_labels.numpy())
@@ -422,17 +430,21 @@ def train(
     cancel: CancelFlag | None = None,
     resume: bool = False,
     ranks: Ranks = SINGLE,
+    start_embedder: StartEmbedder | None = None,
 ) -> TrainResult:
     """Fine-tune from `start` (a checkpoint; None = the embedded default) on `images`, write the
     selected model to `out` and its curves beside it (the feature cache lives in `<out>.cache/`
     while training runs). With `resume`, continue from the state `<out>.resume.pt` that a previous,
     interrupted call with the same config left. With `ranks` of a data-parallel run (`model.distributed`),
     every process calls this on the same images: each trains on its share of every batch, rank 0
-    validates, selects and writes, and every process returns rank 0's result."""
+    validates, selects and writes, and every process returns rank 0's result. `start_embedder(model)`
+    puts the start model on the engine that serves it (e.g. the service's ONNX runtime and its cached
+    export), for the start's validation when the feature cache cannot give it."""
     t0 = time.perf_counter()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     run = _Run(images, config, out, start, ranks)
+    run.start_embedder = start_embedder
     budget_s = None if config.max_minutes is None else 60.0 * config.max_minutes
     report = on_progress or (lambda progress: None)
 
@@ -558,7 +570,7 @@ def _finish(run: _Run, stopped: Stopped, cache_dir: Path) -> TrainResult:
                               "train_images": len(run.train_images), "offered_images": run.offered_images,
                               "val_images": len(run.val_images),
                               "whitening": None, "train_seconds": round(run.train_s, 1), "stopped": stopped,
-                              "step_precision": precision}
+                              "step_precision": precision, "baseline_engine": run.baseline_engine}
     improved = False
     # The best weights are the start's when no epoch beat them: whitening may still improve them, but a
     # run cancelled before any epoch beat them keeps the start model at once.

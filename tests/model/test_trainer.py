@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.cgd import create_cgd
+from model.cgd import CGD, create_cgd
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import CGDConfig, Preprocessing
 from model.curves import curve_paths
 from model.data import read_labels_csv
 from model.default import init_projections
 from model.device import cpu_supports_bf16
+from model.embedder import Embedder, version_of
 from model.trainer import Progress, TrainConfig, train
 
 CLASSES = ("00_", "01_", "12_", "14_")
@@ -59,6 +60,7 @@ def test_training_loss_falls_and_the_checkpoint_reloads(few_classes, small_start
     assert [r.step for r in training] == list(range(1, len(training) + 1))
     assert training[-1].steps == training[-1].step and training[-1].images_per_s > 0
     assert result.recipe["engine"] == "cached" and result.recipe["steps"] == len(training)
+    assert result.recipe["baseline_engine"] == "feature cache"
     loaded = load_checkpoint(out)
     assert loaded.version == result.version
     assert loaded.extra["improved"] == result.improved == (not result.kept_start_model)
@@ -145,6 +147,22 @@ def test_the_full_engine_trains_too(few_classes, small_start, tmp_path: Path) ->
     result = train(few_classes, _config(engine="full", epochs=2), out=tmp_path / "full.pt",
                    start=small_start[0])
     assert result.recipe["engine"] == "full" and len(result.history) == 2
+
+
+def test_without_the_cache_the_start_is_validated_on_the_engine_that_serves_it(
+        few_classes, small_start, tmp_path: Path) -> None:
+    served: list[Embedder] = []
+
+    def serving_engine(model: CGD) -> Embedder:
+        served.append(Embedder(model, small_start[1], runtime="onnxruntime", precision="fp32",
+                               cache_dir=tmp_path / "engines"))
+        return served[-1]
+
+    result = train(few_classes, _config(engine="full", epochs=1), out=tmp_path / "full.pt",
+                   start=small_start[0], start_embedder=serving_engine)
+    assert len(served) == 1 and version_of(served[0].model, default=False) == small_start[1]
+    assert result.recipe["baseline_engine"] == "onnxruntime float32"
+    assert 0 < result.baseline["map@r"] <= 1
 
 
 def test_one_epoch_runs_without_a_warm_up(few_classes, small_start, tmp_path: Path) -> None:

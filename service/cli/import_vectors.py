@@ -1,12 +1,16 @@
 """`cgd import VECTORS.npy ITEMS --model-version V`: bulk-load precomputed embeddings into the gallery.
 
 For galleries too large to re-send as images: row i of VECTORS.npy (float, (N, d), L2-normalised) is
-the embedding of row i of ITEMS, a CSV with a header (`path`, and optionally `label`, `external_id`,
-`metadata` as a JSON object; other columns, such as labels.csv's `split`, are ignored) or a JSONL file of
-objects with the same keys. `path` is the item's image, relative to ITEMS' folder: the gallery keeps it
-(thumbnails, fine-tuning and re-embedding by a new model read it), so every item needs one. The
-external id defaults to `path`, as `cgd ingest` names images: items the gallery already holds are
-skipped, so running it again after an interruption imports only the rest.
+the embedding of row i of ITEMS, a CSV with a header (`path` and / or `external_id`, and optionally
+`label`, `metadata` as a JSON object; other columns, such as labels.csv's `split`, are ignored) or a
+JSONL file of objects with the same keys. `path` is the item's image, relative to ITEMS' folder: the
+gallery keeps it (thumbnails, fine-tuning and re-embedding by a new model read it). A row without one
+(empty or absent) is an item without an image: it is searchable, but has no thumbnail, is left out of
+training, and a new model version (promotion or activation) leaves it out, having nothing to embed it
+from; it needs an `external_id`. The external id defaults to `path`, as `cgd ingest` names images: items
+the gallery already holds are skipped, so running it again after an interruption imports only the rest,
+except that a row with a `path` gives its image to a held item that has none (its vector is kept; the
+service embeds the image for the models that lack its vector, at its next start or activation).
 
 The vectors must name the model that made them (`--model-version`, as `cgd embed` prints it), and that
 must be the model the service serves on this data directory (CGD_CHECKPOINT, else the model of the
@@ -39,16 +43,15 @@ from service.runtime import GALLERY_DIR, _serving_checkpoint
 from service.service_db import ServiceDatabase
 from service.settings import Settings
 
-ITEM_KEYS = ("path", "label", "external_id", "metadata")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     command = subparsers.add_parser("import", help="bulk-load precomputed embeddings (.npy) and their items "
                                                    "into the gallery (service stopped)")
     command.add_argument("vectors", type=Path, metavar="VECTORS.npy", help="float (N, d) L2-normalised rows")
     command.add_argument("items", type=Path, metavar="ITEMS",
-                         help="CSV with a header (path[,label][,external_id][,metadata]) or JSONL, one row "
-                              "per vector; paths relative to its folder")
+                         help="CSV with a header (path and/or external_id[,label][,metadata]) or JSONL, one "
+                              "row per vector; image paths relative to its folder (a row without one: an "
+                              "item without an image, which needs an external_id)")
     command.add_argument("--model-version", required=True,
                          help="the model version that made the vectors (cgd embed prints it); must be the "
                               "served one")
@@ -79,16 +82,18 @@ def run_import(args: argparse.Namespace) -> int:
             served = served_model(settings, gallery.live_version)
             check_model(served, args.model_version, vectors.shape[1], gallery.live_version)
             check_files(vectors, args.items, args.batch_size)
-            before = gallery.count()
-            imported = import_rows(gallery, vectors, args.items, served.version, args.batch_size)
+            before, imageless = gallery.count(), gallery.count(has_image=False)
+            attached = import_rows(gallery, vectors, args.items, served.version, args.batch_size)
             added = gallery.count() - before
+            without_image = gallery.count(has_image=False) - imageless + attached
     except GalleryLocked as exc:
         sys.stderr.write(f"cgd import: {exc}: stop the service first\n")
         return 1
     except GalleryError as exc:
         sys.stderr.write(f"cgd import: {exc}\n")
         return 1
-    sys.stdout.write(json.dumps({"imported": added, "already_in_gallery": imported - added,
+    sys.stdout.write(json.dumps({"imported": added, "without_image": without_image,
+                                 "images_attached": attached, "already_in_gallery": rows - added - attached,
                                  "model_version": served.version, "dim": served.dim,
                                  "data_dir": str(settings.data_dir)}) + "\n")
     return 0
@@ -121,9 +126,9 @@ def read_items(path: Path) -> Iterator[dict[str, Any]]:
                 yield row
             return
         reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise ValueError(f"{path} needs a header with a 'path' column (and optionally label, "
-                             "external_id, metadata)")
+        if reader.fieldnames is None or not {"path", "external_id"} & set(reader.fieldnames):
+            raise ValueError(f"{path} needs a header with a 'path' and / or an 'external_id' column (and "
+                             "optionally label, metadata)")
         yield from reader
 
 
@@ -132,14 +137,16 @@ def count_items(path: Path) -> int:
 
 
 def new_item(row: dict[str, Any], root: Path, number: int, *, read_image: bool) -> NewItem:
-    """The item of one row (its image read if `read_image`, else only checked to exist); ValueError
-    naming the row when a field is invalid."""
+    """The item of one row (its image, if it names one, read if `read_image`, else only checked to exist);
+    ValueError naming the row when a field is invalid."""
     where = f"item {number}"
-    relative = row.get("path")
-    if not isinstance(relative, str) or not relative:
-        raise ValueError(f"{where}: 'path' (the image, relative to the items file) is required")
-    image = root / relative
-    if not image.is_file():
+    relative = row.get("path") or None
+    if relative is not None and not isinstance(relative, str):
+        raise ValueError(f"{where}: 'path' must be a string (the image, relative to the items file)")
+    if relative is None and not row.get("external_id"):
+        raise ValueError(f"{where}: an item without an image (no 'path') needs an 'external_id'")
+    image = root / relative if relative is not None else None
+    if image is not None and not image.is_file():
         raise ValueError(f"{where}: image {image} does not exist")
     metadata = row.get("metadata") or {}
     if isinstance(metadata, str):
@@ -153,7 +160,8 @@ def new_item(row: dict[str, Any], root: Path, number: int, *, read_image: bool) 
         external_id = check_text(row.get("external_id") or relative, "external_id")
     except GalleryError as exc:
         raise ValueError(f"{where}: {exc}") from exc
-    return NewItem(image.read_bytes() if read_image else b"", external_id, label, metadata)
+    data = image.read_bytes() if image is not None and read_image else None
+    return NewItem(data, external_id, label, metadata)
 
 
 def chunks(vectors: np.memmap, items: Path, size: int,
@@ -208,11 +216,16 @@ def check_model(served: ServedModel, version: str, dim: int, live: str | None) -
 
 
 def import_rows(gallery: Gallery, vectors: np.memmap, items: Path, version: str, size: int) -> int:
-    """Add every row in durable chunks, with a progress bar; returns how many rows were processed."""
-    done = 0
+    """Add every row in durable chunks, with a progress bar, and give held items without an image the
+    image their row names; returns how many got one."""
+    attached = 0
     with tqdm(total=len(vectors), unit="item", desc="import") as bar:
         for _, chunk, batch in chunks(vectors, items, size, read_images=True):
-            gallery.add(batch, {version: chunk})
-            done += len(batch)
+            stored = gallery.add(batch, {version: chunk})
+            lacking = [(item.id, new.image) for new, item in zip(batch, stored, strict=True)
+                       if new.image is not None and not item.has_image]
+            if lacking:
+                ids, images = zip(*lacking, strict=True)
+                attached += len(gallery.attach_images(ids, images))
             bar.update(len(batch))
-    return done
+    return attached

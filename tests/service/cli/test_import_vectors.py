@@ -1,6 +1,7 @@
 """`cgd import` on a real data directory: embeddings of the served model (the embedded default, really
-computed) and their images go into the gallery in durable chunks; a second run adds nothing; bad files,
-another model's vectors and a running service are refused before anything is written."""
+computed) and their images go into the gallery in durable chunks; a second run adds nothing; items
+without an image are imported, counted, and given their image by a later run; bad files, another model's
+vectors and a running service are refused before anything is written."""
 
 from __future__ import annotations
 
@@ -56,8 +57,8 @@ def test_import_adds_items_under_the_served_model_and_a_second_run_adds_nothing(
     assert _import(tmp_path / "vectors.npy", folder / "labels.csv", data, embedder.version,
                    "--batch-size", "3") == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert report == {"imported": IMAGES, "already_in_gallery": 0, "model_version": embedder.version,
-                      "dim": vectors.shape[1], "data_dir": str(data)}
+    assert report == {"imported": IMAGES, "without_image": 0, "images_attached": 0, "already_in_gallery": 0,
+                      "model_version": embedder.version, "dim": vectors.shape[1], "data_dir": str(data)}
     with Gallery.open(data / "gallery") as gallery:
         assert gallery.live_version == embedder.version and gallery.count() == IMAGES
         _, hits = gallery.search(vectors[3:4], 1)
@@ -78,6 +79,49 @@ def test_jsonl_items_with_their_own_external_ids(photos, embedder, tmp_path, cap
     with Gallery.open(tmp_path / "data" / "gallery") as gallery:
         item = gallery.get_by_external_id("sku-5")
         assert item.label is None and item.metadata == {"shop": "x"}
+
+
+def _write_items(path: Path, rows: list[dict[str, str]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_items_without_an_image_are_imported_counted_and_given_theirs_by_a_later_run(
+        photos, embedder, tmp_path, capsys) -> None:
+    folder, vectors = photos
+    np.save(tmp_path / "vectors.npy", vectors)
+    rows = [{"path": f"images/{i}.png" if i < 4 else "", "external_id": f"sku-{i}", "label": "ab"[i % 2]}
+            for i in range(IMAGES)]
+    _write_items(folder / "items.csv", rows)
+    data = tmp_path / "data"
+    assert _import(tmp_path / "vectors.npy", folder / "items.csv", data, embedder.version) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (report["imported"], report["without_image"], report["images_attached"],
+            report["already_in_gallery"]) == (IMAGES, 3, 0, 0)
+    with Gallery.open(data / "gallery") as gallery:
+        bare = gallery.get_by_external_id("sku-5")
+        assert not bare.has_image and bare.label == "b" and gallery.count(has_image=False) == 3
+        assert gallery.search(vectors[5:6], 1)[1][0][0].item == bare  # found by its vector
+    rows[4]["path"], rows[5]["path"] = "images/4.png", "images/5.png"  # their images, supplied later
+    _write_items(folder / "items.csv", rows)
+    assert _import(tmp_path / "vectors.npy", folder / "items.csv", data, embedder.version) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (report["imported"], report["without_image"], report["images_attached"],
+            report["already_in_gallery"]) == (0, 0, 2, IMAGES - 2)
+    with Gallery.open(data / "gallery") as gallery:
+        assert gallery.image(gallery.get_by_external_id("sku-5").id) == (folder / "images/5.png").read_bytes()
+        assert gallery.count(has_image=False) == 1 and gallery.count() == IMAGES
+
+
+def test_an_item_without_an_image_needs_an_external_id(photos, embedder, tmp_path, capsys) -> None:
+    folder, vectors = photos
+    np.save(tmp_path / "vectors.npy", vectors)
+    lines = [json.dumps({"path": f"images/{i}.png"} if i != 2 else {"label": "a"}) for i in range(IMAGES)]
+    (folder / "items.jsonl").write_text("\n".join(lines) + "\n")
+    assert _import(tmp_path / "vectors.npy", folder / "items.jsonl", tmp_path / "data", embedder.version) == 2
+    assert "item 2: an item without an image (no 'path') needs an 'external_id'" in capsys.readouterr().err
 
 
 def _nan_row(vectors: np.ndarray) -> np.ndarray:

@@ -74,6 +74,7 @@ def register_gallery_errors(errors: ErrorTable) -> None:
     for exc_type, status_code, code in (
         (index.ItemNotFound, 404, "not_found"),
         (index.VectorNotFound, 404, "not_found"),
+        (index.NoImage, 404, "no_image"),
         (index.UnknownVersion, 404, "unknown_version"),
         (index.InvalidItem, 422, "invalid_parameter"),
         (index.InvalidFilter, 422, "invalid_parameter"),

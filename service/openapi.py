@@ -32,7 +32,7 @@ _WHY = {
     400: "the body or an uploaded image cannot be read",
     401: "an API key is required (X-API-Key)",
     403: "the API key does not grant this operation",
-    404: "no such item, job, model version or vector",
+    404: "no such item, job, model version or vector, or the item has no image",
     408: "the request body did not arrive in time",
     409: "the request conflicts with the current state",
     413: "too many bytes, files or pixels",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from index import Gallery, ItemNotFound
+from index import Gallery, ItemNotFound, NoImage
 from model.data import open_rgb
 from model.distributed import default_processes
 from model.embedder import Embedder
@@ -175,6 +175,6 @@ def gallery_samples(gallery: Gallery, count: int = MAX_SAMPLES) -> list[Image.Im
     for item in items:
         try:
             images.append(open_rgb(gallery.image_path(item.id)))
-        except (ItemNotFound, OSError):  # deleted meanwhile, or its file is gone
+        except (ItemNotFound, NoImage, OSError):  # deleted meanwhile, without an image, or its file is gone
             continue
     return images

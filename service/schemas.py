@@ -33,7 +33,9 @@ class ItemPublic(BaseModel):
     external_id: str | None
     label: str | None
     metadata: dict[str, Any]
-    sha256: str
+    sha256: str | None = Field(description="the sha256 of its image; null when it has none")
+    has_image: bool = Field(description="false for an item imported as a vector without an image: it has "
+                            "no thumbnail and is not trained on")
     created_at: float
 
 
@@ -76,6 +78,7 @@ class SearchHit(BaseModel):
     score: float
     label: str | None
     metadata: dict[str, Any]
+    has_image: bool = Field(description="false when the item has no image (no thumbnail to show)")
 
 
 class SearchResponse(BaseModel):

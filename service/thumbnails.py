@@ -31,6 +31,7 @@ class Thumbnails:
         self.root = root
 
     def path(self, item: Item) -> Path:
+        """Where the thumbnail of an item that has an image is cached."""
         return self.root / str(item.id // _SHARD) / f"{item.id}-{item.sha256[:16]}.jpg"
 
     def get(self, item: Item, image_path: Path) -> bytes:
@@ -53,8 +54,9 @@ class Thumbnails:
         return data
 
     def remove(self, item: Item) -> None:
-        """Forget the item's thumbnail (none cached is fine)."""
-        self.path(item).unlink(missing_ok=True)
+        """Forget the item's thumbnail (none cached, or an item without an image, is fine)."""
+        if item.has_image:
+            self.path(item).unlink(missing_ok=True)
 
 
 def make_thumbnail(image_path: Path, side: int = THUMBNAIL_SIDE) -> bytes:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Response, UploadFile, status
 
-from index import Hit, Item, NewItem
+from index import Hit, Item, NewItem, NoImage
 from service.deps import GatewayDep, RuntimeDep, SettingsDep, ThumbnailsDep, WorkerDep
 from service.errors import InvalidParameter, NotFound
 from service.schemas import (
@@ -36,13 +36,13 @@ ExternalId = Annotated[str, Path(description="the client's id of the item (may c
 
 def item_public(item: Item) -> ItemPublic:
     return ItemPublic(id=item.id, external_id=item.external_id, label=item.label, metadata=item.metadata,
-                      sha256=item.sha256, created_at=item.created_at)
+                      sha256=item.sha256, has_image=item.has_image, created_at=item.created_at)
 
 
 def search_hit(hit: Hit) -> SearchHit:
     item = hit.item
     return SearchHit(id=item.id, external_id=item.external_id, score=hit.score, label=item.label,
-                     metadata=item.metadata)
+                     metadata=item.metadata, has_image=item.has_image)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ItemsCreated, dependencies=[WriteKey])
@@ -120,7 +120,7 @@ async def get_item(gateway: GatewayDep, item_id: ItemId) -> ItemPublic:
 @router.get("/{item_id:int}/image", dependencies=[ReadKey],
             responses={200: {"content": {"image/*": {}}, "description": "the original bytes"}})
 async def get_item_image(gateway: GatewayDep, item_id: ItemId) -> Response:
-    """The image exactly as it was uploaded."""
+    """The image exactly as it was uploaded (404 `no_image` for an item imported without one)."""
     data = await gateway.image(item_id)
     return Response(content=data, media_type=_media_type(data))
 
@@ -130,8 +130,11 @@ async def get_item_image(gateway: GatewayDep, item_id: ItemId) -> Response:
 async def get_item_thumbnail(gateway: GatewayDep, thumbnails: ThumbnailsDep, item_id: ItemId,
                              if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
                              ) -> Response:
-    """A small JPEG of the image (made on first request, then cached), for grids of results."""
+    """A small JPEG of the image (made on first request, then cached), for grids of results (404
+    `no_image` for an item imported without one)."""
     item = await gateway.get(item_id)
+    if not item.has_image:
+        raise NoImage(f"item {item_id} has no image")
     headers = {"ETag": f'"{item.sha256}"', "Cache-Control": "private, no-cache"}
     if if_none_match == headers["ETag"]:  # the browser's copy is this image's
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)

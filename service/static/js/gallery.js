@@ -3,7 +3,7 @@
 
 import {api, withQuery} from "./api.js";
 import {fill, h, jsonText, statusLine, when} from "./dom.js";
-import {apiImage, itemCard} from "./items.js";
+import {apiImage, itemCard, noImage} from "./items.js";
 
 const PAGE_SIZE = 24;
 const BATCH_FILES = 16;
@@ -196,13 +196,14 @@ function renderItem(root, itemId) {
       }
     };
     fill(body,
-      h("figure", {}, apiImage(`/gallery/${itemId}/image`, `item ${itemId}`, "full")),
+      h("figure", {}, item.has_image === false ? noImage(`item ${itemId}`, "full")
+        : apiImage(`/gallery/${itemId}/image`, `item ${itemId}`, "full")),
       h("div", {},
         h("dl", {class: "facts"},
           h("dt", {}, "label"), h("dd", {"data-testid": "item-label"}, item.label ?? "–"),
           h("dt", {}, "external id"), h("dd", {"data-testid": "item-external-id"}, item.external_id ?? "–"),
           h("dt", {}, "added"), h("dd", {}, when(item.created_at)),
-          h("dt", {}, "sha256"), h("dd", {class: "hash"}, item.sha256)),
+          h("dt", {}, "sha256"), h("dd", {class: "hash"}, item.sha256 ?? "– (no image)")),
         h("h3", {}, "Metadata"), h("pre", {class: "metadata", "data-testid": "item-metadata"}, jsonText(item.metadata)),
         h("form", {class: "edit", onsubmit: save},
           h("label", {}, "label", labelInput), h("label", {}, "metadata (JSON)", metadataInput),

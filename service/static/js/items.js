@@ -24,8 +24,16 @@ export function apiImage(path, alt, className = "thumb") {
   return img;
 }
 
+/** A placeholder in place of the image of an item that has none (imported as a vector only). */
+export function noImage(alt, className = "thumb") {
+  return h("div", {class: `${className} no-image`, role: "img", "aria-label": `${alt}: no image`,
+                   "data-testid": "no-image"}, "no image");
+}
+
+/** The item's thumbnail, or the placeholder when it has no image. */
 export function thumbnail(item) {
-  return apiImage(`/gallery/${item.id}/thumbnail`, `item ${item.id}`);
+  const alt = `item ${item.id}`;
+  return item.has_image === false ? noImage(alt) : apiImage(`/gallery/${item.id}/thumbnail`, alt);
 }
 
 /** A keyboard-usable card for an item or a search hit; `score` is shown when the hit has one. */

@@ -2,7 +2,7 @@
 
 import {api, withQuery} from "./api.js";
 import {fill, h, statusLine} from "./dom.js";
-import {apiImage, itemCard} from "./items.js";
+import {itemCard, thumbnail} from "./items.js";
 
 const DEFAULT_K = 12;
 let lastQuery = null; // {files} or {similarTo}: re-run when the options change
@@ -61,7 +61,7 @@ export function render(root, args) {
     try {
       const item = await api(`/gallery/${itemId}`);
       const answer = await api(withQuery(`/gallery/${itemId}/similar`, {k: p.k, label: p.label}));
-      fill(results, querySection(apiImage(`/gallery/${itemId}/thumbnail`, `item ${itemId}`),
+      fill(results, querySection(thumbnail(item),
                                  `similar to item #${itemId} (${item.label ?? "no label"})`, answer.results));
       answered(answer, p.metadata || Number(p.qe_n) > 0
         ? " (the metadata filter and query expansion apply to uploaded images only)" : "");

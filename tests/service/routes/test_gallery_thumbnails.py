@@ -1,5 +1,5 @@
 """`GET /gallery/{id}/thumbnail` and `GET /gallery/labels` on a real app (routes/gallery.py; the
-module shares one app, each test with labels of its own)."""
+module shares one app, each test with labels of its own), and an item without an image."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import io
 
 from PIL import Image
 
+from index import NewItem
 from service.thumbnails import THUMBNAIL_DIR, THUMBNAIL_SIDE
 
 
@@ -42,3 +43,23 @@ def test_label_counts_most_first_and_the_unlabelled(shared_client, add):
     assert after["unlabelled"] == before["unlabelled"] + 1
     ordered = [entry["count"] for entry in after["labels"]]
     assert ordered == sorted(ordered, reverse=True)
+
+
+def test_an_item_without_an_image_has_no_thumbnail_but_is_found(shared_client, add, make_image, expect_error):
+    """An item imported as a vector alone: 404 no_image for its thumbnail and image, has_image false in
+    its JSON and in search hits, found by its vector, deleted like any other."""
+    pictured = add([320])[0]
+    gallery = shared_client.app.state.runtime.gateway.gallery
+    vector = gallery.vector(pictured["id"])[None, :]  # the same vector as a picture's: found beside it
+    bare = gallery.add([NewItem(None, "bare-320", "no-picture")], {gallery.live_version: vector})[0]
+    for path in (f"/gallery/{bare.id}/thumbnail", f"/gallery/{bare.id}/image"):
+        body = expect_error(shared_client.get(path), 404, "no_image")
+        assert body["detail"] == f"item {bare.id} has no image"
+    item = shared_client.get(f"/gallery/{bare.id}").json()
+    assert item["has_image"] is False and item["sha256"] is None and item["label"] == "no-picture"
+    assert shared_client.get(f"/gallery/{pictured['id']}").json()["has_image"] is True
+    found = shared_client.post("/search", files={"file": ("q.png", make_image(320))}, data={"k": "2"}).json()
+    assert {(hit["id"], hit["has_image"]) for hit in found["results"]} == {(pictured["id"], True),
+                                                                           (bare.id, False)}
+    assert shared_client.delete(f"/gallery/{bare.id}").status_code == 204
+    expect_error(shared_client.get(f"/gallery/{bare.id}/thumbnail"), 404, "not_found")

@@ -1,7 +1,8 @@
 """Activation jobs: `POST /models/{version}/activate` runs the swap in the background and answers at once.
 
 A job re-embeds the gallery for the version (progress: `reembedded` of `to_reembed`), then switches
-model and index (`ModelSwapper`). Jobs live in memory, the last `KEEP_FINISHED` finished ones kept:
+model and index (`ModelSwapper`); `left_out_of_version` counts the items without an image that the
+version does not hold. Jobs live in memory, the last `KEEP_FINISHED` finished ones kept:
 an activation interrupted by a restart never switched, so the old model serves after it.
 """
 
@@ -35,6 +36,7 @@ class ActivationJob:
     to_reembed: int = 0
     finished_at: float | None = None
     seconds: float | None = None
+    left_out_of_version: int | None = None
     error: str | None = None
     cancel_requested: bool = field(default=False, repr=False)
 
@@ -80,8 +82,8 @@ class Activations:
             job.reembedded, job.to_reembed = done, total
 
         try:
-            job.seconds = round(await self._swapper.activate(job.version, progress,
-                                                             lambda: job.cancel_requested), 1)
+            result = await self._swapper.activate(job.version, progress, lambda: job.cancel_requested)
+            job.seconds, job.left_out_of_version = round(result.seconds, 1), result.left_out
             job.status = "succeeded"
         except SwapCancelled:
             job.status = "cancelled"

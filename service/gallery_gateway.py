@@ -145,8 +145,8 @@ class GalleryGateway:
     async def index_stats(self, version: str | None = None) -> IndexStats:
         return await self.run(self._gallery.index_stats, version)
 
-    async def ids_missing_vectors(self, version: str) -> np.ndarray:
-        return await self.run(self._gallery.ids_missing_vectors, version)
+    async def ids_missing_vectors(self, version: str, has_image: bool | None = None) -> np.ndarray:
+        return await self.run(self._gallery.ids_missing_vectors, version, has_image)
 
     async def read_images(self, ids: np.ndarray, read: Callable[[Path], T]) -> tuple[np.ndarray, list[T]]:
         """`read(path)` of the stored image of each id (N,), on the executor: (the ids still present

@@ -10,7 +10,9 @@ built at a lower CPU priority (`GalleryGateway.prepare`). Items deleted meanwhil
 A cancel request is honoured between two chunks, up to the final switch; the old model then keeps
 serving. The final catch-up (items ingested meanwhile), the index switch and the model switch happen
 under the exclusive side of `SwapGate`, which ingestion holds in shared mode: no item is ever stored
-with vectors of one version only, and no response mixes two versions.
+with vectors of one version only, and no response mixes two versions. Items without an image (imported
+as vectors) cannot be embedded by the new model: they are left out of its version (its searches do not
+find them), counted in the result and logged, and join it once their image is supplied (`cgd import`).
 
 Replicas on one PostgreSQL gallery: the flip is a compare-and-set from the version this replica serves
 (refused with `VersionMoved` when another replica made another version live meanwhile), the store
@@ -28,6 +30,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +54,14 @@ Cancelled = Callable[[], bool]
 
 class SwapCancelled(Exception):
     """The swap stopped at a cancel request before switching; the old model keeps serving."""
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    """What a switch took, and how many items without an image its version left out."""
+
+    seconds: float
+    left_out: int
 
 
 class SwapGate:
@@ -112,14 +123,14 @@ class ModelSwapper:
         self._lock = asyncio.Lock()
 
     async def activate(self, version: str, on_progress: Progress | None = None,
-                       cancelled: Cancelled | None = None) -> float:
-        """Make a registered version serve (promotion or rollback); returns the seconds it took.
+                       cancelled: Cancelled | None = None) -> SwapResult:
+        """Make a registered version serve (promotion or rollback).
 
         Raises `SwapCancelled` when `cancelled()` turned true before the switch.
         """
         record = await self._gateway.run(self._registry.get, version)
         if self._worker.version == version:
-            return 0.0
+            return SwapResult(0.0, await self._left_out(version))
         started = time.perf_counter()
         embedder = await self._gateway.run(Embedder.load, record.checkpoint, device=self._device,
                                            precision=self._precision, **self._engines)
@@ -134,7 +145,7 @@ class ModelSwapper:
             await self._embed_missing(embedder, None, lambda: False)
 
     async def switch_to(self, embedder: Embedder, on_progress: Progress | None = None,
-                        cancelled: Cancelled | None = None) -> float:
+                        cancelled: Cancelled | None = None) -> SwapResult:
         """Re-embed what the gallery lacks for `embedder`'s version, then swap model and index."""
         started = time.perf_counter()
         version = embedder.version
@@ -159,13 +170,22 @@ class ModelSwapper:
         LOG.info("model %s is live (re-embedding and swap took %.1f s: re-embedding %.1f s, index %.1f s "
                  "with dba_n %d, switch %.1f s)", version, ended - started, embedded - started,
                  prepared - embedded, embedder.dba_n, ended - prepared)
-        return ended - started
+        left_out = await self._left_out(version)
+        if left_out:
+            LOG.warning("%d items without an image are not in version %s: no image to embed them from "
+                        "(cgd import with their images supplies them)", left_out, version)
+        return SwapResult(ended - started, left_out)
+
+    async def _left_out(self, version: str) -> int:
+        """Items without an image that have no vector of `version` (not found by its searches)."""
+        return len(await self._gateway.ids_missing_vectors(version, has_image=False))
 
     async def _embed_missing(self, embedder: Embedder, on_progress: Progress | None,
                              cancelled: Cancelled) -> None:
-        """Embed and store the vectors `embedder`'s version lacks: decoding runs `prefetch` chunks ahead."""
+        """Embed and store the vectors `embedder`'s version lacks (of the items that have an image):
+        decoding runs `prefetch` chunks ahead."""
         version = embedder.version
-        missing = await self._gateway.ids_missing_vectors(version)
+        missing = await self._gateway.ids_missing_vectors(version, has_image=True)
         step = self._batch_size
         chunks = [missing[start:start + step] for start in range(0, len(missing), step)]
 

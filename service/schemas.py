@@ -195,6 +195,11 @@ class JobPublic(BaseModel):
     error: str | None
     training_seconds: float | None
     reembedding_seconds: float | None
+    left_out_of_training: int | None = Field(
+        None, description="labelled items left out of training: they have no image (imported as vectors)")
+    left_out_of_version: int | None = Field(
+        None, description="items without an image that are not in the promoted version: nothing to embed "
+        "them from, so its searches do not find them until `cgd import` supplies their images")
     recipe: dict[str, Any] | None = Field(
         default=None, description="what was actually run: engine, image size, cached views, steps, epochs, "
         "whitening, validation MAP@R gain and its bootstrap lower bound")
@@ -238,6 +243,10 @@ class ActivationPublic(BaseModel):
     created_at: float
     finished_at: float | None
     seconds: float | None = Field(description="how long re-embedding and switch took")
+    left_out_of_version: int | None = Field(
+        None, description="items without an image (imported as vectors) that are not in the version once "
+        "it serves: nothing to embed them from, so its searches do not find them until `cgd import` "
+        "supplies their images")
     error: str | None
 
 

@@ -1,7 +1,8 @@
 """The training queue: one job at a time, on a background thread, each in its own process.
 
-A job collects the labelled gallery items, fine-tunes the serving model on them in a child
-process (`training_process`), compares old and new model on the held-out validation split,
+A job collects the labelled gallery items that have an image (items imported as vectors without one are
+left out, and counted in the job), fine-tunes the serving model on them in a child process
+(`training_process`), compares old and new model on the held-out validation split,
 registers the new checkpoint and, per the job's promotion policy, makes it live through
 `ModelSwapper` (re-embedding the gallery while the old model keeps serving). When the service runs an
 ONNX runtime (`export_onnx`), the child also exports the new model beside its checkpoint, at its low
@@ -113,18 +114,23 @@ class TrainingQueue:
             if thread.is_alive():
                 thread.join(timeout)
 
-    def training_images(self, labels: list[str] | None) -> list[LabelledImage]:
-        """The labelled gallery images a job trains on: those of labels with a pair or more."""
-        items = self._gallery.labelled_items(set(labels) if labels else None)
+    def training_images(self, labels: list[str] | None) -> tuple[list[LabelledImage], int]:
+        """The labelled gallery images a job trains on (those of labels with a pair or more), and how many
+        labelled items (of `labels`) are left out because they have no image."""
+        labelled = self._gallery.labelled_items(set(labels) if labels else None)
+        items = [item for item in labelled if item.has_image]
         counts = Counter(item.label for item in items)
         usable = trainable_labels(counts)
+        without_image = len(labelled) - len(items)
         if len(usable) < 2:
             raise InvalidParameter(
                 f"training needs at least 2 labels with at least {MIN_IMAGES_PER_LABEL} images each; "
                 f"the gallery has {len(usable)} (label counts: {dict(counts.most_common(10))})"
+                + (f"; {without_image} labelled items have no image and cannot be trained on"
+                   if without_image else "")
             )
         return [LabelledImage(self._gallery.image_path(item.id), item.label)
-                for item in items if item.label in set(usable)]
+                for item in items if item.label in set(usable)], without_image
 
     def submit(self, request: TrainRequest) -> Job:
         """Queue a job after checking that the gallery has enough labelled items for it."""
@@ -132,7 +138,7 @@ class TrainingQueue:
             config = request.train_config(self._default_max_minutes)
         except ValueError as exc:
             raise InvalidParameter(f"training cannot start: {exc}") from exc
-        check_trainable(self.training_images(request.labels), config)
+        check_trainable(self.training_images(request.labels)[0], config)
         job = self.jobs.create(request.model_dump(mode="json", exclude_none=True))
         self._wake.set()
         return job
@@ -187,7 +193,10 @@ class TrainingQueue:
     def _run(self, job: Job) -> None:
         started = job.started_at or time.time()
         request = TrainRequest.model_validate(job.params)
-        images = self.training_images(request.labels)
+        images, without_image = self.training_images(request.labels)
+        if without_image:
+            LOG.warning("training job %s: %d labelled items have no image and are left out", job.id,
+                        without_image)
         start_model = self._registry.active
         spec = TrainingSpec(images=[(str(image.path), image.label) for image in images],
                             config=request.train_config(self._default_max_minutes),
@@ -212,6 +221,7 @@ class TrainingQueue:
             "training_seconds": round(time.time() - started, 1),
             "images": len(images),
             "labels": len({image.label for image in images}),
+            "left_out_of_training": without_image,
             "start_model": start_model.version if start_model else None,
             "recipe": outcome.recipe,
             "history": outcome.history,
@@ -240,7 +250,7 @@ class TrainingQueue:
                 self._loop,
             )
             try:
-                summary["reembedding_seconds"] = round(future.result(), 1)
+                swapped = future.result()
             except SwapCancelled:  # the old model keeps serving
                 why = "the service stopped" if self._stopping.is_set() else "by request"
                 summary.update(promoted=False,
@@ -248,6 +258,11 @@ class TrainingQueue:
                 self.jobs.update(job.id, status="cancelled", finished_at=time.time(), result=summary,
                                   progress={**last, "phase": "re-embedding"})
                 return
+            summary.update(reembedding_seconds=round(swapped.seconds, 1),
+                           left_out_of_version=swapped.left_out)
+            if swapped.left_out:
+                summary["message"] += (f"; {swapped.left_out} items without an image are not in version "
+                                       f"{record.version} (cgd import can supply their images)")
         self.jobs.update(job.id, status="succeeded", finished_at=time.time(), result=summary,
                           progress=_done(last))
 

@@ -29,7 +29,8 @@ async def _models(runtime: Runtime) -> ModelList:
 def _activation(job: ActivationJob) -> ActivationPublic:
     return ActivationPublic(id=job.id, version=job.version, status=job.status, reembedded=job.reembedded,
                             to_reembed=job.to_reembed, created_at=job.created_at,
-                            finished_at=job.finished_at, seconds=job.seconds, error=job.error)
+                            finished_at=job.finished_at, seconds=job.seconds,
+                            left_out_of_version=job.left_out_of_version, error=job.error)
 
 
 @router.get("", response_model=ModelList, dependencies=[Depends(require_read_key)])

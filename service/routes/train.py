@@ -24,6 +24,8 @@ def job_public(job: Job) -> JobPublic:
         message=result.get("message"), error=job.error,
         training_seconds=result.get("training_seconds"),
         reembedding_seconds=result.get("reembedding_seconds"), recipe=result.get("recipe"),
+        left_out_of_training=result.get("left_out_of_training"),
+        left_out_of_version=result.get("left_out_of_version"),
         history=result.get("history") or (job.progress or {}).get("history") or [],
         replica=job.owner, cancel_requested=job.cancel_requested,
     )

@@ -1,4 +1,5 @@
-"""ModelSwapper on a real app: re-embedding off the event loop, skipped deletions, cancellation.
+"""ModelSwapper on a real app: re-embedding off the event loop, skipped deletions, cancellation, items
+without an image left out.
 
 Each test runs the real service (embedded default model, FAISS, SQLite) with a second model version:
 the default model with its weights moved a little (another version, other vectors), registered as a
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from index import NewItem
 from model.checkpoint import save_checkpoint
 from model.default import default_model
 from service.model_swap import SwapCancelled
@@ -87,6 +89,46 @@ def test_swap_skips_items_deleted_while_re_embedding(tmp_path, open_app, make_im
         hits = client.post("/search", files={"file": ("q.png", make_image(0))}, data={"k": "50"}).json()
         assert hits["model_version"] == version
         assert {hit["id"] for hit in hits["results"]} == set(ids) - set(doomed)
+
+
+def _activate_by_request(client, version: str) -> dict:
+    """POST /models/{version}/activate, then the finished job."""
+    accepted = client.post(f"/models/{version}/activate")
+    assert accepted.status_code == 202, accepted.text
+    path = f"/models/activations/{accepted.json()['job_id']}"
+    while (job := client.get(path).json())["status"] == "running":
+        time.sleep(0.05)
+    return job
+
+
+def test_items_without_an_image_stay_out_of_a_new_version_until_theirs_is_supplied(tmp_path, open_app,
+                                                                                    make_image, variant):
+    """A promotion cannot embed items imported without an image: it leaves them out (its searches do not
+    find them) and counts them in the job; once an image is supplied, the next activation embeds it."""
+    with open_app(tmp_path / "data", max_batch_size=4) as client:
+        ids = fill(client, make_image, count=6)
+        runtime = client.app.state.runtime
+        gallery = runtime.gateway.gallery
+        old = runtime.worker.version
+        bare = [item.id for item in gallery.add([NewItem(None, f"bare-{i}") for i in range(2)],
+                                                {old: np.stack([gallery.vector(i) for i in ids[:2]])})]
+        version = register(client, variant)
+        job = _activate_by_request(client, version)
+        assert job["status"] == "succeeded" and job["left_out_of_version"] == 2, job
+        assert job["to_reembed"] == len(ids) and runtime.worker.version == version
+
+        def found() -> set[int]:
+            hits = client.post("/search", files={"file": ("q.png", make_image(0))}, data={"k": "50"}).json()
+            assert hits["model_version"] == runtime.worker.version
+            return {hit["id"] for hit in hits["results"]}
+
+        assert found() == set(ids)
+        gallery.attach_images([bare[0]], [make_image(100)])  # as cgd import does when a row names it
+        assert _activate_by_request(client, old)["left_out_of_version"] == 0  # rollback: imported vectors
+        assert found() == set(ids) | set(bare)
+        job = _activate_by_request(client, version)
+        assert (job["to_reembed"], job["left_out_of_version"]) == (1, 1), job
+        assert found() == set(ids) | {bare[0]}
 
 
 def test_re_embedding_leaves_the_event_loop_free(tmp_path, open_app, make_image, variant):

@@ -1,6 +1,7 @@
 """Training jobs through the real app: a typed recipe, a job that cannot beat the serving model
 keeps it and registers no version, search answers while a job runs, and a promoted model is served
-from the ONNX file its job exported, on the runtime choice of the model it replaced."""
+from the ONNX file its job exported, on the runtime choice of the model it replaced; labelled items
+without an image are left out of training and of the promoted version, and counted in the job."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import os
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from index import NewItem
 from model.checkpoint import save_checkpoint
 from model.default import DEFAULT_CONFIG, default_model
 from model.onnx_export import exported_version, onnx_path
@@ -26,6 +29,14 @@ def _upload(client, photos) -> None:
     labels = {"labels": [photo.label for photo in photos]}
     response = client.post("/gallery", files=files, data=labels)
     assert response.status_code == 201, response.text
+
+
+def _add_without_image(client, labels: list[str]) -> None:
+    """Labelled items imported as vectors alone (the vector of the first item): training leaves them out."""
+    gallery = client.app.state.runtime.gateway.gallery
+    vector = gallery.vector(gallery.list_items(0, 1)[0][0].id)
+    gallery.add([NewItem(None, f"bare-{i}", label) for i, label in enumerate(labels)],
+                {gallery.live_version: np.tile(vector, (len(labels), 1))})
 
 
 def _wait(client, job_id: str, timeout_s: float = 600.0) -> dict:
@@ -54,6 +65,9 @@ def test_the_request_maps_to_one_train_config() -> None:
 def test_a_job_that_cannot_beat_the_serving_model_keeps_it(tmp_path, open_app, caltech_photos) -> None:
     with open_app(tmp_path) as client:
         _upload(client, caltech_photos)
+        _add_without_image(client, [caltech_photos[0].label, "only-vectors", "only-vectors"])
+        refused = client.post("/train", json={"labels": ["only-vectors", caltech_photos[0].label]})
+        assert refused.status_code == 422 and "3 labelled items have no image" in refused.json()["detail"]
         serving = client.get("/models").json()
         unchanged = {"epochs": 1, "image_size": 64, "lr": 1e-12, "whitening": "none"}
         accepted = client.post("/train", json=unchanged)
@@ -69,6 +83,7 @@ def test_a_job_that_cannot_beat_the_serving_model_keeps_it(tmp_path, open_app, c
         assert job["status"] == "succeeded", job
         assert job["promoted"] is False and job["model_version"] is None
         assert "no new model version" in job["message"]
+        assert job["left_out_of_training"] == 3 and job["left_out_of_version"] is None
         assert job["recipe"]["engine"] == "cached" and job["recipe"]["map_gain"]["lower"] <= 0
         progress = job["progress"]
         assert progress["phase"] == "done" and progress["eta_s"] == 0.0
@@ -92,12 +107,15 @@ def test_a_promoted_model_is_served_from_its_jobs_export_on_the_replaced_models_
         old = client.get("/ready").json()
         assert old["runtime_choice"]["reused_from"] is None  # measured at start-up
         _upload(client, caltech_photos)
+        _add_without_image(client, [caltech_photos[0].label])
         accepted = client.post("/train", json={"epochs": 1, "image_size": 64, "whitening": "none",
                                                "promote": "always"})
         assert accepted.status_code == 202, accepted.text
         job = _wait(client, accepted.json()["job_id"])
         assert job["status"] == "succeeded" and job["promoted"], job
         version = job["model_version"]
+        assert job["left_out_of_training"] == 1 and job["left_out_of_version"] == 1
+        assert f"1 items without an image are not in version {version}" in job["message"]
         ready = client.get("/ready").json()
     exported = data / "models" / f"{version}.onnx"
     assert exported_version(exported) == version

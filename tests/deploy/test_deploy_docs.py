@@ -193,3 +193,10 @@ def test_image_build_commands_in_the_docs_match_the_files():
         assert built_by_compose.get(dockerfile) == {tag}, f"{dockerfile} is built as {tag} in the docs"
     for compose_file in set(re.findall(r"docker compose -f (\S+)", text())):
         assert (ROOT / compose_file).is_file(), f"docker compose -f {compose_file}: no such file"
+
+
+def test_both_images_set_the_huge_pages_tunable_the_sizing_section_names():
+    tunable = "glibc.malloc.hugetlb=1"
+    assert f"`GLIBC_TUNABLES={tunable} cgd" in section("Sizing")  # how to start cgd serve with it
+    for kind, path in IMAGES.items():
+        assert Dockerfile.read(path).env().get("GLIBC_TUNABLES") == tunable, f"the {kind} image"

@@ -27,10 +27,12 @@ def _unit(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
 
 
 def _sqlite_gallery(root: Path) -> list[int]:
-    """60 items, two versions, the last item deleted (its id must never come back); returns live ids."""
+    """60 items (e5 without an image), two versions, the last item deleted (its id must never come back);
+    returns live ids."""
     with Gallery.open(root) as gallery:
-        items = gallery.add([NewItem(f"img-{i}".encode(), external_id=f"e{i}", label="ab"[i % 2],
-                                     metadata={"i": i}) for i in range(60)], {"v1": _unit(60)})
+        items = gallery.add([NewItem(f"img-{i}".encode() if i != 5 else None, external_id=f"e{i}",
+                                     label="ab"[i % 2], metadata={"i": i}) for i in range(60)],
+                            {"v1": _unit(60)})
         gallery.put_vectors("v2", [it.id for it in items[:30]], _unit(30, 8, seed=1))
         gallery.delete(items[-1].id)
     return [it.id for it in items[:-1]]
@@ -71,6 +73,7 @@ def test_migrate_is_resumable_verified_and_keeps_ids(postgres_server, tmp_path, 
     with Gallery.open(root, engines=Engines(url, "pgvector"), index_kind="HNSW") as copy:
         assert [it.id for it in copy.list_items(0, 100)[0]] == ids
         assert copy.get_by_external_id("e3").metadata == {"i": 3} and copy.image(ids[3]) == b"img-3"
+        assert not copy.get_by_external_id("e5").has_image and copy.count(has_image=False) == 1
         assert [[h.item.id for h in row] for row in copy.search(_unit(5, seed=7), 5)[1]] == \
             [[h.item.id for h in row] for row in expected]
         assert copy.vector(ids[0], "v2").shape == (8,)

@@ -10,13 +10,21 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from index.errors import InvalidItem, StorageCorrupted
+from index.errors import InvalidItem, NoImage, StorageCorrupted
+from index.records import Item
 
 LOG = logging.getLogger(__name__)
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def image_sha256(item: Item) -> str:
+    """The hash that names the item's image; NoImage if it has none (imported as a vector alone)."""
+    if item.sha256 is None:
+        raise NoImage(f"item {item.id} has no image")
+    return item.sha256
 
 
 def fsync_directory(path: Path) -> None:

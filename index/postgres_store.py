@@ -27,13 +27,12 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from index.blobs import BlobStore
+from index.blobs import BlobStore, image_sha256
 from index.errors import (
     DimensionMismatch,
     InvalidItem,
     InvalidQuery,
     ItemNotFound,
-    NoImage,
     UnknownVersion,
     VersionMoved,
 )
@@ -406,16 +405,10 @@ class PostgresItemStore:
         return int(self._read(f"SELECT COUNT(*) FROM items WHERE {image_condition(has_image)}")[0][0])
 
     def image(self, item_id: int) -> bytes:
-        return self.blobs.get(self._image_hash(item_id))
+        return self.blobs.get(image_sha256(self.get(item_id)))
 
     def image_path(self, item_id: int) -> Path:
-        return self.blobs.path(self._image_hash(item_id))
-
-    def _image_hash(self, item_id: int) -> str:
-        sha256 = self.get(item_id).sha256
-        if sha256 is None:
-            raise NoImage(f"item {item_id} has no image")
-        return sha256
+        return self.blobs.path(image_sha256(self.get(item_id)))
 
     def matching_ids(self, version: str, label: str | None,
                      metadata: MetadataFilter | Mapping[str, Any] | None,

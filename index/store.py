@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from index import vectors as vector_rows
-from index.blobs import BlobStore
-from index.errors import InvalidQuery, ItemNotFound, NoImage, StorageCorrupted, VersionMoved
+from index.blobs import BlobStore, image_sha256
+from index.errors import InvalidQuery, ItemNotFound, StorageCorrupted, VersionMoved
 from index.filters import MetadataFilter, image_condition
 from index.postprocess import Whitening
 from index.records import UNSET, Item, NewItem, VersionInfo
@@ -356,16 +356,10 @@ class SQLiteItemStore:
         return int(self._reader().execute(query).fetchone()[0])
 
     def image(self, item_id: int) -> bytes:
-        return self.blobs.get(self._image_hash(item_id))
+        return self.blobs.get(image_sha256(self.get(item_id)))
 
     def image_path(self, item_id: int) -> Path:
-        return self.blobs.path(self._image_hash(item_id))
-
-    def _image_hash(self, item_id: int) -> str:
-        sha256 = self.get(item_id).sha256
-        if sha256 is None:
-            raise NoImage(f"item {item_id} has no image")
-        return sha256
+        return self.blobs.path(image_sha256(self.get(item_id)))
 
     def matching_ids(self, version: str, label: str | None,
                      metadata: MetadataFilter | Mapping[str, Any] | None,

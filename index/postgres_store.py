@@ -4,8 +4,8 @@ The same contract as `SQLiteItemStore`: each write is one transaction (all or no
 returns: `synchronous_commit=on`), ids come from an identity column and are never reused, vectors are
 float16 bytes per (version, item), metadata is JSONB (filters are containment, `@>`, which compares type
 and value as the SQLite store does). Image bytes are content-addressed files under `root/blobs`, which
-can be a shared volume. The schema is migrated on open (`MIGRATIONS`, recorded in `schema_migrations`; see
-`index.postgres.migrate`).
+can be a shared volume; an item without an image has a NULL `sha256`. The schema is migrated on open
+(`MIGRATIONS`, recorded in `schema_migrations`; see `index.postgres.migrate`).
 
 Several processes (service replicas) may write one database. Every write transaction first increments
 the `generation` setting: that row lock orders the writers of every process, and a reader that sees the

@@ -3,6 +3,8 @@
 Commits are durable (`synchronous=FULL`). One connection writes, under a lock; every reading thread
 gets its own connection, so reads never wait for a write. Ids come from AUTOINCREMENT and are never
 reused, so an id that was deleted can never name another item (or come back from a stale snapshot).
+An item may have no image (`sha256` NULL: a vector imported alone); a gallery made when every item had
+one is migrated when it is opened (`allow_items_without_image`).
 """
 
 from __future__ import annotations

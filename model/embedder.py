@@ -126,6 +126,11 @@ class Embedder:
         return self.engine.dtype
 
     @property
+    def precision(self) -> str:
+        """The engine's precision: fp32, bf16, fp16 or int8."""
+        return self.engine.precision
+
+    @property
     def dim(self) -> int:
         return self.model.embedding_dim
 

@@ -249,7 +249,7 @@ class _Run:
         if embeddings is None:
             embedder = (self.start_embedder(self.start_model) if self.start_embedder is not None
                         else Embedder(self.start_model, "start", device=self.device))
-            self.baseline_engine = f"{embedder.runtime} {str(embedder.dtype).removeprefix('torch.')}"
+            self.baseline_engine = f"{embedder.runtime} {embedder.precision}"
             embeddings, _ = embed_dataset(embedder, inference_dataset(embedder, self.val_images),
                                           self.config.eval_batch_size)
         metrics, per_query = query_scores(embeddings, self.val_labels.numpy())

@@ -35,6 +35,7 @@ from service.replica_sync import ReplicaSync
 from service.search_batcher import SearchBatcher
 from service.service_db import ServiceDatabase
 from service.settings import Settings
+from service.training_process import ServingEngine
 from service.training_queue import TrainingQueue
 from service.worker import InferenceWorker
 
@@ -124,7 +125,8 @@ class Runtime:
                                      workdir=data / "training", threads=settings.train_threads,
                                      default_max_minutes=settings.train_max_minutes,
                                      replica=settings.replica(), export_onnx=settings.runtime != "torch",
-                                     processes=settings.train_processes or default_processes())
+                                     processes=settings.train_processes or default_processes(),
+                                     serving=functools.partial(serving_engine, worker, data / ENGINE_DIR))
             await gateway.run(training.start)
         except BaseException:
             await worker.stop(drain=False)
@@ -165,6 +167,13 @@ def _serving_checkpoint(settings: Settings, registry: ModelRegistry, live: str |
     chosen = records.get(live) if live is not None else None
     chosen = chosen or registry.active
     return Path(chosen.checkpoint) if chosen is not None and chosen.checkpoint else None
+
+
+def serving_engine(worker: InferenceWorker, cache_dir: Path) -> ServingEngine:
+    """The engine `worker` serves its model on, for a training job's validation of that model."""
+    embedder = worker.embedder
+    return ServingEngine(embedder.version, embedder.runtime, embedder.precision, str(embedder.device),
+                         str(cache_dir))
 
 
 def gallery_samples(gallery: Gallery, count: int = MAX_SAMPLES) -> list[Image.Image]:

@@ -10,11 +10,13 @@ share its threads; rank 0 reports the progress, every rank reads the cancel flag
 recipe names the processes.
 With `export_onnx`, the child also exports a new model to ONNX beside its checkpoint
 (`model.onnx_export.export_path`), so that the serving process loads that file instead of exporting
-it while it serves.
+it while it serves. With `serving`, the start model's validation (when the feature cache cannot give
+it) runs on the engine that serves it, from the export the service already holds.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -33,6 +35,18 @@ _SPAWN = mp.get_context("spawn")
 
 
 @dataclass(frozen=True)
+class ServingEngine:
+    """The engine the service runs the start model on: its version, runtime, precision and device, and
+    the engine cache (`Embedder`'s `cache_dir`) that holds its export."""
+
+    version: str
+    runtime: str
+    precision: str
+    device: str
+    cache_dir: str
+
+
+@dataclass(frozen=True)
 class TrainingSpec:
     """Everything the child needs, as plain data (it is pickled across the process boundary)."""
 
@@ -44,6 +58,7 @@ class TrainingSpec:
     nice: int = 10
     export_onnx: bool = False  # the service runs an ONNX runtime: export a new model beside its checkpoint
     processes: int = 1  # data-parallel training processes (`model.distributed.default_processes`)
+    serving: ServingEngine | None = None  # None: the start model is validated on torch
 
 
 class TrainingFailed(RuntimeError):
@@ -76,10 +91,15 @@ def _train_rank(spec: TrainingSpec, messages: mp.Queue, cancel: Any) -> TrainRes
 
     from model.data import LabelledImage
     from model.distributed import init_from_env, shutdown
+    from model.embedder import Embedder
     from model.trainer import train
 
     ranks = init_from_env(spec.config.device)
     torch.set_num_threads(max(1, (spec.threads or os.cpu_count() or 1) // ranks.local_world_size))
+    serving = spec.serving
+    start_embedder = None if serving is None else functools.partial(
+        Embedder, version=serving.version, runtime=serving.runtime, precision=serving.precision,
+        device=serving.device, cache_dir=Path(serving.cache_dir))
     try:
         result = train(
             [LabelledImage(Path(path), label) for path, label in spec.images],
@@ -89,6 +109,7 @@ def _train_rank(spec: TrainingSpec, messages: mp.Queue, cancel: Any) -> TrainRes
             on_progress=(lambda progress: messages.put(("progress", progress))) if ranks.is_main else None,
             cancel=cancel,
             ranks=ranks,
+            start_embedder=start_embedder,
         )
     finally:
         shutdown()

@@ -37,7 +37,7 @@ from service.job_store import FINISHED, Job, JobStore
 from service.model_registry import ModelRegistry
 from service.model_swap import ModelSwapper, SwapCancelled
 from service.schemas import Promotion, TrainRequest
-from service.training_process import TrainingSpec, run_training
+from service.training_process import ServingEngine, TrainingSpec, run_training
 
 LOG = logging.getLogger(__name__)
 MIN_IMAGES_PER_LABEL = 2
@@ -73,10 +73,11 @@ class TrainingQueue:
     def __init__(self, jobs: JobStore, gallery, registry: ModelRegistry, swapper: ModelSwapper,
                  loop: asyncio.AbstractEventLoop, *, workdir: Path, threads: int,
                  default_max_minutes: float, replica: str | None = None, export_onnx: bool = False,
-                 processes: int = 1) -> None:
+                 processes: int = 1, serving: Callable[[], ServingEngine] | None = None) -> None:
         """`replica`: this process's name among replicas sharing `jobs` (None: it has the store alone);
         `export_onnx`: the job's child exports a new model to ONNX beside its checkpoint; `processes`:
-        data-parallel training processes of a job."""
+        data-parallel training processes of a job; `serving()`: the engine the service runs its model
+        on, which validates the start model when it is that model (else torch does)."""
         self.jobs = jobs
         self._replica = replica
         self._owner = replica or socket.gethostname()
@@ -89,6 +90,7 @@ class TrainingQueue:
         self._default_max_minutes = default_max_minutes
         self._export_onnx = export_onnx
         self._processes = processes
+        self._serving = serving
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._cancelled: set[str] = set()
@@ -131,6 +133,11 @@ class TrainingQueue:
             )
         return [LabelledImage(self._gallery.image_path(item.id), item.label)
                 for item in items if item.label in set(usable)], without_image
+
+    def _serving_engine(self, start_version: str | None) -> ServingEngine | None:
+        """The serving engine, when it runs the start model (its cached export is then that model's)."""
+        serving = self._serving() if self._serving is not None else None
+        return serving if serving is not None and serving.version == start_version else None
 
     def submit(self, request: TrainRequest) -> Job:
         """Queue a job after checking that the gallery has enough labelled items for it."""
@@ -202,7 +209,8 @@ class TrainingQueue:
                             config=request.train_config(self._default_max_minutes),
                             start_checkpoint=start_model.checkpoint if start_model else None,
                             out=str(self._workdir / f"{job.id}.pt"), threads=self._threads,
-                            export_onnx=self._export_onnx, processes=self._processes)
+                            export_onnx=self._export_onnx, processes=self._processes,
+                            serving=self._serving_engine(start_model.version if start_model else None))
 
         last: dict[str, Any] = {"history": []}  # the epochs' records so far, for the job's curves
 

@@ -84,6 +84,11 @@ class EmbedderLike(Protocol):
         """The compute (autocast) dtype."""
         ...
 
+    @property
+    def precision(self) -> str:
+        """The engine's precision: fp32, bf16, fp16 or int8."""
+        ...
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> (3, S, S) float32 tensor."""
         ...

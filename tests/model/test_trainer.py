@@ -161,7 +161,7 @@ def test_without_the_cache_the_start_is_validated_on_the_engine_that_serves_it(
     result = train(few_classes, _config(engine="full", epochs=1), out=tmp_path / "full.pt",
                    start=small_start[0], start_embedder=serving_engine)
     assert len(served) == 1 and version_of(served[0].model, default=False) == small_start[1]
-    assert result.recipe["baseline_engine"] == "onnxruntime float32"
+    assert result.recipe["baseline_engine"] == "onnxruntime fp32"
     assert 0 < result.baseline["map@r"] <= 1
 
 

@@ -85,6 +85,8 @@ def test_a_job_that_cannot_beat_the_serving_model_keeps_it(tmp_path, open_app, c
         assert "no new model version" in job["message"]
         assert job["left_out_of_training"] == 3 and job["left_out_of_version"] is None
         assert job["recipe"]["engine"] == "cached" and job["recipe"]["map_gain"]["lower"] <= 0
+        ready = client.get("/ready").json()  # the 224 px start is validated on the engine that serves it
+        assert job["recipe"]["baseline_engine"] == f"{ready['runtime']} {ready['precision']}"
         progress = job["progress"]
         assert progress["phase"] == "done" and progress["eta_s"] == 0.0
         assert progress["steps"] == progress["step"] > 0  # what ran, not what was planned

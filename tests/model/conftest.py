@@ -14,7 +14,7 @@ from model.default import DEFAULT_CONFIG, default_model
 SmallModel = Callable[..., CGD]
 
 
-def _small_default_model(size: int = 64, seed: int | None = None) -> CGD:
+def small_default_model(size: int = 64, seed: int | None = None) -> CGD:
     """The embedded default model at `size` px (the same graph as at 224, cheaper to run); with `seed`,
     its weights moved by N(0, 1e-3): another version with sensible vectors."""
     model = default_model(DEFAULT_CONFIG.with_changes(
@@ -30,4 +30,4 @@ def _small_default_model(size: int = 64, seed: int | None = None) -> CGD:
 @pytest.fixture(scope="session")
 def small_model() -> SmallModel:
     """`small_model(size=64, seed=None) -> CGD`: the embedded default model at a small input size."""
-    return _small_default_model
+    return small_default_model

@@ -19,7 +19,7 @@ import torch
 
 from model.default import DEFAULT_CONFIG
 from model.embedder import Embedder
-from model.onnx_export import ensure_onnx, onnx_path
+from model.onnx_export import export_onnx, onnx_path
 from model.runtime_select import (
     MIN_COSINE,
     RuntimeChoice,
@@ -60,7 +60,7 @@ def measured(tmp_path_factory: pytest.TempPathFactory, images: torch.Tensor,
     cache = tmp_path_factory.mktemp("engines")
     _, choice = select_engine(small_model(), MEASURED, CPU, cache_dir=cache, threads=THREADS,
                               samples=lambda: (images, "gallery"))
-    ensure_onnx(small_model(seed=1), NEW, cache)
+    export_onnx(small_model(seed=1), onnx_path(cache, NEW), NEW)  # what a training job leaves
     return cache, choice
 
 

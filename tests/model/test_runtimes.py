@@ -1,7 +1,8 @@
 """Inference runtimes: every runtime installed here embeds real photos as torch fp32 does.
 
-One ONNX export per module (the embedded default model with a learned whitening at the end, so the
-whole `CGD.forward` is checked), made in a child process as the service makes it.
+One ONNX export per module (the embedded default model at 64 px, the graph it has at 224 and cheaper to
+run, with a learned whitening at the end, so the whole `CGD.forward` is checked), made in a child process
+as the service makes it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from model.quantize import int8_path
 from model.runtime_select import Measurement, candidates, choose, read_choice, select_engine
 from model.runtimes import RuntimeUnavailable, TorchEngine, check_runtime, create_engine
 from model.sample_images import SAMPLE_DIR, sample_images
+from tests.model.conftest import small_default_model
 from tests.without_packages import run_without
 
 CPU = torch.device("cpu")
@@ -61,8 +63,9 @@ def photos(caltech_dir: Path) -> list[Image.Image]:
 
 
 def _whitened_model() -> CGD:
-    """The embedded default model followed by a learned whitening (a fixed random rotation and shift)."""
-    model = default_model()
+    """The embedded default model at 64 px followed by a learned whitening (a fixed random rotation and
+    shift)."""
+    model = small_default_model()
     dim = model.embedding_dim
     generator = torch.Generator().manual_seed(5)
     projection, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
@@ -107,7 +110,7 @@ def test_the_export_carries_learned_whitening(batch, onnx_file):
     _skip_unless_installed("onnxruntime")
     vectors = create_engine("onnxruntime", default_model(), CPU, onnx_file=onnx_file, threads=2).run(batch)
     with torch.inference_mode():
-        unwhitened = default_model()(batch).numpy()
+        unwhitened = small_default_model()(batch).numpy()
     assert (vectors * unwhitened).sum(axis=1).max() < 0.9  # not the plain model's vectors
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, UploadFile
@@ -18,23 +18,15 @@ from service.errors import InvalidParameter, NotReady, PayloadTooLarge
 from service.images import decode_image, image_pixels
 from service.pixel_budget import PixelBudget
 from service.settings import Settings
-from service.worker import Prepared
 
 
 @dataclass(frozen=True)
 class Upload:
-    """One uploaded file: its name, its bytes, the decoded RGB image and, when the reader prepared it, the
-    image with its model input."""
+    """One uploaded file: its name, its bytes and the decoded RGB image."""
 
     filename: str
     data: bytes
     image: Image.Image
-    prepared: Prepared | None = None
-
-    @property
-    def model_input(self) -> Image.Image | Prepared:
-        """What `InferenceWorker.embed` takes for this file: the prepared image, else the decoded one."""
-        return self.image if self.prepared is None else self.prepared
 
 
 class UploadReader:
@@ -44,19 +36,14 @@ class UploadReader:
     `max_request_pixels`, 413 (`too_many_pixels`); then it takes them from the service's
     `PixelBudget` (503 when the service already decodes too much) until the request ends. `run` runs
     the blocking part (header reads and decoding, one job a request) off the event loop: in the service,
-    the inference worker's decoding threads (`InferenceWorker.run_decoding`). With `prepare`
-    (`InferenceWorker.prepare`), the file of a one-file request is also preprocessed for the model in
-    that job (one thread hop for a search); the images of a larger request are left to `embed`, which
-    preprocesses them in parallel.
+    the inference worker's decoding threads (`InferenceWorker.run_decoding`).
     """
 
     def __init__(self, settings: Settings, budget: PixelBudget,
-                 run: Callable[..., Awaitable[list[Upload]]],
-                 prepare: Callable[[Image.Image], Prepared] | None = None) -> None:
+                 run: Callable[..., Awaitable[list[Upload]]]) -> None:
         self._settings = settings
         self._budget = budget
         self._run = run
-        self._prepare = prepare
         self._held = 0
         self._released = False  # the request ended: a decode still running takes nothing
         self._lock = threading.Lock()  # `_held` and `_released`, between the executor and the event loop
@@ -93,10 +80,7 @@ class UploadReader:
                 raise NotReady("the request ended before its images were decoded")
             self._budget.take(pixels)
             self._held += pixels
-        uploads = [Upload(name, data, decode_image(data, filename=name, **limits)) for name, data in named]
-        if self._prepare is not None and len(uploads) == 1:
-            return [replace(uploads[0], prepared=self._prepare(uploads[0].image))]
-        return uploads
+        return [Upload(name, data, decode_image(data, filename=name, **limits)) for name, data in named]
 
     def release(self) -> None:
         """Give the request's pixels back to the budget (its images are no longer used)."""
@@ -108,9 +92,8 @@ class UploadReader:
 
 async def upload_reader(request: Request) -> AsyncIterator[UploadReader]:
     """Dependency: an `UploadReader` whose pixels are given back when the request is done."""
-    worker = (await get_runtime(request)).worker
-    reader = UploadReader(request.app.state.settings, request.app.state.pixel_budget, worker.run_decoding,
-                          worker.prepare)
+    reader = UploadReader(request.app.state.settings, request.app.state.pixel_budget,
+                          (await get_runtime(request)).worker.run_decoding)
     try:
         yield reader
     finally:

@@ -7,9 +7,8 @@ How a request flows (`await worker.embed(images)`):
 2. Preprocessing: `embedder.preprocess` runs on each image in the worker's pool of `decode_threads`
    threads, which run `decode_nice` steps below the model's CPU priority (uploads are decoded there
    too, `run_decoding`): on a machine whose cores are all busy, the model's threads take a core first
-   and decoding fills the gaps, instead of both slowing down. An upload decoded there can be
-   preprocessed in the same job (`prepare`: a `Prepared` image, no second thread hop). The request then
-   enters an asyncio queue as one job: its (3, S, S) tensors and a Future for its result.
+   and decoding fills the gaps, instead of both slowing down. The request then enters an asyncio
+   queue as one job: its (3, S, S) tensors and a Future for its result.
 3. Batching: one background task forms a round when the model thread is free, and runs the model
    there (a single dedicated thread, so the event loop stays free) in forward passes of at most
    `max_batch_size` images. A round takes the queued jobs up to `max_batch_size` images and drops
@@ -117,19 +116,9 @@ class EmbedResult:
     qe_n: int = 0
 
 
-@dataclass(frozen=True, eq=False)
-class Prepared:
-    """An image and its model input, made on the decoding threads by `embedder` (`InferenceWorker.prepare`):
-    `embed` takes it as it is while that model serves, and preprocesses the image again after a swap."""
-
-    image: Image.Image
-    tensor: torch.Tensor  # (3, S, S), `embedder.preprocess(image)`
-    embedder: EmbedderLike
-
-
 @dataclass(eq=False)
 class _Job:
-    images: Sequence[Image.Image | Prepared]
+    images: Sequence[Image.Image]
     tensors: list[torch.Tensor]  # (3, S, S) each, made by `preprocessed_by`
     preprocessed_by: EmbedderLike
     future: asyncio.Future[EmbedResult]
@@ -222,9 +211,8 @@ class InferenceWorker:
         LOG.info("inference worker started with model %s (batches of up to %d, queue of %d images)",
                  self.version, self._max_batch, self._max_queue)
 
-    async def embed(self, images: Sequence[Image.Image | Prepared]) -> EmbedResult:
-        """Embed RGB images (or images `prepare`d on the decoding threads): (n, d) float32 unit rows, all
-        from one model version.
+    async def embed(self, images: Sequence[Image.Image]) -> EmbedResult:
+        """Embed RGB images: (n, d) float32 unit rows, all from one model version.
 
         Raises `Overloaded` when the queue is full, `NotReady` when the worker is not running,
         `PayloadTooLarge` when `len(images)` exceeds `max_queue_size`.
@@ -295,12 +283,6 @@ class InferenceWorker:
                     await self._model_free.wait()
         return await self.run_in_model_thread(fn, *args, **kwargs)
 
-    def prepare(self, image: Image.Image) -> Prepared:
-        """`image` preprocessed for the current model, in the calling thread: for a `run_decoding` job, so
-        that an upload is decoded and preprocessed in one hop to the decoding threads."""
-        embedder = self._embedder
-        return Prepared(image, embedder.preprocess(image), embedder)
-
     async def run_decoding(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(*args, **kwargs)` on the preprocessing threads: decoding uploads, at the priority of their
         preprocessing."""
@@ -332,17 +314,11 @@ class InferenceWorker:
         await asyncio.to_thread(self._shutdown_pools)
         LOG.info("inference worker stopped (drain=%s)", drain)
 
-    async def _preprocess(self, embedder: EmbedderLike,
-                          images: Sequence[Image.Image | Prepared]) -> list[torch.Tensor]:
-        """`embedder`'s input for each image: a `Prepared` one's own tensor when `embedder` made it, the
-        others preprocessed on the decoding threads."""
-        ready = [isinstance(image, Prepared) and image.embedder is embedder for image in images]
+    async def _preprocess(self, embedder: EmbedderLike, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         loop = asyncio.get_running_loop()
-        made = iter(await asyncio.gather(*(
-            loop.run_in_executor(self._preprocess_pool, embedder.preprocess, _pixels(image))
-            for image, done in zip(images, ready, strict=True) if not done
-        )))
-        return [image.tensor if done else next(made) for image, done in zip(images, ready, strict=True)]
+        return list(await asyncio.gather(
+            *(loop.run_in_executor(self._preprocess_pool, embedder.preprocess, image) for image in images)
+        ))
 
     async def _run(self) -> None:
         stopping = False
@@ -474,10 +450,6 @@ class InferenceWorker:
     def _shutdown_pools(self) -> None:
         self._model_thread.shutdown(wait=True)
         self._preprocess_pool.shutdown(wait=True)
-
-
-def _pixels(image: Image.Image | Prepared) -> Image.Image:
-    return image.image if isinstance(image, Prepared) else image
 
 
 def _fail(jobs: list[_Job], error: Exception) -> None:

@@ -71,7 +71,7 @@ async def add_items(
         for upload, ext, label, meta in zip(uploads, item_ids, item_labels, item_metadata, strict=True)
     ]
     async with runtime.gate.shared():
-        embedded = await runtime.worker.embed([upload.model_input for upload in uploads])
+        embedded = await runtime.worker.embed([upload.image for upload in uploads])
         items = await runtime.gateway.add(new_items, {embedded.version: embedded.vectors})
     runtime.metrics.gallery_size.set(await runtime.gateway.count())
     return ItemsCreated(items=[item_public(item) for item in items], model_version=embedded.version)

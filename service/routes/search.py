@@ -49,7 +49,7 @@ async def search(
     k = settings.bounded_k(k)
     terms = parse_filter(metadata)  # a bad filter costs no decoding and no forward pass
     (upload,) = await reader.read([file])
-    embedded = await runtime.worker.embed([upload.model_input])
+    embedded = await runtime.worker.embed([upload.image])
     qe_n = embedded.qe_n if qe_n is None else qe_n
     options = SearchOptions(embedded.version, label, terms, qe_n, qe_alpha)
     hits = await runtime.searcher.search(embedded.vectors[0], k, options)
@@ -74,7 +74,7 @@ async def search_batch(
     k = settings.bounded_k(k)
     terms = parse_filter(metadata)
     uploads = await reader.read(files)
-    embedded = await runtime.worker.embed([u.model_input for u in uploads])
+    embedded = await runtime.worker.embed([u.image for u in uploads])
     qe_n = embedded.qe_n if qe_n is None else qe_n
     _, results = await runtime.gateway.search(embedded.vectors, k, label=label, metadata=terms, qe_n=qe_n,
                                               qe_alpha=qe_alpha, version=embedded.version)
@@ -90,6 +90,6 @@ async def embed(
 ) -> EmbedResponse:
     """The embedding (float32 unit vector) of each image, and the model version."""
     uploads = await reader.read(files)
-    embedded = await worker.embed([u.model_input for u in uploads])
+    embedded = await worker.embed([u.image for u in uploads])
     return EmbedResponse(embeddings=embedded.vectors.tolist(), dim=int(embedded.vectors.shape[1]),
                          model_version=embedded.version)

@@ -12,9 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.service.conftest import Server, start_server
@@ -186,42 +184,3 @@ def test_a_request_that_ended_before_its_decode_takes_no_pixels(tmp_path: Path, 
 
     held, after = asyncio.run(scenario())
     assert held > 0 and after == 0
-
-
-def test_a_one_file_request_is_preprocessed_in_its_decode_job(tmp_path: Path, make_image) -> None:
-    """With the inference worker's `prepare`, the file of a one-file request comes back with the serving
-    model's input (made in the decoding job); the files of a larger request are left to `embed`. Either
-    way the worker embeds them as the images themselves."""
-    from fastapi import UploadFile
-
-    from model import CGDConfig, Embedder, Preprocessing, create_cgd
-    from service.pixel_budget import PixelBudget
-    from service.settings import Settings
-    from service.uploads import UploadReader
-    from service.worker import InferenceWorker
-
-    config = CGDConfig(backbone="shufflenet_v2", embedding_dim=32, preprocessing=Preprocessing(image_size=64))
-    embedder = Embedder(create_cgd(config), "shufflenet-test", device="cpu", precision="fp32")
-
-    async def scenario():
-        settings = Settings(data_dir=tmp_path, decode_threads=1)
-        worker = InferenceWorker(embedder, settings)
-        await worker.start()
-        try:
-            reader = UploadReader(settings, PixelBudget(PIXEL_BUDGET), worker.run_decoding, worker.prepare)
-            (single,) = await reader.read([UploadFile(io.BytesIO(make_image(3)), filename="a.png")])
-            several = await reader.read([UploadFile(io.BytesIO(make_image(seed)), filename=f"{seed}.png")
-                                         for seed in (4, 5)])
-            reader.release()
-            embedded = await worker.embed([upload.model_input for upload in [single, *several]])
-            return single, several, embedded
-        finally:
-            await worker.stop()
-
-    single, several, embedded = asyncio.run(scenario())
-    assert single.prepared is not None and single.model_input is single.prepared
-    assert single.prepared.embedder is embedder and single.prepared.image is single.image
-    assert torch.equal(single.prepared.tensor, embedder.preprocess(single.image))
-    assert all(upload.prepared is None and upload.model_input is upload.image for upload in several)
-    expected = embedder.embed_images([upload.image for upload in [single, *several]], batch_size=1)
-    np.testing.assert_allclose(embedded.vectors, expected, atol=1e-5)

@@ -380,56 +380,6 @@ def test_decoding_and_preprocessing_run_below_the_model_threads_priority() -> No
     assert seen and all(name.startswith("cgd-preprocess") and nice == decoding[1] for name, nice in seen)
 
 
-def test_a_prepared_image_is_embedded_without_a_second_preprocessing() -> None:
-    """An image `prepare`d in a decoding job keeps its tensor: `embed` gives the vectors of the plain image
-    and preprocesses nothing more for it."""
-
-    class Counting(TinyEmbedder):
-        calls = 0
-
-        def preprocess(self, image: Image.Image) -> torch.Tensor:
-            Counting.calls += 1
-            return super().preprocess(image)
-
-    embedder = Counting("v1", seed=1)
-    pictures = images(3, seed=50)
-
-    async def scenario():
-        worker = InferenceWorker(embedder, settings())
-        await worker.start()
-        prepared = await worker.run_decoding(lambda: [worker.prepare(picture) for picture in pictures])
-        made = Counting.calls
-        result = await worker.embed(prepared)
-        after = Counting.calls
-        await worker.stop()
-        return made, after, result
-
-    made, after, result = asyncio.run(scenario())
-    assert made == after == 3
-    assert result.version == "v1"
-    np.testing.assert_allclose(result.vectors, direct(embedder, pictures), atol=1e-5)
-
-
-def test_an_image_prepared_by_a_swapped_out_model_is_preprocessed_again() -> None:
-    """A `Prepared` image made by the model that served before a swap is preprocessed by the serving one
-    (another input size here), alone or beside plain images."""
-    pictures = images(2, seed=51)
-
-    async def scenario():
-        worker = InferenceWorker(V1, settings())
-        await worker.start()
-        prepared = await worker.run_decoding(worker.prepare, pictures[0])
-        worker.swap(V2)
-        result = await worker.embed([prepared, pictures[1]])
-        await worker.stop()
-        return prepared, result
-
-    prepared, result = asyncio.run(scenario())
-    assert prepared.embedder is V1 and prepared.tensor.shape == (3, 32, 32)
-    assert result.version == "v2"
-    np.testing.assert_allclose(result.vectors, direct(V2, pictures), atol=1e-5)
-
-
 def test_run_in_model_thread_uses_the_model_thread_and_its_torch_threads() -> None:
     original = torch.get_num_threads()
     pictures = images(2)

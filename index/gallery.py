@@ -386,7 +386,7 @@ class Gallery:
                 vectors = quantize(check_vectors(fill_missing(items), len(items), unit=True))
                 self._put_vectors(version, missing, vectors)
             known = version in self._store.versions()
-            if not known and len(self._store.ids_missing_vectors(version, has_image=True)):
+            if not known and self._store.count(has_image=True):  # then none of them has a vector of it
                 raise UnknownVersion(f"no vectors are stored for model version {version!r}")
             missing = self._store.ids_missing_vectors(version)
             with self._registry.reading() as indexes:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Response, UploadFile, status
 
-from index import Hit, Item, NewItem, NoImage
+from index import Hit, Item, NewItem
+from index.blobs import image_sha256
 from service.deps import GatewayDep, RuntimeDep, SettingsDep, ThumbnailsDep, WorkerDep
 from service.errors import InvalidParameter, NotFound
 from service.schemas import (
@@ -133,9 +134,7 @@ async def get_item_thumbnail(gateway: GatewayDep, thumbnails: ThumbnailsDep, ite
     """A small JPEG of the image (made on first request, then cached), for grids of results (404
     `no_image` for an item imported without one)."""
     item = await gateway.get(item_id)
-    if not item.has_image:
-        raise NoImage(f"item {item_id} has no image")
-    headers = {"ETag": f'"{item.sha256}"', "Cache-Control": "private, no-cache"}
+    headers = {"ETag": f'"{image_sha256(item)}"', "Cache-Control": "private, no-cache"}  # NoImage: 404
     if if_none_match == headers["ETag"]:  # the browser's copy is this image's
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     try:

@@ -127,7 +127,8 @@ class _Run:
     """The mutable state of one training run (model, optimiser, engine, clocks, history)."""
 
     def __init__(self, images: Sequence[LabelledImage], config: TrainConfig, out: Path,
-                 start: Path | None, ranks: Ranks = SINGLE) -> None:
+                 start: Path | None, ranks: Ranks = SINGLE,
+                 start_embedder: StartEmbedder | None = None) -> None:
         self.config = config
         self.out = out
         self.ranks = ranks
@@ -177,7 +178,7 @@ class _Run:
         self.baseline: dict[str, float] = {}
         self.baseline_ap: np.ndarray | None = None
         self.baseline_hits: np.ndarray | None = None  # the start model's top-1 hit of each validation query
-        self.start_embedder: StartEmbedder | None = None  # the start model's serving engine (`train`)
+        self.start_embedder = start_embedder  # the start model's serving engine (`train`)
         self.baseline_engine = "feature cache"  # what embedded the validation images for the baseline
         self.val_s = 0.0
         self.train_s = 0.0
@@ -443,8 +444,7 @@ def train(
     t0 = time.perf_counter()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    run = _Run(images, config, out, start, ranks)
-    run.start_embedder = start_embedder
+    run = _Run(images, config, out, start, ranks, start_embedder)
     budget_s = None if config.max_minutes is None else 60.0 * config.max_minutes
     report = on_progress or (lambda progress: None)
 

@@ -18,7 +18,18 @@ def wait_until_ready(client, seconds: float, log_tail=lambda: "") -> None:
         time.sleep(0.5)
 
 
-def assert_the_first_hit_is(client, make_image, item_id: str) -> None:
+def add_two_on_postgresql(client, make_image, index_backend: str) -> int:
+    """/ready names PostgreSQL and `index_backend`; images 1 and 2 are added: the id of image 1."""
+    ready = client.get("/ready").json()
+    assert ready["ready"], ready["reasons"]
+    assert ready["store"]["backend"] == "postgresql" and ready["index"]["backend"] == index_backend
+    images = [("files", ("a.png", make_image(1))), ("files", ("b.png", make_image(2)))]
+    added = client.post("/gallery", files=images)
+    assert added.status_code == 201, added.text
+    return added.json()["items"][0]["id"]
+
+
+def assert_the_first_hit_is(client, make_image, item_id: int) -> None:
     """A search with image 1 returns `item_id` first."""
     hits = client.post("/search", files={"file": ("q.png", make_image(1))})
     assert hits.status_code == 200, hits.text
@@ -38,12 +49,7 @@ def test_the_service_on_postgresql_and_pgvector_survives_its_database_going_away
     settings = {"database_url": url, "vector_backend": "pgvector", "index_kind": "HNSW",
                 "db_connect_timeout_s": 1.0}
     with open_app(tmp_path / "data", **settings) as client:
-        ready = client.get("/ready").json()
-        assert ready["ready"], ready["reasons"]
-        assert ready["store"]["backend"] == "postgresql" and ready["index"]["backend"] == "pgvector"
-        added = client.post("/gallery", files=[("files", ("a.png", make_image(1))), ("files", ("b.png",
-                                                                                         make_image(2)))])
-        assert added.status_code == 201, added.text
+        first = add_two_on_postgresql(client, make_image, "pgvector")
         postgres_control.stop()
         try:
             not_ready = client.get("/ready")
@@ -58,7 +64,7 @@ def test_the_service_on_postgresql_and_pgvector_survives_its_database_going_away
         finally:
             postgres_control.start()
         wait_until_ready(client, 60)  # the pools reconnect by themselves
-        assert_the_first_hit_is(client, make_image, added.json()["items"][0]["id"])
+        assert_the_first_hit_is(client, make_image, first)
 
 
 def test_cgd_serve_starts_while_its_database_is_down_and_serves_once_it_is_back(
@@ -92,12 +98,7 @@ def test_the_service_on_a_milvus_server_survives_milvus_going_away(
     settings = {"database_url": create_database(postgres_server), "vector_backend": "milvus",
                 "milvus_uri": milvus_server.uri, "index_kind": "HNSW", "db_connect_timeout_s": 1.0}
     with open_app(tmp_path / "data", **settings) as client:
-        ready = client.get("/ready").json()
-        assert ready["ready"], ready["reasons"]
-        assert ready["store"]["backend"] == "postgresql" and ready["index"]["backend"] == "milvus"
-        added = client.post("/gallery", files=[("files", ("a.png", make_image(1))), ("files", ("b.png",
-                                                                                         make_image(2)))])
-        assert added.status_code == 201, added.text
+        first = add_two_on_postgresql(client, make_image, "milvus")
         milvus_server.stop()
         not_ready = client.get("/ready")
         assert not_ready.status_code == 503, not_ready.text
@@ -107,7 +108,7 @@ def test_the_service_on_a_milvus_server_survives_milvus_going_away(
         assert client.get("/gallery").status_code == 200  # the items are in PostgreSQL, which answers
         milvus_server.start()  # the same data and port; its collections come back unloaded
         wait_until_ready(client, 60)  # the client reconnects by itself
-        assert_the_first_hit_is(client, make_image, added.json()["items"][0]["id"])
+        assert_the_first_hit_is(client, make_image, first)
 
 
 def test_cgd_serve_starts_while_its_milvus_server_is_down_and_serves_once_it_is_back(
